@@ -1,0 +1,469 @@
+// isopod's global scope: the WinterCG / Workers surface, assembled from the
+// deno extensions' lazily loaded scripts, plus the request dispatcher that the
+// runtime calls for every request.
+//
+// Invariants:
+// - Runs once, at snapshot time. Everything it installs lives in the snapshot.
+// - Tenant code never sees `Deno`, `__bootstrap`, or any op: everything the
+//   dispatcher needs is captured in this module's closures. The only handle
+//   left on the global object is `__isopodInit`, which the runtime calls (and
+//   deletes) before any tenant code runs.
+import { core, primordials } from "ext:core/mod.js";
+import "ext:isopod_api/00_stubs.js";
+
+const {
+  ArrayPrototypePush,
+  ObjectDefineProperty,
+  ObjectDefineProperties,
+  ObjectFreeze,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  SafeMap,
+  SafePromiseAllSettled,
+  StringPrototypeEndsWith,
+  StringPrototypeSlice,
+  TypeError,
+} = primordials;
+
+const {
+  op_isopod_log,
+  op_isopod_respond,
+  op_isopod_respond_stream,
+  op_isopod_fail,
+  op_isopod_done,
+  op_isopod_unhandled_rejection,
+} = core.ops;
+
+const load = (specifier) => core.loadExtScript(specifier);
+
+const url = load("ext:deno_web/00_url.js");
+const urlPattern = load("ext:deno_web/01_urlpattern.js");
+const domException = load("ext:deno_web/01_dom_exception.js");
+const event = load("ext:deno_web/02_event.js");
+const structuredClone = load("ext:deno_web/02_structured_clone.js");
+const timers = load("ext:deno_web/02_timers.js");
+const abortSignal = load("ext:deno_web/03_abort_signal.js");
+const base64 = load("ext:deno_web/05_base64.js");
+const streams = load("ext:deno_web/06_streams.js");
+const encoding = load("ext:deno_web/08_text_encoding.js");
+const file = load("ext:deno_web/09_file.js");
+const compression = load("ext:deno_web/14_compression.js");
+const performance = load("ext:deno_web/15_performance.js");
+const consoleMod = load("ext:deno_web/01_console.js");
+const headers = load("ext:deno_fetch/20_headers.js");
+const formData = load("ext:deno_fetch/21_formdata.js");
+const body = load("ext:deno_fetch/22_body.js");
+const request = load("ext:deno_fetch/23_request.js");
+const response = load("ext:deno_fetch/23_response.js");
+const fetch = load("ext:deno_fetch/26_fetch.js");
+const crypto = load("ext:deno_crypto/00_crypto.js");
+
+// ---------------------------------------------------------------------------
+// console: every record goes to the host as (level, request id, text). The
+// request id comes from an async-context variable set around each handler
+// call, so interleaved requests on one isolate are told apart.
+const requestIdVar = new core.AsyncVariable();
+const currentRequestId = () => requestIdVar.get() ?? 0;
+
+consoleMod.setNoColorFns(() => true, () => true);
+const LOG_LEVELS = { __proto__: null, 0: 0, 1: 1, 2: 2, 3: 3 };
+const hostConsole = new consoleMod.Console((msg, level) => {
+  const text = StringPrototypeEndsWith(msg, "\n")
+    ? StringPrototypeSlice(msg, 0, -1)
+    : msg;
+  op_isopod_log(LOG_LEVELS[level] ?? 1, currentRequestId(), text);
+});
+
+// ---------------------------------------------------------------------------
+// Timers: Workers' setTimeout/setInterval take only functions. deno's accept a
+// string and eval it later; refusing up front makes the error surface inside
+// the handler that made the call.
+function requireCallback(callback, name) {
+  if (typeof callback !== "function") {
+    throw new TypeError(
+      `${name}: the first argument must be a function; code strings are not evaluated`,
+    );
+  }
+}
+function setTimeout(callback, delay = 0, ...args) {
+  requireCallback(callback, "setTimeout");
+  return timers.setTimeout(callback, delay, ...args);
+}
+function setInterval(callback, delay = 0, ...args) {
+  requireCallback(callback, "setInterval");
+  return timers.setInterval(callback, delay, ...args);
+}
+
+// ---------------------------------------------------------------------------
+// Service-worker style: the global scope is an EventTarget that receives
+// `fetch` events.
+const globalEvents = new event.EventTarget();
+const fetchListeners = [];
+
+function addEventListener(type, listener, options) {
+  if (type === "fetch") {
+    if (typeof listener === "function") {
+      ArrayPrototypePush(fetchListeners, listener);
+    } else if (listener && typeof listener.handleEvent === "function") {
+      ArrayPrototypePush(fetchListeners, (e) => listener.handleEvent(e));
+    }
+    return;
+  }
+  return globalEvents.addEventListener(type, listener, options);
+}
+function removeEventListener(type, listener, options) {
+  return globalEvents.removeEventListener(type, listener, options);
+}
+function dispatchEvent(e) {
+  return globalEvents.dispatchEvent(e);
+}
+
+const kRespond = Symbol("isopod.respond");
+class FetchEvent extends event.Event {
+  #request;
+  #context;
+  constructor(type, init = {}, context = undefined) {
+    super(type, init);
+    this.#request = init.request;
+    this.#context = context;
+    this[kRespond] = undefined;
+  }
+  get request() {
+    return this.#request;
+  }
+  respondWith(promise) {
+    if (this[kRespond] !== undefined) {
+      throw new domException.DOMException(
+        "respondWith() was already called",
+        "InvalidStateError",
+      );
+    }
+    this[kRespond] = PromiseResolve(promise);
+  }
+  waitUntil(promise) {
+    this.#context?.waitUntil(promise);
+  }
+  passThroughOnException() {}
+}
+
+// ---------------------------------------------------------------------------
+// The execution context handed to module handlers as `ctx`.
+class ExecutionContext {
+  #waitUntil;
+  constructor(waitUntil) {
+    this.#waitUntil = waitUntil;
+  }
+  waitUntil(promise) {
+    ArrayPrototypePush(this.#waitUntil, PromiseResolve(promise));
+  }
+  passThroughOnException() {}
+  get props() {
+    return {};
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The global scope.
+const navigator = ObjectFreeze({ __proto__: null, userAgent: "isopod" });
+const nonEnumerable = (value) => ({
+  value,
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
+const enumerable = (value) => ({
+  value,
+  writable: true,
+  enumerable: true,
+  configurable: true,
+});
+const getterOnly = (get) => ({ get, enumerable: true, configurable: true });
+
+ObjectDefineProperties(globalThis, {
+  // Fetch
+  fetch: enumerable(fetch.fetch),
+  Request: nonEnumerable(request.Request),
+  Response: nonEnumerable(response.Response),
+  Headers: nonEnumerable(headers.Headers),
+  FormData: nonEnumerable(formData.FormData),
+  // URL
+  URL: nonEnumerable(url.URL),
+  URLSearchParams: nonEnumerable(url.URLSearchParams),
+  URLPattern: nonEnumerable(urlPattern.URLPattern),
+  // Encoding
+  TextEncoder: nonEnumerable(encoding.TextEncoder),
+  TextDecoder: nonEnumerable(encoding.TextDecoder),
+  TextEncoderStream: nonEnumerable(encoding.TextEncoderStream),
+  TextDecoderStream: nonEnumerable(encoding.TextDecoderStream),
+  atob: enumerable(base64.atob),
+  btoa: enumerable(base64.btoa),
+  // Streams
+  ReadableStream: nonEnumerable(streams.ReadableStream),
+  ReadableStreamDefaultReader: nonEnumerable(
+    streams.ReadableStreamDefaultReader,
+  ),
+  ReadableStreamBYOBReader: nonEnumerable(streams.ReadableStreamBYOBReader),
+  ReadableStreamBYOBRequest: nonEnumerable(streams.ReadableStreamBYOBRequest),
+  ReadableByteStreamController: nonEnumerable(
+    streams.ReadableByteStreamController,
+  ),
+  ReadableStreamDefaultController: nonEnumerable(
+    streams.ReadableStreamDefaultController,
+  ),
+  WritableStream: nonEnumerable(streams.WritableStream),
+  WritableStreamDefaultWriter: nonEnumerable(
+    streams.WritableStreamDefaultWriter,
+  ),
+  WritableStreamDefaultController: nonEnumerable(
+    streams.WritableStreamDefaultController,
+  ),
+  TransformStream: nonEnumerable(streams.TransformStream),
+  TransformStreamDefaultController: nonEnumerable(
+    streams.TransformStreamDefaultController,
+  ),
+  ByteLengthQueuingStrategy: nonEnumerable(streams.ByteLengthQueuingStrategy),
+  CountQueuingStrategy: nonEnumerable(streams.CountQueuingStrategy),
+  CompressionStream: nonEnumerable(compression.CompressionStream),
+  DecompressionStream: nonEnumerable(compression.DecompressionStream),
+  // Crypto
+  crypto: getterOnly(() => crypto.crypto),
+  Crypto: nonEnumerable(crypto.Crypto),
+  CryptoKey: nonEnumerable(crypto.CryptoKey),
+  SubtleCrypto: nonEnumerable(crypto.SubtleCrypto),
+  // Timers and tasks
+  setTimeout: enumerable(setTimeout),
+  clearTimeout: enumerable(timers.clearTimeout),
+  setInterval: enumerable(setInterval),
+  clearInterval: enumerable(timers.clearInterval),
+  queueMicrotask: enumerable(core.queueUserMicrotask),
+  structuredClone: enumerable(structuredClone.structuredClone),
+  performance: enumerable(performance.performance),
+  Performance: nonEnumerable(performance.Performance),
+  // Events and cancellation
+  Event: nonEnumerable(event.Event),
+  EventTarget: nonEnumerable(event.EventTarget),
+  CustomEvent: nonEnumerable(event.CustomEvent),
+  ErrorEvent: nonEnumerable(event.ErrorEvent),
+  PromiseRejectionEvent: nonEnumerable(event.PromiseRejectionEvent),
+  FetchEvent: nonEnumerable(FetchEvent),
+  ExecutionContext: nonEnumerable(ExecutionContext),
+  AbortController: nonEnumerable(abortSignal.AbortController),
+  AbortSignal: nonEnumerable(abortSignal.AbortSignal),
+  DOMException: nonEnumerable(domException.DOMException),
+  addEventListener: enumerable(addEventListener),
+  removeEventListener: enumerable(removeEventListener),
+  dispatchEvent: enumerable(dispatchEvent),
+  reportError: enumerable(event.reportError),
+  // Files
+  Blob: nonEnumerable(file.Blob),
+  File: nonEnumerable(file.File),
+  // Misc
+  console: nonEnumerable(hostConsole),
+  navigator: getterOnly(() => navigator),
+  self: getterOnly(() => globalThis),
+});
+event.saveGlobalThisReference(globalThis);
+
+// ---------------------------------------------------------------------------
+// Unhandled rejections are logged against the request that caused them and
+// marked handled, so they never become a fatal event-loop error.
+core.setUnhandledPromiseRejectionHandler((promise, reason) => {
+  op_isopod_unhandled_rejection(currentRequestId(), describeError(reason));
+  return true;
+});
+
+function describeError(error) {
+  try {
+    if (error && typeof error === "object" && typeof error.stack === "string") {
+      return error.stack;
+    }
+    return consoleMod.inspect(error);
+  } catch {
+    return "<unprintable error>";
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch.
+
+const FAIL_THREW = 0;
+const FAIL_NOT_A_RESPONSE = 1;
+
+/** Requests in flight on this isolate, by id, for `abort()`. */
+const inFlight = new SafeMap();
+
+function createDispatcher(handler, env) {
+  function dispatch(id, method, requestUrl, headerList, bodyRid) {
+    const innerBody = bodyRid < 0
+      ? null
+      : new body.InnerBody(streams.readableStreamForRid(bodyRid));
+    const inner = request.newInnerRequest(
+      method,
+      requestUrl,
+      () => headerList,
+      innerBody,
+      false,
+    );
+    const req = request.fromInnerRequest(inner, "immutable");
+    inFlight.set(id, req);
+    const waitUntil = [];
+    const previous = requestIdVar.enter(id);
+    let result;
+    try {
+      result = handler(req, env, waitUntil);
+    } catch (error) {
+      finish(id, waitUntil, () => fail(id, FAIL_THREW, error));
+      return;
+    } finally {
+      core.setAsyncContext(previous);
+    }
+    if (!core.isPromise(result)) {
+      finish(id, waitUntil, () => respond(id, result));
+      return;
+    }
+    const previousForSettle = requestIdVar.enter(id);
+    try {
+      PromisePrototypeThen(
+        result,
+        (res) => finish(id, waitUntil, () => respond(id, res)),
+        (error) => finish(id, waitUntil, () => fail(id, FAIL_THREW, error)),
+      );
+    } finally {
+      core.setAsyncContext(previousForSettle);
+    }
+  }
+
+  function abort(id) {
+    const req = inFlight.get(id);
+    if (req !== undefined) {
+      request.abortRequest(req);
+    }
+  }
+
+  return { dispatch, abort };
+}
+
+function finish(id, waitUntil, sendResponse) {
+  try {
+    sendResponse();
+  } catch (error) {
+    fail(id, FAIL_THREW, error);
+  }
+  inFlight.delete(id);
+  if (waitUntil.length === 0) {
+    op_isopod_done(id);
+    return;
+  }
+  const previous = requestIdVar.enter(id);
+  try {
+    PromisePrototypeThen(
+      SafePromiseAllSettled(waitUntil),
+      () => op_isopod_done(id),
+    );
+  } finally {
+    core.setAsyncContext(previous);
+  }
+}
+
+function fail(id, kind, error) {
+  op_isopod_fail(id, kind, describeError(error));
+}
+
+function respond(id, res) {
+  if (!ObjectPrototypeIsPrototypeOf(response.ResponsePrototype, res)) {
+    const what = res === null
+      ? "null"
+      : typeof res === "object"
+      ? `an object (${res?.constructor?.name ?? "Object"})`
+      : typeof res;
+    fail(
+      id,
+      FAIL_NOT_A_RESPONSE,
+      `the fetch handler returned ${what}, not a Response`,
+    );
+    return;
+  }
+  const inner = response.toInnerResponse(res);
+  const headerList = inner.headerList;
+  const status = inner.status;
+  const innerBody = inner.body;
+  if (innerBody === null) {
+    op_isopod_respond(id, status, headerList, null);
+    return;
+  }
+  if (innerBody.unusable()) {
+    throw new TypeError("the response body has already been used");
+  }
+  const source = innerBody.streamOrStatic;
+  if (!ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, source)) {
+    // A static body: a string or bytes, sent in one op with no stream.
+    const bytes = typeof source.body === "string"
+      ? core.encode(source.body)
+      : source.body;
+    source.consumed = true;
+    op_isopod_respond(id, status, headerList, bytes);
+    return;
+  }
+  const rid = streams.resourceForReadableStream(source, innerBody.length);
+  op_isopod_respond_stream(id, status, headerList, rid);
+}
+
+// Module handlers get (request, env, ctx); service-worker listeners get a
+// FetchEvent. Both are normalised to (request, env, waitUntilList) -> result.
+function moduleHandler(exported) {
+  const target = exported;
+  return (req, env, waitUntil) =>
+    target.fetch(req, env, new ExecutionContext(waitUntil));
+}
+
+function serviceWorkerHandler() {
+  return (req, _env, waitUntil) => {
+    const ctx = new ExecutionContext(waitUntil);
+    const fetchEvent = new FetchEvent("fetch", { request: req }, ctx);
+    for (let i = 0; i < fetchListeners.length; i++) {
+      fetchListeners[i](fetchEvent);
+      if (fetchEvent[kRespond] !== undefined) {
+        return fetchEvent[kRespond];
+      }
+    }
+    throw new TypeError("no fetch listener called respondWith()");
+  };
+}
+
+// Called by the runtime right after the bundle is evaluated, once per
+// isolate. `exported` is the module's default export, or undefined for a
+// service-worker script.
+function init(exported, env) {
+  let handler;
+  if (exported !== undefined && exported !== null) {
+    if (typeof exported.fetch !== "function") {
+      throw new TypeError(
+        "the bundle's default export has no fetch(request, env, ctx) method",
+      );
+    }
+    handler = moduleHandler(exported);
+  } else if (fetchListeners.length > 0) {
+    handler = serviceWorkerHandler();
+  } else {
+    throw new TypeError(
+      "the bundle neither exports default { fetch } nor adds a 'fetch' event listener",
+    );
+  }
+  return createDispatcher(handler, env);
+}
+
+// Everything the runtime needs, reachable once: `__isopodInit` is deleted by
+// the runtime before the tenant's bundle is evaluated, and the returned
+// functions are kept only on the Rust side.
+ObjectDefineProperty(globalThis, "__isopodInit", {
+  value: () => {
+    delete globalThis.__isopodInit;
+    delete globalThis.Deno;
+    delete globalThis.__bootstrap;
+    return init;
+  },
+  configurable: true,
+  enumerable: false,
+  writable: false,
+});

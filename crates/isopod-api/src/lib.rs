@@ -1,0 +1,102 @@
+//! The JavaScript API surface of isopod.
+//!
+//! This crate is the `api/` half of isopod (in workerd's sense): it defines
+//! what tenant code can see, and nothing about how requests reach it. It
+//! assembles the deno extension crates (`deno_webidl`, `deno_web`,
+//! `deno_fetch`, `deno_crypto`) and isopod's own `isopod_api` extension, whose
+//! bootstrap module builds the Workers global scope and whose ops are the
+//! narrow interface to the host: log records, responses, failures and
+//! request completion, delivered through the [`Host`] trait object stored in
+//! each isolate's `OpState`.
+//!
+//! Invariants:
+//! - [`extensions`] returns the same extensions, in the same order, at
+//!   snapshot time and at run time; per-isolate options go in afterwards
+//!   through [`extension_args`] (the snapshot cannot hold them).
+//! - Tenant code can reach no op and no deno internal: the bootstrap keeps
+//!   them in closures and removes `Deno` and `__bootstrap` from the global
+//!   object before the tenant's bundle is evaluated.
+#![deny(missing_docs)]
+
+mod host;
+mod permissions;
+
+pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody};
+pub use permissions::{NetPolicy, PermissionError};
+
+use deno_core::{Extension, ExtensionArguments};
+
+deno_core::extension!(
+    isopod_api,
+    deps = [deno_webidl, deno_web, deno_fetch, deno_crypto],
+    ops = [
+        host::op_isopod_log,
+        host::op_isopod_respond,
+        host::op_isopod_respond_stream,
+        host::op_isopod_fail,
+        host::op_isopod_done,
+        host::op_isopod_unhandled_rejection,
+    ],
+    esm_entry_point = "ext:isopod_api/10_global_scope.js",
+    esm = [
+        dir "js",
+        "00_stubs.js",
+        "10_global_scope.js",
+    ],
+    lazy_loaded_js = [
+        dir "js",
+        "ext:deno_net/02_tls.js" = "01_tls_stub.js",
+    ],
+);
+
+/// The extensions of an isopod isolate, in load order, without per-isolate
+/// options. Used unchanged for the startup snapshot and for every isolate
+/// created from it.
+pub fn extensions() -> Vec<Extension> {
+    vec![
+        deno_webidl::deno_webidl::init(),
+        deno_web::deno_web::lazy_init(),
+        deno_fetch::deno_fetch::lazy_init(),
+        deno_crypto::deno_crypto::lazy_init(),
+        isopod_api::init(),
+    ]
+}
+
+/// Per-isolate options for the extensions that take them.
+pub struct IsolateOptions {
+    /// The `User-Agent` sent by outbound `fetch`.
+    pub user_agent: String,
+    /// Which hosts outbound `fetch` may reach.
+    pub net: NetPolicy,
+}
+
+/// The per-isolate arguments matching [`extensions`], for
+/// `JsRuntime::lazy_init_extensions`.
+pub fn extension_args(options: &IsolateOptions) -> Vec<ExtensionArguments> {
+    vec![
+        deno_web::deno_web::args(
+            deno_web::BlobStore::default_arc(),
+            None,
+            false,
+            Default::default(),
+        ),
+        deno_fetch::deno_fetch::args(deno_fetch::Options {
+            user_agent: options.user_agent.clone(),
+            ..Default::default()
+        }),
+        deno_crypto::deno_crypto::args(None),
+    ]
+}
+
+/// Puts the per-isolate host state into a fresh isolate's `OpState`: the
+/// [`Host`] that receives the bootstrap's calls and the network permissions
+/// that `fetch` checks.
+pub fn install_host_state(
+    state: &mut deno_core::OpState,
+    host: std::rc::Rc<dyn Host>,
+    net: &NetPolicy,
+) -> Result<(), PermissionError> {
+    state.put(host);
+    state.put(net.permissions_container()?);
+    Ok(())
+}

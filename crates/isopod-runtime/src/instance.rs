@@ -1,0 +1,564 @@
+//! An instance: one isolate, one context, one loaded bundle.
+//!
+//! Lifecycle: [`Instance::blank`] creates the isolate from the startup
+//! snapshot (the expensive part, milliseconds); [`Instance::load`] evaluates a
+//! bundle in it (cheap for a small bundle); [`Instance::spawn`] hands it to a
+//! driver task on the current thread's `LocalSet` and returns a
+//! [`InstanceHandle`] through which requests are dispatched.
+//!
+//! Invariants (those of the fn0-ski seed):
+//! - The isolate is exited right after creation, and every piece of V8 work
+//!   runs inside a [`Window`] (enter … exit, hooks at both ends).
+//! - No V8 handle or scope is held across an `.await`: futures that drive V8
+//!   (module evaluation, the event loop) are polled one window per poll.
+//! - Dropping is order-free: `Drop` enters the isolate, releases the globals,
+//!   then drops the runtime, whose `OwnedIsolate` asserts it is current.
+//! - `Instance` is `!Send` (it owns a `JsRuntime`): it lives and dies on the
+//!   thread that created it.
+
+use std::future::{poll_fn, Future};
+use std::mem::ManuallyDrop;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
+use isopod_api::{IsolateOptions, NetPolicy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::RequestBodyResource;
+use crate::bundle::{Bundle, BundleStyle};
+use crate::host::{as_host, Control, RequestTable, Responder};
+use crate::loader::BundleLoader;
+use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
+use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
+use crate::window::{CpuMeter, Window, WindowHooks, WindowKind};
+
+/// What an instance needs to know about the app it serves.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The app's name, in every log record.
+    pub name: Arc<str>,
+    /// The app's variables, the handler's `env`.
+    pub vars: Vec<(String, String)>,
+    /// Which hosts outbound `fetch` may reach.
+    pub net: NetPolicy,
+}
+
+impl AppConfig {
+    /// An app with no variables, allowed to fetch any host.
+    pub fn new(name: impl Into<Arc<str>>) -> AppConfig {
+        AppConfig {
+            name: name.into(),
+            vars: Vec::new(),
+            net: NetPolicy::AllowAll,
+        }
+    }
+}
+
+/// Why an instance could not be created or could not load its bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// deno_core refused to create the runtime.
+    #[error("creating the isolate failed: {0}")]
+    Create(String),
+    /// The bundle failed to compile or its top-level code threw. The message
+    /// carries the error and its `file:line:column`.
+    #[error("{0}")]
+    Bundle(String),
+    /// The network policy is malformed.
+    #[error(transparent)]
+    Permissions(#[from] isopod_api::PermissionError),
+}
+
+/// One isolate running (or ready to run) one bundle.
+pub struct Instance {
+    // Field order does not matter: `Drop` releases everything explicitly.
+    /// The isolate owned by `runtime`, as a stable raw pointer (the
+    /// `OwnedIsolate` inside the runtime moves with it; the isolate does not).
+    isolate: v8::UnsafeRawIsolatePtr,
+    hooks: Rc<dyn WindowHooks>,
+    cpu: Rc<CpuMeter>,
+    table: Rc<RequestTable>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    loader: Rc<BundleLoader>,
+    app: Arc<str>,
+    /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
+    init: Option<v8::Global<v8::Function>>,
+    dispatcher: Option<Dispatcher>,
+    created: Instant,
+    runtime: ManuallyDrop<JsRuntime>,
+}
+
+struct Dispatcher {
+    dispatch: v8::Global<v8::Function>,
+    abort: v8::Global<v8::Function>,
+}
+
+impl Instance {
+    /// Creates an isolate from the startup snapshot, with the API surface
+    /// ready and no bundle. Costs milliseconds; see the pool's spares.
+    pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
+        let cpu = Rc::new(CpuMeter::default());
+        let hooks: Rc<dyn WindowHooks> = cpu.clone();
+        let created = Instant::now();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let table = Rc::new(RequestTable::new(app.name.clone(), control_tx));
+        let loader = Rc::new(BundleLoader::default());
+
+        let mut runtime = JsRuntime::try_new(RuntimeOptions {
+            startup_snapshot: Some(SNAPSHOT),
+            residual_lazy_js_sources: RESIDUAL_LAZY_JS,
+            residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
+            extensions: isopod_api::extensions(),
+            module_loader: Some(loader.clone()),
+            ..Default::default()
+        })
+        .map_err(|e| InstanceError::Create(e.to_string()))?;
+        // SAFETY: the pointer is only used while `runtime` (and so the
+        // isolate) is alive: `Drop` releases the runtime last.
+        let isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
+        // SAFETY: rusty_v8 entered the new isolate on creation; nothing else
+        // has entered an isolate since, so it is the current one. From here on
+        // it is entered only inside windows.
+        unsafe { runtime.v8_isolate().exit() };
+
+        let mut instance = Instance {
+            isolate,
+            hooks,
+            cpu,
+            table,
+            control_rx,
+            loader,
+            app: app.name.clone(),
+            init: None,
+            dispatcher: None,
+            created,
+            runtime: ManuallyDrop::new(runtime),
+        };
+        instance.bootstrap(app)?;
+        Ok(instance)
+    }
+
+    /// Per-isolate state and the bootstrap's hand-over, before any tenant
+    /// code: after this, no tenant-reachable name leads to an op.
+    fn bootstrap(&mut self, app: &AppConfig) -> Result<(), InstanceError> {
+        let host = as_host(&self.table);
+        let options = IsolateOptions {
+            user_agent: "isopod".to_string(),
+            net: app.net.clone(),
+        };
+        let init = self.window(WindowKind::Startup, |runtime| {
+            runtime
+                .lazy_init_extensions(isopod_api::extension_args(&options))
+                .map_err(|e| InstanceError::Create(e.to_string()))?;
+            isopod_api::install_host_state(
+                &mut runtime.op_state().borrow_mut(),
+                host,
+                &options.net,
+            )?;
+            let init = runtime
+                .execute_script("isopod:bootstrap", "globalThis.__isopodInit()")
+                .map_err(|e| InstanceError::Create(e.to_string()))?;
+            deno_core::scope!(scope, runtime);
+            // Code generation from strings (eval, new Function, …) is refused
+            // from here on; V8 itself enforces it.
+            scope
+                .get_current_context()
+                .set_allow_generation_from_strings(false);
+            let init = v8::Local::new(scope, init);
+            let init = v8::Local::<v8::Function>::try_from(init)
+                .map_err(|_| InstanceError::Create("bootstrap returned no init".into()))?;
+            Ok::<_, InstanceError>(v8::Global::new(scope, init))
+        })?;
+        self.init = Some(init);
+        Ok(())
+    }
+
+    /// Evaluates `bundle` in this blank instance and wires its handler. A
+    /// bundle that fails to compile, throws at top level or has no handler
+    /// is refused with a message naming `file:line:column`.
+    pub async fn load(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
+        let init = self
+            .init
+            .take()
+            .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
+        let exported = match bundle.style() {
+            BundleStyle::ServiceWorker => {
+                self.loader.set_bundle(bundle);
+                self.window(WindowKind::Startup, |runtime| {
+                    runtime
+                        .execute_script(bundle.specifier().to_string(), bundle.source().to_string())
+                        .map(|_| None)
+                        .map_err(|e| InstanceError::Bundle(e.to_string()))
+                })?
+            }
+            BundleStyle::Module => {
+                self.loader.set_bundle(bundle);
+                let specifier = bundle.specifier().clone();
+                let source = bundle.source().to_string();
+                let id = self
+                    .windowed(WindowKind::Startup, |runtime| {
+                        Box::pin(runtime.load_main_es_module_from_code(&specifier, source))
+                    })
+                    .await
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                self.windowed(WindowKind::Startup, |runtime| {
+                    let evaluated = runtime.mod_evaluate(id);
+                    Box::pin(async move {
+                        let mut evaluated = pin!(evaluated);
+                        poll_fn(|cx| {
+                            if let Poll::Ready(result) = evaluated.as_mut().poll(cx) {
+                                return Poll::Ready(result);
+                            }
+                            match runtime.poll_event_loop(cx, PollEventLoopOptions::default()) {
+                                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                                _ => Poll::Pending,
+                            }
+                        })
+                        .await
+                    })
+                })
+                .await
+                .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                let namespace = self
+                    .window(WindowKind::Startup, |runtime| {
+                        runtime.get_module_namespace(id)
+                    })
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                Some(namespace)
+            }
+        };
+
+        let vars = app.vars.clone();
+        let dispatcher = self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let exported: v8::Local<v8::Value> = match &exported {
+                Some(namespace) => {
+                    let namespace = v8::Local::new(scope, namespace);
+                    let key = v8::String::new(scope, "default").unwrap();
+                    namespace
+                        .get(scope, key.into())
+                        .unwrap_or_else(|| v8::undefined(scope).into())
+                }
+                None => v8::undefined(scope).into(),
+            };
+            let env = v8::Object::new(scope);
+            for (key, value) in &vars {
+                let (Some(k), Some(v)) =
+                    (v8::String::new(scope, key), v8::String::new(scope, value))
+                else {
+                    continue;
+                };
+                env.set(scope, k.into(), v.into());
+            }
+            let init = v8::Local::new(scope, &init);
+            let undefined = v8::undefined(scope).into();
+            let Some(pair) = init.call(scope, undefined, &[exported, env.into()]) else {
+                let message = scope
+                    .exception()
+                    .map(|e| e.to_rust_string_lossy(scope))
+                    .unwrap_or_else(|| "the bundle could not be initialised".into());
+                return Err(InstanceError::Bundle(format!(
+                    "{message} ({})",
+                    bundle.specifier()
+                )));
+            };
+            let pair = v8::Local::<v8::Object>::try_from(pair)
+                .map_err(|_| InstanceError::Bundle("bootstrap returned no dispatcher".into()))?;
+            let get = |scope: &mut v8::PinScope, name: &str| {
+                let key = v8::String::new(scope, name).unwrap();
+                pair.get(scope, key.into())
+                    .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+                    .map(|f| v8::Global::new(scope, f))
+                    .ok_or_else(|| InstanceError::Bundle(format!("bootstrap returned no {name}")))
+            };
+            Ok::<_, InstanceError>(Dispatcher {
+                dispatch: get(scope, "dispatch")?,
+                abort: get(scope, "abort")?,
+            })
+        })?;
+        self.dispatcher = Some(dispatcher);
+        Ok(())
+    }
+
+    /// Starts the instance's driver task on the current `LocalSet` and
+    /// returns the handle requests go through. The task ends when every
+    /// handle is dropped and the last request has completed, or when the
+    /// event loop fails; the instance is dropped on this thread either way.
+    pub fn spawn(self) -> InstanceHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = InstanceHandle {
+            tx,
+            next_id: Arc::new(AtomicU32::new(1)),
+        };
+        tokio::task::spawn_local(self.drive(rx));
+        handle
+    }
+
+    /// CPU time spent inside this instance's windows.
+    pub fn cpu_time(&self) -> Duration {
+        self.cpu.total()
+    }
+
+    /// When the isolate was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Requests completed on this instance.
+    pub fn requests_served(&self) -> u64 {
+        self.table.served()
+    }
+
+    async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut handles_gone = false;
+        let outcome = poll_fn(|cx| {
+            // Everything already queued is dispatched before the event loop
+            // runs, so one poll serves a whole batch.
+            while !handles_gone {
+                match commands.poll_recv(cx) {
+                    Poll::Ready(Some(Command::Dispatch {
+                        id,
+                        request,
+                        responder,
+                    })) => self.dispatch(id, request, responder),
+                    Poll::Ready(Some(Command::Abort(id))) => self.abort(id),
+                    Poll::Ready(None) => handles_gone = true,
+                    Poll::Pending => break,
+                }
+            }
+            while let Poll::Ready(Some(control)) = self.control_rx.poll_recv(cx) {
+                match control {
+                    Control::Abort(id) => self.abort(id),
+                }
+            }
+            match self.poll_event_loop(cx) {
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) if handles_gone && self.table.in_flight() == 0 => {
+                    Poll::Ready(Ok(()))
+                }
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        if let Err(error) = outcome {
+            tracing::error!(app = %self.app, error = %error, "instance event loop failed; instance discarded");
+        }
+        self.table.fail_all(DispatchError::InstanceGone);
+    }
+
+    fn dispatch(&mut self, id: u32, request: IncomingRequest, responder: Responder) {
+        let Some(dispatcher) = &self.dispatcher else {
+            let _ = responder.send(Err(DispatchError::InstanceGone));
+            return;
+        };
+        let dispatch = dispatcher.dispatch.clone();
+        let path = request
+            .url
+            .find("://")
+            .and_then(|scheme_end| {
+                request.url[scheme_end + 3..]
+                    .find('/')
+                    .map(|p| scheme_end + 3 + p)
+            })
+            .map_or("/", |start| &request.url[start..]);
+        let label: Arc<str> = format!("{} {}", request.method, path).into();
+        self.table.insert(id, label, responder);
+        let body_rid = request.body.map(|body| {
+            self.runtime
+                .op_state()
+                .borrow_mut()
+                .resource_table
+                .add(RequestBodyResource::new(body))
+        });
+        let table = self.table.clone();
+        self.window(WindowKind::Dispatch, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let dispatch = v8::Local::new(scope, &dispatch);
+            let id_value = v8::Integer::new_from_unsigned(scope, id).into();
+            let method = v8::String::new(scope, request.method.as_str())
+                .unwrap()
+                .into();
+            let url = v8::String::new(scope, &request.url)
+                .map(Into::into)
+                .unwrap_or_else(|| v8::String::empty(scope).into());
+            let mut lines = Vec::with_capacity(request.headers.len());
+            for (name, value) in request.headers.iter() {
+                let name = v8::String::new_from_one_byte(
+                    scope,
+                    name.as_str().as_bytes(),
+                    v8::NewStringType::Normal,
+                );
+                let value = v8::String::new_from_one_byte(
+                    scope,
+                    value.as_bytes(),
+                    v8::NewStringType::Normal,
+                );
+                if let (Some(name), Some(value)) = (name, value) {
+                    lines.push(
+                        v8::Array::new_with_elements(scope, &[name.into(), value.into()]).into(),
+                    );
+                }
+            }
+            let headers = v8::Array::new_with_elements(scope, &lines).into();
+            let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
+            let undefined = v8::undefined(scope).into();
+            if dispatch
+                .call(scope, undefined, &[id_value, method, url, headers, rid])
+                .is_none()
+            {
+                let detail = scope
+                    .exception()
+                    .map(|e| e.to_rust_string_lossy(scope))
+                    .unwrap_or_else(|| "execution terminated".into());
+                isopod_api::Host::fail(&*table, id, isopod_api::FailureKind::Threw, detail);
+                isopod_api::Host::done(&*table, id);
+            }
+        });
+    }
+
+    fn abort(&mut self, id: u32) {
+        let Some(dispatcher) = &self.dispatcher else {
+            return;
+        };
+        let abort = dispatcher.abort.clone();
+        self.window(WindowKind::Other, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let abort = v8::Local::new(scope, &abort);
+            let id = v8::Integer::new_from_unsigned(scope, id).into();
+            let undefined = v8::undefined(scope).into();
+            let _ = abort.call(scope, undefined, &[id]);
+        });
+    }
+
+    fn poll_event_loop(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), deno_core::error::CoreError>> {
+        self.window(WindowKind::EventLoop, |runtime| {
+            runtime.poll_event_loop(cx, PollEventLoopOptions::default())
+        })
+    }
+
+    /// Runs `work` inside one window on this instance's isolate.
+    fn window<R>(&mut self, kind: WindowKind, work: impl FnOnce(&mut JsRuntime) -> R) -> R {
+        // SAFETY: `self.isolate` is the live isolate of `self.runtime`, owned
+        // by this thread; the window ends before this function returns.
+        let _window = unsafe { Window::enter(self.isolate, &self.hooks, kind) };
+        work(&mut self.runtime)
+    }
+
+    /// Drives a future that works on the runtime, one window per poll, so no
+    /// V8 state is live while it is suspended.
+    async fn windowed<'a, T>(
+        &'a mut self,
+        kind: WindowKind,
+        make: impl FnOnce(&'a mut JsRuntime) -> std::pin::Pin<Box<dyn Future<Output = T> + 'a>>,
+    ) -> T {
+        let isolate = self.isolate;
+        let hooks = self.hooks.clone();
+        let mut future = {
+            // SAFETY: creating the future may touch V8 (some deno_core
+            // methods start work eagerly), so it is created inside a window.
+            let _window = unsafe { Window::enter(isolate, &hooks, kind) };
+            make(&mut self.runtime)
+        };
+        poll_fn(|cx| {
+            // SAFETY: the isolate outlives this future (it borrows `self`).
+            let _window = unsafe { Window::enter(isolate, &hooks, kind) };
+            future.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: the isolate is live until `runtime` is dropped below; it is
+        // entered so that the globals are released and the `OwnedIsolate`'s
+        // drop finds itself current, whatever other isolates on this thread
+        // were created or dropped in between.
+        unsafe { self.runtime.v8_isolate().enter() };
+        self.init = None;
+        self.dispatcher = None;
+        // SAFETY: dropped exactly once, here; the exit matching the enter
+        // above is done by `OwnedIsolate::drop`.
+        unsafe { ManuallyDrop::drop(&mut self.runtime) };
+    }
+}
+
+enum Command {
+    Dispatch {
+        id: u32,
+        request: IncomingRequest,
+        responder: Responder,
+    },
+    /// The client went away before the response was ready.
+    Abort(u32),
+}
+
+/// The way into a running instance. Cheap to clone.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    next_id: Arc<AtomicU32>,
+}
+
+impl InstanceHandle {
+    /// Hands `request` to the instance. The returned future resolves when the
+    /// handler's response is ready (its body may still be streaming).
+    pub fn dispatch(
+        &self,
+        request: IncomingRequest,
+    ) -> impl Future<Output = Result<OutgoingResponse, DispatchError>> + Send + 'static {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let (responder, response) = oneshot::channel();
+        let sent = self.tx.send(Command::Dispatch {
+            id,
+            request,
+            responder,
+        });
+        let abort_on_drop = AbortOnDrop {
+            tx: self.tx.clone(),
+            id,
+            armed: sent.is_ok(),
+        };
+        async move {
+            let mut abort_on_drop = abort_on_drop;
+            if sent.is_err() {
+                return Err(DispatchError::InstanceGone);
+            }
+            let outcome = response.await.unwrap_or(Err(DispatchError::InstanceGone));
+            abort_on_drop.armed = false;
+            outcome
+        }
+    }
+
+    /// Whether the instance's driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Tells the instance a request was abandoned (its response future dropped
+/// before completion: the client disconnected), so `request.signal` aborts.
+struct AbortOnDrop {
+    tx: mpsc::UnboundedSender<Command>,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send(Command::Abort(self.id));
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! One V8 isolate running one isopod bundle.
+//!
+//! This crate is the `io/` half of isopod (in workerd's sense): the startup
+//! snapshot, the instance lifecycle (create, load a bundle, serve, drop), and
+//! the path of a request into and out of an isolate. The JavaScript surface
+//! itself lives in `isopod-api`.
+//!
+//! Invariants, which every type here keeps:
+//! - An [`Instance`] is `!Send`: created on a thread, it lives and dies there.
+//!   Several instances may share a thread.
+//! - Every synchronous piece of V8 work runs inside one window (enter, hooks,
+//!   work, hooks, exit); no V8 handle or scope lives across an `.await`.
+//! - Instances on one thread may be dropped in any order.
+//! - What crosses threads ([`InstanceHandle`], [`IncomingRequest`],
+//!   [`OutgoingResponse`]) is `Send`; what touches V8 is not.
+#![deny(missing_docs)]
+
+mod body;
+mod bundle;
+mod host;
+mod instance;
+mod loader;
+mod platform;
+mod request;
+mod snapshot;
+mod window;
+
+pub use body::{BoxError, RequestBody, ResponseBody};
+pub use bundle::{Bundle, BundleError, BundleStyle};
+pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle};
+pub use isopod_api::NetPolicy;
+pub use platform::init_v8;
+pub use request::{DispatchError, IncomingRequest, OutgoingResponse};
+pub use snapshot::snapshot_size;
+pub use window::{thread_cpu_time, CpuMeter, WindowHooks, WindowKind};

@@ -1,0 +1,101 @@
+//! The module loader of a bundle: bundles are self-contained, so it resolves
+//! the bundle itself and refuses every other specifier, static or dynamic.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use deno_core::error::ModuleLoaderError;
+use deno_core::{
+    ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSpecifier,
+    ResolutionKind,
+};
+use deno_error::JsErrorBox;
+
+use crate::Bundle;
+
+/// Created with the isolate (deno_core takes the loader at creation), told
+/// its bundle when one is loaded.
+#[derive(Default)]
+pub(crate) struct BundleLoader {
+    main: RefCell<Option<ModuleSpecifier>>,
+    /// The inline source map of a classic script (modules' inline maps are
+    /// found by deno_core itself when the module is compiled).
+    script_source_map: RefCell<Option<Vec<u8>>>,
+}
+
+impl BundleLoader {
+    pub(crate) fn set_bundle(&self, bundle: &Bundle) {
+        *self.main.borrow_mut() = Some(bundle.specifier().clone());
+        *self.script_source_map.borrow_mut() = inline_source_map(bundle.source());
+    }
+
+    fn is_main(&self, specifier: &str) -> bool {
+        self.main
+            .borrow()
+            .as_ref()
+            .is_some_and(|m| m.as_str() == specifier)
+    }
+}
+
+impl ModuleLoader for BundleLoader {
+    fn resolve(
+        &self,
+        specifier: &str,
+        referrer: &str,
+        _kind: ResolutionKind,
+    ) -> Result<ModuleSpecifier, ModuleLoaderError> {
+        if self.is_main(specifier) {
+            if let Some(main) = self.main.borrow().as_ref() {
+                return Ok(main.clone());
+            }
+        }
+        Err(JsErrorBox::type_error(format!(
+            "isopod bundles are self-contained: cannot import \"{specifier}\" (from {referrer}); \
+             bundle it in with `esbuild --bundle`"
+        )))
+    }
+
+    fn load(
+        &self,
+        specifier: &ModuleSpecifier,
+        _referrer: Option<&ModuleLoadReferrer>,
+        _options: ModuleLoadOptions,
+    ) -> ModuleLoadResponse {
+        ModuleLoadResponse::Sync(Err(JsErrorBox::type_error(format!(
+            "isopod bundles are self-contained: cannot load \"{specifier}\""
+        ))))
+    }
+
+    fn get_source_map(&self, file_name: &str) -> Option<Cow<'_, [u8]>> {
+        if !self.is_main(file_name) {
+            return None;
+        }
+        self.script_source_map.borrow().clone().map(Cow::Owned)
+    }
+}
+
+/// The JSON of a `//# sourceMappingURL=data:application/json;base64,…`
+/// comment, if the source ends with one.
+fn inline_source_map(source: &str) -> Option<Vec<u8>> {
+    const MARKER: &str = "sourceMappingURL=data:application/json";
+    let start = source.rfind(MARKER)?;
+    let rest = &source[start + MARKER.len()..];
+    let encoded = rest.split_once("base64,")?.1;
+    let encoded = encoded.split_whitespace().next()?;
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_inline_source_maps() {
+        let src = "x\n//# sourceMappingURL=data:application/json;base64,eyJhIjoxfQ==\n";
+        assert_eq!(inline_source_map(src).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(inline_source_map("no map"), None);
+    }
+}

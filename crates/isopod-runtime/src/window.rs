@@ -1,0 +1,121 @@
+//! The synchronous V8 window: the only way isopod runs anything in an
+//! isolate.
+//!
+//! Several isolates share each thread, so no isolate may stay "current" on
+//! the thread between two pieces of work: a window enters the isolate, calls
+//! the [`WindowHooks`] at entry, runs the work, calls the hooks at exit, and
+//! exits the isolate — also on early return and on panic (the guard's drop
+//! does the exit). Nothing that holds a V8 handle or scope outlives a window,
+//! so every `.await` sees the thread's isolate stack as it was before.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use deno_core::v8;
+
+/// What a window is doing, for the hooks' accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Creating or loading the isolate: extension set-up, bundle evaluation.
+    Startup,
+    /// Handing a request to the JavaScript dispatcher.
+    Dispatch,
+    /// One poll of the isolate's event loop.
+    EventLoop,
+    /// Anything else (abort signals, teardown).
+    Other,
+}
+
+/// Called at the entry and exit of every window of one instance. The limits
+/// machinery hangs CPU accounting and deadlines here.
+pub trait WindowHooks {
+    /// The isolate has just been entered.
+    fn entered(&self, kind: WindowKind);
+    /// The work is done; the isolate is about to be exited.
+    fn exiting(&self, kind: WindowKind);
+}
+
+/// The default hooks: the instance's on-CPU time inside V8, read from the
+/// thread's CPU clock at entry and exit.
+#[derive(Debug, Default)]
+pub struct CpuMeter {
+    started: std::cell::Cell<Option<Duration>>,
+    total: std::cell::Cell<Duration>,
+}
+
+impl CpuMeter {
+    /// CPU time spent inside this instance's windows so far.
+    pub fn total(&self) -> Duration {
+        self.total.get()
+    }
+}
+
+impl WindowHooks for CpuMeter {
+    fn entered(&self, _kind: WindowKind) {
+        self.started.set(Some(thread_cpu_time()));
+    }
+
+    fn exiting(&self, _kind: WindowKind) {
+        if let Some(start) = self.started.take() {
+            self.total
+                .set(self.total.get() + thread_cpu_time().saturating_sub(start));
+        }
+    }
+}
+
+/// The calling thread's CPU time.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID
+    // is supported on every Linux isopod runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// An entered isolate; exiting happens on drop.
+pub(crate) struct Window<'h> {
+    isolate: v8::Isolate,
+    hooks: &'h Rc<dyn WindowHooks>,
+    kind: WindowKind,
+}
+
+impl<'h> Window<'h> {
+    /// Enters `isolate`.
+    ///
+    /// # Safety
+    /// `isolate` must point to a live isolate owned by this thread that
+    /// outlives the window.
+    pub(crate) unsafe fn enter(
+        isolate: v8::UnsafeRawIsolatePtr,
+        hooks: &'h Rc<dyn WindowHooks>,
+        kind: WindowKind,
+    ) -> Window<'h> {
+        // SAFETY: the caller guarantees the isolate is live and ours; this
+        // `Isolate` is a non-owning view of it.
+        let isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate) };
+        // SAFETY: as above.
+        unsafe { isolate.enter() };
+        hooks.entered(kind);
+        Window {
+            isolate,
+            hooks,
+            kind,
+        }
+    }
+}
+
+impl Drop for Window<'_> {
+    fn drop(&mut self) {
+        self.hooks.exiting(self.kind);
+        // SAFETY: entered in `Window::enter`, on this thread, and every window
+        // opened inside this one has already been dropped, so this isolate is
+        // the thread's current one.
+        unsafe { self.isolate.exit() };
+    }
+}

@@ -1,0 +1,111 @@
+//! The HTTP rules a Workers handler relies on, applied at the edge: absolute
+//! request URLs from the `Host` header, and no hop-by-hop headers in either
+//! direction.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any named by `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Why a request cannot be given to a handler.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BadRequest {
+    MissingHost,
+    InvalidHost,
+}
+
+impl BadRequest {
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            BadRequest::MissingHost => "Bad Request: the request has no Host header",
+            BadRequest::InvalidHost => "Bad Request: the Host header is not a valid host",
+        }
+    }
+}
+
+/// The absolute URL of a request, as `request.url` shows it.
+pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
+    if parts.uri.scheme().is_some() && parts.uri.authority().is_some() {
+        return Ok(parts.uri.to_string());
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .ok_or(BadRequest::MissingHost)?
+        .to_str()
+        .map_err(|_| BadRequest::InvalidHost)?;
+    let authority: http::uri::Authority = host.parse().map_err(|_| BadRequest::InvalidHost)?;
+    if authority.as_str().contains('@') {
+        return Err(BadRequest::InvalidHost);
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(format!("http://{authority}{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> Parts {
+        let mut builder = http::Request::builder().uri(uri);
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn url_comes_from_the_host_header() {
+        assert_eq!(
+            absolute_url(&parts("/a?b=1", Some("example.com:8080"))).unwrap(),
+            "http://example.com:8080/a?b=1"
+        );
+        assert_eq!(
+            absolute_url(&parts("/", None)),
+            Err(BadRequest::MissingHost)
+        );
+        assert_eq!(
+            absolute_url(&parts("/", Some("a b"))),
+            Err(BadRequest::InvalidHost)
+        );
+        assert_eq!(
+            absolute_url(&parts("/", Some("u@h"))),
+            Err(BadRequest::InvalidHost)
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The `isopod` command: serve Workers-style JavaScript bundles.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use isopod_runtime::{AppConfig, Bundle, NetPolicy};
+use isopod_server::{AppSpec, Server, ServerConfig};
+
+/// isopod: a self-hosted, multi-tenant JavaScript edge runtime on V8.
+///
+/// It serves Workers-style bundles (an ES module exporting `default { fetch }`,
+/// or a service-worker script calling `addEventListener('fetch', …)`), each in
+/// its own V8 isolate, with the WinterCG web APIs.
+#[derive(Parser)]
+#[command(name = "isopod", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one bundle over HTTP/1.1.
+    ///
+    /// Every request, whatever its host or path, goes to the bundle's fetch
+    /// handler. Console output and errors are written to stderr as JSON log
+    /// records naming the app and the request.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The bundle: one self-contained JavaScript file (for example the output
+    /// of `esbuild --bundle --format=esm`).
+    bundle: PathBuf,
+    /// The TCP port to listen on (0 picks a free one).
+    #[arg(long, short, default_value_t = 8080, env = "ISOPOD_PORT")]
+    port: u16,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "ISOPOD_HOST")]
+    host: IpAddr,
+    /// A variable for the handler's `env`, as KEY=VALUE; repeat for more.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+    /// The app's name in log records (default: the bundle's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "ISOPOD_THREADS")]
+    threads: Option<usize>,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{text}'")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ISOPOD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_target(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.bundle.is_file() {
+        bail!("bundle not found: {}", args.bundle.display());
+    }
+    let bundle = Bundle::from_file(&args.bundle)?;
+    let name = args.name.unwrap_or_else(|| {
+        args.bundle
+            .file_stem()
+            .map_or_else(|| "app".to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = ServerConfig {
+        listen: SocketAddr::new(args.host, args.port),
+        threads,
+        app: AppSpec {
+            config: AppConfig {
+                name: Arc::from(name.as_str()),
+                vars: args.vars,
+                net: NetPolicy::AllowAll,
+            },
+            bundle,
+        },
+    };
+    let started = std::time::Instant::now();
+    let server = Server::start(config).context("isopod could not start")?;
+    tracing::info!(
+        app = %name,
+        url = %format!("http://{}", server.local_addr()),
+        threads,
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        snapshot_bytes = isopod_runtime::snapshot_size(),
+        "listening"
+    );
+    server.wait();
+    Ok(())
+}
