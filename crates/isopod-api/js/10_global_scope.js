@@ -63,8 +63,11 @@ const crypto = load("ext:deno_crypto/00_crypto.js");
 // console: every record goes to the host as (level, request id, text). The
 // request id comes from an async-context variable set around each handler
 // call, so interleaved requests on one isolate are told apart.
-const requestIdVar = new core.AsyncVariable();
-const currentRequestId = () => requestIdVar.get() ?? 0;
+// Its value is `{ id, label }`; records made after a request completed (a
+// late rejection, waitUntil work) still name it.
+const requestVar = new core.AsyncVariable();
+const NO_REQUEST = { id: 0, label: "" };
+const currentRequest = () => requestVar.get() ?? NO_REQUEST;
 
 consoleMod.setNoColorFns(() => true, () => true);
 const LOG_LEVELS = { __proto__: null, 0: 0, 1: 1, 2: 2, 3: 3 };
@@ -72,7 +75,8 @@ const hostConsole = new consoleMod.Console((msg, level) => {
   const text = StringPrototypeEndsWith(msg, "\n")
     ? StringPrototypeSlice(msg, 0, -1)
     : msg;
-  op_isopod_log(LOG_LEVELS[level] ?? 1, currentRequestId(), text);
+  const { id, label } = currentRequest();
+  op_isopod_log(LOG_LEVELS[level] ?? 1, id, label, text);
 });
 
 // ---------------------------------------------------------------------------
@@ -86,13 +90,16 @@ function requireCallback(callback, name) {
     );
   }
 }
+// deno's timer functions refuse a `this` other than the global object, so
+// they are called unbound.
+const { setTimeout: denoSetTimeout, setInterval: denoSetInterval } = timers;
 function setTimeout(callback, delay = 0, ...args) {
   requireCallback(callback, "setTimeout");
-  return timers.setTimeout(callback, delay, ...args);
+  return denoSetTimeout(callback, delay, ...args);
 }
 function setInterval(callback, delay = 0, ...args) {
   requireCallback(callback, "setInterval");
-  return timers.setInterval(callback, delay, ...args);
+  return denoSetInterval(callback, delay, ...args);
 }
 
 // ---------------------------------------------------------------------------
@@ -269,7 +276,8 @@ event.saveGlobalThisReference(globalThis);
 // Unhandled rejections are logged against the request that caused them and
 // marked handled, so they never become a fatal event-loop error.
 core.setUnhandledPromiseRejectionHandler((promise, reason) => {
-  op_isopod_unhandled_rejection(currentRequestId(), describeError(reason));
+  const { id, label } = currentRequest();
+  op_isopod_unhandled_rejection(id, label, describeError(reason));
   return true;
 });
 
@@ -294,7 +302,7 @@ const FAIL_NOT_A_RESPONSE = 1;
 const inFlight = new SafeMap();
 
 function createDispatcher(handler, env) {
-  function dispatch(id, method, requestUrl, headerList, bodyRid) {
+  function dispatch(id, label, method, requestUrl, headerList, bodyRid) {
     const innerBody = bodyRid < 0
       ? null
       : new body.InnerBody(streams.readableStreamForRid(bodyRid));
@@ -308,26 +316,27 @@ function createDispatcher(handler, env) {
     const req = request.fromInnerRequest(inner, "immutable");
     inFlight.set(id, req);
     const waitUntil = [];
-    const previous = requestIdVar.enter(id);
+    const context = { id, label };
+    const previous = requestVar.enter(context);
     let result;
     try {
       result = handler(req, env, waitUntil);
     } catch (error) {
-      finish(id, waitUntil, () => fail(id, FAIL_THREW, error));
+      finish(context, waitUntil, () => fail(id, FAIL_THREW, error));
       return;
     } finally {
       core.setAsyncContext(previous);
     }
     if (!core.isPromise(result)) {
-      finish(id, waitUntil, () => respond(id, result));
+      finish(context, waitUntil, () => respond(id, result));
       return;
     }
-    const previousForSettle = requestIdVar.enter(id);
+    const previousForSettle = requestVar.enter(context);
     try {
       PromisePrototypeThen(
         result,
-        (res) => finish(id, waitUntil, () => respond(id, res)),
-        (error) => finish(id, waitUntil, () => fail(id, FAIL_THREW, error)),
+          (res) => finish(context, waitUntil, () => respond(id, res)),
+        (error) => finish(context, waitUntil, () => fail(id, FAIL_THREW, error)),
       );
     } finally {
       core.setAsyncContext(previousForSettle);
@@ -344,7 +353,8 @@ function createDispatcher(handler, env) {
   return { dispatch, abort };
 }
 
-function finish(id, waitUntil, sendResponse) {
+function finish(context, waitUntil, sendResponse) {
+  const id = context.id;
   try {
     sendResponse();
   } catch (error) {
@@ -355,7 +365,7 @@ function finish(id, waitUntil, sendResponse) {
     op_isopod_done(id);
     return;
   }
-  const previous = requestIdVar.enter(id);
+  const previous = requestVar.enter(context);
   try {
     PromisePrototypeThen(
       SafePromiseAllSettled(waitUntil),
@@ -367,7 +377,11 @@ function finish(id, waitUntil, sendResponse) {
 }
 
 function fail(id, kind, error) {
-  op_isopod_fail(id, kind, describeError(error));
+  op_isopod_fail(
+    id,
+    kind,
+    typeof error === "string" ? error : describeError(error),
+  );
 }
 
 function respond(id, res) {

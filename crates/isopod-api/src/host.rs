@@ -71,8 +71,9 @@ pub enum ResponseBody {
 /// Request ids are the ones the host passed to the JavaScript dispatcher; id
 /// `0` never names a request (it is how code outside any request logs).
 pub trait Host {
-    /// A console record.
-    fn log(&self, level: LogLevel, request: Option<u32>, message: &str);
+    /// A console record, made while serving `request` (`METHOD /path`), or
+    /// outside any request when `request` is empty.
+    fn log(&self, level: LogLevel, request: &str, message: &str);
     /// The handler's response for `request`.
     fn respond(&self, request: u32, response: HostResponse);
     /// The handler failed to produce a response for `request`.
@@ -80,30 +81,24 @@ pub trait Host {
     /// `request` is complete: responded or failed, and every `waitUntil`
     /// promise it registered has settled.
     fn done(&self, request: u32);
-    /// A promise rejection that nothing handled.
-    fn unhandled_rejection(&self, request: Option<u32>, detail: String);
+    /// A promise rejection that nothing handled, caused while serving
+    /// `request` (empty when outside any request).
+    fn unhandled_rejection(&self, request: &str, detail: String);
 }
 
 fn host(state: &OpState) -> Rc<dyn Host> {
     state.borrow::<Rc<dyn Host>>().clone()
 }
 
-fn request_id(id: u32) -> Option<u32> {
-    (id != 0).then_some(id)
-}
-
 #[op2(fast)]
 pub fn op_isopod_log(
     state: &mut OpState,
     #[smi] level: u32,
-    #[smi] request: u32,
+    #[smi] _request: u32,
+    #[string] label: &str,
     #[string] message: &str,
 ) {
-    host(state).log(
-        LogLevel::from_console_level(level),
-        request_id(request),
-        message,
-    );
+    host(state).log(LogLevel::from_console_level(level), label, message);
 }
 
 #[op2]
@@ -174,8 +169,9 @@ pub fn op_isopod_done(state: &mut OpState, #[smi] request: u32) {
 #[op2(fast)]
 pub fn op_isopod_unhandled_rejection(
     state: &mut OpState,
-    #[smi] request: u32,
+    #[smi] _request: u32,
+    #[string] label: &str,
     #[string] detail: String,
 ) {
-    host(state).unhandled_rejection(request_id(request), detail);
+    host(state).unhandled_rejection(label, detail);
 }

@@ -189,6 +189,7 @@ pub(crate) async fn pump_stream(
             }
             Err(error) => {
                 let message = format!("response stream failed: {error}");
+                tracing::warn!("{message}");
                 let _ = tx.send(Err(message.into())).await;
                 stream.close();
                 return;

@@ -125,9 +125,7 @@ impl RequestTable {
 }
 
 impl Host for RequestTable {
-    fn log(&self, level: LogLevel, request: Option<u32>, message: &str) {
-        let label = request.and_then(|id| self.label(id));
-        let request = label.as_deref().unwrap_or("");
+    fn log(&self, level: LogLevel, request: &str, message: &str) {
         let app = &*self.app;
         match level {
             LogLevel::Debug => {
@@ -177,9 +175,7 @@ impl Host for RequestTable {
         }
     }
 
-    fn unhandled_rejection(&self, request: Option<u32>, detail: String) {
-        let label = request.and_then(|id| self.label(id));
-        let request = label.as_deref().unwrap_or("");
+    fn unhandled_rejection(&self, request: &str, detail: String) {
         let app = &*self.app;
         tracing::error!(target: "isopod::handler", app, request, error = %detail, "unhandled promise rejection");
     }

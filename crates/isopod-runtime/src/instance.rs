@@ -368,7 +368,7 @@ impl Instance {
             })
             .map_or("/", |start| &request.url[start..]);
         let label: Arc<str> = format!("{} {}", request.method, path).into();
-        self.table.insert(id, label, responder);
+        self.table.insert(id, label.clone(), responder);
         let body_rid = request.body.map(|body| {
             self.runtime
                 .op_state()
@@ -382,6 +382,9 @@ impl Instance {
             v8::tc_scope!(let scope, scope);
             let dispatch = v8::Local::new(scope, &dispatch);
             let id_value = v8::Integer::new_from_unsigned(scope, id).into();
+            let label = v8::String::new(scope, &label)
+                .map(Into::into)
+                .unwrap_or_else(|| v8::String::empty(scope).into());
             let method = v8::String::new(scope, request.method.as_str())
                 .unwrap()
                 .into();
@@ -410,7 +413,11 @@ impl Instance {
             let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
             let undefined = v8::undefined(scope).into();
             if dispatch
-                .call(scope, undefined, &[id_value, method, url, headers, rid])
+                .call(
+                    scope,
+                    undefined,
+                    &[id_value, label, method, url, headers, rid],
+                )
                 .is_none()
             {
                 let detail = scope
