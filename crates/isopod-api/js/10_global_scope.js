@@ -80,6 +80,35 @@ const hostConsole = new consoleMod.Console((msg, level) => {
 });
 
 // ---------------------------------------------------------------------------
+// Errors raised by ops carry a class name; deno_core turns the ones named
+// here into the DOMExceptions that WebCrypto, base64 and streams specify.
+for (
+  const name of [
+    "AbortError",
+    "DataError",
+    "IndexSizeError",
+    "InvalidCharacterError",
+    "InvalidStateError",
+    "NetworkError",
+    "NotSupportedError",
+    "OperationError",
+    "QuotaExceededError",
+    "SyntaxError",
+    "TimeoutError",
+    "TypeMismatchError",
+  ]
+) {
+  core.registerErrorBuilder(
+    `DOMException${name}`,
+    (msg) => new domException.DOMException(msg, name),
+  );
+}
+
+// deno_core already put its `queueMicrotask` (V8's, with exceptions routed
+// to the report callback below) on the global object.
+const queueMicrotask = globalThis.queueMicrotask;
+
+// ---------------------------------------------------------------------------
 // Timers: Workers' setTimeout/setInterval take only functions. deno's accept a
 // string and eval it later; refusing up front makes the error surface inside
 // the handler that made the call.
@@ -243,7 +272,7 @@ ObjectDefineProperties(globalThis, {
   clearTimeout: enumerable(timers.clearTimeout),
   setInterval: enumerable(setInterval),
   clearInterval: enumerable(timers.clearInterval),
-  queueMicrotask: enumerable(core.queueUserMicrotask),
+  queueMicrotask: enumerable(queueMicrotask),
   structuredClone: enumerable(structuredClone.structuredClone),
   performance: enumerable(performance.performance),
   Performance: nonEnumerable(performance.Performance),
@@ -279,6 +308,13 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
   const { id, label } = currentRequest();
   op_isopod_unhandled_rejection(id, label, describeError(reason));
   return true;
+});
+
+// An exception thrown by a microtask or timer callback is logged the same way;
+// the isolate keeps serving.
+core.setReportExceptionCallback((error) => {
+  const { id, label } = currentRequest();
+  op_isopod_unhandled_rejection(id, label, describeError(error));
 });
 
 function describeError(error) {
@@ -473,6 +509,9 @@ function init(exported, env) {
 ObjectDefineProperty(globalThis, "__isopodInit", {
   value: () => {
     delete globalThis.__isopodInit;
+    // Per isolate, not per snapshot: performance.timeOrigin is this
+    // isolate's birth.
+    performance.setTimeOrigin();
     delete globalThis.Deno;
     delete globalThis.__bootstrap;
     return init;
