@@ -26,6 +26,7 @@ internals.__telemetry = {
   enterSpan() {
     return undefined;
   },
+  exitSpan() {},
   restoreSnapshot() {},
 };
 

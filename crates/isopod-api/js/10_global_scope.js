@@ -32,7 +32,7 @@ const {
   op_isopod_respond_stream,
   op_isopod_fail,
   op_isopod_done,
-  op_isopod_unhandled_rejection,
+  op_isopod_uncaught,
 } = core.ops;
 
 const load = (specifier) => core.loadExtScript(specifier);
@@ -302,11 +302,14 @@ ObjectDefineProperties(globalThis, {
 event.saveGlobalThisReference(globalThis);
 
 // ---------------------------------------------------------------------------
+const UNCAUGHT_REJECTION = 0;
+const UNCAUGHT_EXCEPTION = 1;
+
 // Unhandled rejections are logged against the request that caused them and
 // marked handled, so they never become a fatal event-loop error.
 core.setUnhandledPromiseRejectionHandler((promise, reason) => {
   const { id, label } = currentRequest();
-  op_isopod_unhandled_rejection(id, label, describeError(reason));
+  op_isopod_uncaught(id, label, UNCAUGHT_REJECTION, describeError(reason));
   return true;
 });
 
@@ -314,7 +317,7 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
 // the isolate keeps serving.
 core.setReportExceptionCallback((error) => {
   const { id, label } = currentRequest();
-  op_isopod_unhandled_rejection(id, label, describeError(error));
+  op_isopod_uncaught(id, label, UNCAUGHT_EXCEPTION, describeError(error));
 });
 
 function describeError(error) {
@@ -350,9 +353,9 @@ function createDispatcher(handler, env) {
       false,
     );
     const req = request.fromInnerRequest(inner, "immutable");
-    inFlight.set(id, req);
     const waitUntil = [];
     const context = { id, label };
+    inFlight.set(id, { req, context });
     const previous = requestVar.enter(context);
     let result;
     try {
@@ -380,9 +383,15 @@ function createDispatcher(handler, env) {
   }
 
   function abort(id) {
-    const req = inFlight.get(id);
-    if (req !== undefined) {
-      request.abortRequest(req);
+    const entry = inFlight.get(id);
+    if (entry === undefined) {
+      return;
+    }
+    const previous = requestVar.enter(entry.context);
+    try {
+      request.abortRequest(entry.req);
+    } finally {
+      core.setAsyncContext(previous);
     }
   }
 

@@ -44,6 +44,15 @@ pub enum FailureKind {
     NotAResponse,
 }
 
+/// What escaped the tenant's code without being caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UncaughtKind {
+    /// A rejected promise nobody handled.
+    Rejection,
+    /// An exception thrown by a timer or microtask callback.
+    Exception,
+}
+
 /// A response as the handler produced it.
 pub struct HostResponse {
     /// HTTP status code.
@@ -81,9 +90,10 @@ pub trait Host {
     /// `request` is complete: responded or failed, and every `waitUntil`
     /// promise it registered has settled.
     fn done(&self, request: u32);
-    /// A promise rejection that nothing handled, caused while serving
-    /// `request` (empty when outside any request).
-    fn unhandled_rejection(&self, request: &str, detail: String);
+    /// A promise rejection that nothing handled, or an exception thrown by
+    /// a callback (timer, microtask) with nobody to catch it, caused while
+    /// serving `request` (empty when outside any request).
+    fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String);
 }
 
 fn host(state: &OpState) -> Rc<dyn Host> {
@@ -167,11 +177,17 @@ pub fn op_isopod_done(state: &mut OpState, #[smi] request: u32) {
 }
 
 #[op2(fast)]
-pub fn op_isopod_unhandled_rejection(
+pub fn op_isopod_uncaught(
     state: &mut OpState,
     #[smi] _request: u32,
     #[string] label: &str,
+    #[smi] kind: u32,
     #[string] detail: String,
 ) {
-    host(state).unhandled_rejection(label, detail);
+    let kind = if kind == 1 {
+        UncaughtKind::Exception
+    } else {
+        UncaughtKind::Rejection
+    };
+    host(state).uncaught(label, kind, detail);
 }

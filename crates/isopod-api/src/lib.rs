@@ -21,7 +21,7 @@
 mod host;
 mod permissions;
 
-pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody};
+pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody, UncaughtKind};
 pub use permissions::{NetPolicy, PermissionError};
 
 use deno_core::{Extension, ExtensionArguments};
@@ -35,7 +35,7 @@ deno_core::extension!(
         host::op_isopod_respond_stream,
         host::op_isopod_fail,
         host::op_isopod_done,
-        host::op_isopod_unhandled_rejection,
+        host::op_isopod_uncaught,
     ],
     esm_entry_point = "ext:isopod_api/10_global_scope.js",
     esm = [

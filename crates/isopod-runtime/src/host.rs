@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use isopod_api::{FailureKind, Host, HostResponse, LogLevel};
+use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{pump_stream, ResponseBody};
@@ -175,9 +175,16 @@ impl Host for RequestTable {
         }
     }
 
-    fn unhandled_rejection(&self, request: &str, detail: String) {
+    fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {
         let app = &*self.app;
-        tracing::error!(target: "isopod::handler", app, request, error = %detail, "unhandled promise rejection");
+        match kind {
+            UncaughtKind::Rejection => {
+                tracing::error!(target: "isopod::handler", app, request, error = %detail, "unhandled promise rejection")
+            }
+            UncaughtKind::Exception => {
+                tracing::error!(target: "isopod::handler", app, request, error = %detail, "uncaught exception")
+            }
+        }
     }
 }
 

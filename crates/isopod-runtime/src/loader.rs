@@ -66,6 +66,12 @@ impl ModuleLoader for BundleLoader {
         ))))
     }
 
+    /// The original sources named by a bundle's source map are never on
+    /// this machine; stacks should name them anyway, as workerd's do.
+    fn source_map_source_exists(&self, _source_url: &str) -> Option<bool> {
+        Some(true)
+    }
+
     fn get_source_map(&self, file_name: &str) -> Option<Cow<'_, [u8]>> {
         if !self.is_main(file_name) {
             return None;

@@ -1,0 +1,139 @@
+//! The HTTP semantics a Workers handler relies on.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{temp_bundle, Isopod};
+
+/// Reads from `stream` until `done` says the text so far is complete.
+async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(&text) {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("response in time");
+    text
+}
+
+async fn raw(isopod: &Isopod, request: &str) -> String {
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until(&mut stream, |t| {
+        t.contains("\r\n\r\n") && (t.ends_with('\n') || t.contains("content-length: 0"))
+    })
+    .await
+}
+
+fn echo_bundle() -> std::path::PathBuf {
+    temp_bundle(
+        "echo.js",
+        "export default { async fetch(request) {\n\
+           const seen = {}; for (const [k, v] of request.headers) seen[k] = v;\n\
+           const headers = new Headers({ 'x-url': request.url, 'keep-alive': 'timeout=99', 'connection': 'x-secret', 'x-secret': 'no' });\n\
+           headers.append('set-cookie', 'a=1; Path=/');\n\
+           headers.append('set-cookie', 'b=2; Path=/');\n\
+           return new Response(JSON.stringify({ url: request.url, method: request.method, headers: seen, body: await request.text() }) + '\\n', { headers });\n\
+         } };\n",
+    )
+}
+
+#[tokio::test]
+async fn url_is_absolute_from_the_host_header() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let text = raw(
+        &isopod,
+        "GET /p/a?q=1 HTTP/1.1\r\nhost: app.example:9000\r\n\r\n",
+    )
+    .await;
+    assert!(
+        text.contains(r#""url":"http://app.example:9000/p/a?q=1""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_host_is_refused_with_a_reason() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let text = raw(&isopod, "GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.0 400") || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    assert!(text.contains("no Host header"), "{text}");
+}
+
+#[tokio::test]
+async fn head_gets_headers_and_no_body() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream
+        .write_all(b"HEAD / HTTP/1.1\r\nhost: localhost\r\n\r\nGET /second HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Both responses on one connection: the HEAD one carries no body, so the
+    // second response's status line directly follows its headers.
+    let text = read_until(&mut stream, |t| {
+        t.matches("HTTP/1.1 200").count() == 2 && t.ends_with("}\n")
+    })
+    .await;
+    let (head, second) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-length:"), "{head}");
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "HEAD response had a body: {text}"
+    );
+    assert!(second.contains(r#""method":"GET""#));
+}
+
+#[tokio::test]
+async fn set_cookie_lines_stay_separate_and_hop_by_hop_headers_do_not_pass() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let text = raw(
+        &isopod,
+        "GET / HTTP/1.1\r\nhost: localhost\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nx-kept: yes\r\n\r\n",
+    )
+    .await;
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("set-cookie: a=1; path=/\r\nset-cookie: b=2; path=/"),
+        "{head}"
+    );
+    assert!(!head.contains("keep-alive: timeout=99"), "{head}");
+    assert!(!head.contains("x-secret"), "{head}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    assert!(body.contains(r#""x-kept":"yes""#), "{body}");
+    for hop in ["x-hop", "keep-alive", "te", "connection"] {
+        assert!(
+            !body.contains(&format!("\"{hop}\"")),
+            "{hop} reached the handler: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_until(&mut stream, |t| t.contains("\r\n\r\n")).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"hello").await.unwrap();
+    let text = read_until(&mut stream, |t| t.ends_with("}\n")).await;
+    assert!(
+        text.contains("HTTP/1.1 200") && text.contains(r#""body":"hello""#),
+        "{text}"
+    );
+}

@@ -1,0 +1,12 @@
+//! isopod's integration tests: real `isopod` processes on ephemeral loopback
+//! ports, driven by a real HTTP client. One test binary, one module per area.
+
+mod bundles;
+mod errors;
+mod fetch;
+mod http_semantics;
+mod isolation;
+mod logging;
+mod probe;
+mod streaming;
+mod support;

@@ -1,0 +1,192 @@
+//! Shared test machinery: a real `isopod` process on an ephemeral loopback
+//! port, its JSON log records, and a real HTTP/1.1 client.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// The isopod binary under test.
+pub fn isopod_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_isopod")
+}
+
+/// A file under `crates/isopod/tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A bundle built from `examples/` by `npm run build` (done by `.ci/run`).
+pub fn example_dist(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/dist")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the examples first (`npm --prefix examples ci && npm --prefix examples run build`, as .ci/run does)",
+        path.display()
+    );
+    path
+}
+
+/// Writes `source` to a fresh temporary bundle file.
+pub fn temp_bundle(name: &str, source: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("isopod-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+/// A running `isopod run` process.
+pub struct Isopod {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Isopod {
+    /// Starts `isopod run BUNDLE --port 0 ARGS…` and waits until it listens.
+    pub fn start(bundle: &Path, args: &[&str]) -> Isopod {
+        let mut child = Command::new(isopod_bin())
+            .arg("run")
+            .arg(bundle)
+            .args(["--port", "0"])
+            .args(args)
+            .env("ISOPOD_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("isopod starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(record) = serde_json::from_str::<Value>(&line) else {
+                    eprintln!("isopod (not JSON): {line}");
+                    continue;
+                };
+                if record["message"] == "listening" {
+                    if let Some(tx) = addr_tx.take() {
+                        let url = record["url"].as_str().unwrap_or_default().to_string();
+                        let _ = tx.send(url);
+                    }
+                }
+                sink.lock().unwrap().push(record);
+            }
+        });
+        let url = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let status = child.try_wait();
+                panic!("isopod did not start listening (exit: {status:?})")
+            });
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("listen address");
+        Isopod { child, addr, logs }
+    }
+
+    /// Every log record so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for a log record matching `predicate`.
+    pub fn wait_for_log(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(record) = self.logs().into_iter().find(|r| predicate(r)) {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log record for {what}; logs: {:#?}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` with `Host: localhost`, body collected.
+    pub async fn get(&self, path: &str) -> (u16, http::HeaderMap, String) {
+        let request = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = send(self.addr, request).await;
+        collect(response).await
+    }
+
+    /// `GET path`, the body parsed as JSON (status must be 200).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let (status, _, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+impl Drop for Isopod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `isopod ARGS…` to completion: (exit success, stderr).
+pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let output = Command::new(isopod_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("isopod runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection.
+pub async fn send<B>(addr: SocketAddr, request: http::Request<B>) -> http::Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    sender.send_request(request).await.expect("response")
+}
+
+/// Status, headers and the whole body as text.
+pub async fn collect(response: http::Response<Incoming>) -> (u16, http::HeaderMap, String) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
