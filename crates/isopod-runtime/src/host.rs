@@ -1,12 +1,13 @@
 //! The runtime's side of the host interface: requests in flight on one
 //! instance, and where their responses, failures and log records go.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use deno_core::ResourceId;
 use http::{HeaderName, HeaderValue, StatusCode};
 use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
 use tokio::sync::{mpsc, oneshot};
@@ -27,45 +28,84 @@ struct PendingRequest {
     responder: Option<Responder>,
     /// `METHOD /path` for log records.
     label: Arc<str>,
+    /// The request body's resource, released when the request completes.
+    body: Option<ResourceId>,
+    /// JavaScript is done: responded or failed, `waitUntil` settled.
+    script_done: bool,
+    /// A streaming response body is still being sent.
+    streaming: bool,
 }
 
-/// The requests in flight on one instance.
+/// The requests in flight on one instance. A request stays here until its
+/// response has been sent in full (streams included) and its `waitUntil`
+/// work has settled: that is what "in flight" means for draining.
 pub(crate) struct RequestTable {
     app: Arc<str>,
     pending: RefCell<HashMap<u32, PendingRequest>>,
+    /// Body resources of completed requests, for the driver to close (the
+    /// table cannot reach `OpState` from inside an op).
+    released_bodies: RefCell<Vec<ResourceId>>,
     control: mpsc::UnboundedSender<Control>,
-    served: Cell<u64>,
+    this: Weak<RequestTable>,
 }
 
 impl RequestTable {
-    pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> RequestTable {
-        RequestTable {
+    pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<RequestTable> {
+        Rc::new_cyclic(|this| RequestTable {
             app,
             pending: RefCell::new(HashMap::new()),
+            released_bodies: RefCell::new(Vec::new()),
             control,
-            served: Cell::new(0),
-        }
+            this: this.clone(),
+        })
     }
 
-    pub(crate) fn insert(&self, id: u32, label: Arc<str>, responder: Responder) {
+    pub(crate) fn insert(
+        &self,
+        id: u32,
+        label: Arc<str>,
+        responder: Responder,
+        body: Option<ResourceId>,
+    ) {
         self.pending.borrow_mut().insert(
             id,
             PendingRequest {
                 responder: Some(responder),
                 label,
+                body,
+                script_done: false,
+                streaming: false,
             },
         );
+    }
+
+    /// Body resources of requests completed since the last call.
+    pub(crate) fn take_released_bodies(&self) -> Vec<ResourceId> {
+        std::mem::take(&mut *self.released_bodies.borrow_mut())
+    }
+
+    /// Records progress on `id` and removes it once it is complete.
+    fn progress(&self, id: u32, update: impl FnOnce(&mut PendingRequest)) {
+        let mut pending = self.pending.borrow_mut();
+        let Some(request) = pending.get_mut(&id) else {
+            return;
+        };
+        update(request);
+        if request.script_done && !request.streaming {
+            let mut request = pending.remove(&id).expect("present above");
+            if let Some(responder) = request.responder.take() {
+                let _ = responder.send(Err(DispatchError::InstanceGone));
+            }
+            if let Some(body) = request.body {
+                self.released_bodies.borrow_mut().push(body);
+            }
+        }
     }
 
     /// Requests not yet complete (response pending, or `waitUntil` work
     /// still running).
     pub(crate) fn in_flight(&self) -> usize {
         self.pending.borrow().len()
-    }
-
-    /// Requests completed so far.
-    pub(crate) fn served(&self) -> u64 {
-        self.served.get()
     }
 
     /// Answers every request still waiting for a response with `error`, and
@@ -112,9 +152,19 @@ impl RequestTable {
                 // One chunk in flight: the producer runs at the client's pace.
                 let (tx, rx) = mpsc::channel(1);
                 let control = self.control.clone();
-                tokio::task::spawn_local(pump_stream(stream, tx, move || {
-                    let _ = control.send(Control::Abort(id));
-                }));
+                let table = self.this.clone();
+                if let Some(request) = self.pending.borrow_mut().get_mut(&id) {
+                    request.streaming = true;
+                }
+                tokio::task::spawn_local(async move {
+                    pump_stream(stream, tx, || {
+                        let _ = control.send(Control::Abort(id));
+                    })
+                    .await;
+                    if let Some(table) = table.upgrade() {
+                        table.progress(id, |r| r.streaming = false);
+                    }
+                });
                 ResponseBody::channel(rx)
             }
         };
@@ -167,12 +217,7 @@ impl Host for RequestTable {
     }
 
     fn done(&self, id: u32) {
-        if let Some(mut request) = self.pending.borrow_mut().remove(&id) {
-            self.served.set(self.served.get() + 1);
-            if let Some(responder) = request.responder.take() {
-                let _ = responder.send(Err(DispatchError::InstanceGone));
-            }
-        }
+        self.progress(id, |r| r.script_done = true);
     }
 
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {
@@ -188,7 +233,7 @@ impl Host for RequestTable {
     }
 }
 
-/// Wraps the table for the `Rc<dyn Host>` slot in `OpState`.
+/// The table as the `Rc<dyn Host>` that goes into `OpState`.
 pub(crate) fn as_host(table: &Rc<RequestTable>) -> Rc<dyn Host> {
     table.clone()
 }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
 use isopod_api::{IsolateOptions, NetPolicy};
@@ -76,7 +76,7 @@ pub enum InstanceError {
 
 /// One isolate running (or ready to run) one bundle.
 pub struct Instance {
-    // Field order does not matter: `Drop` releases everything explicitly.
+    // Field order does not matter: `Drop` releases the V8 state explicitly.
     /// The isolate owned by `runtime`, as a stable raw pointer (the
     /// `OwnedIsolate` inside the runtime moves with it; the isolate does not).
     isolate: v8::UnsafeRawIsolatePtr,
@@ -89,7 +89,6 @@ pub struct Instance {
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
     dispatcher: Option<Dispatcher>,
-    created: Instant,
     runtime: ManuallyDrop<JsRuntime>,
 }
 
@@ -104,9 +103,8 @@ impl Instance {
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
         let cpu = Rc::new(CpuMeter::default());
         let hooks: Rc<dyn WindowHooks> = cpu.clone();
-        let created = Instant::now();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let table = Rc::new(RequestTable::new(app.name.clone(), control_tx));
+        let table = RequestTable::new(app.name.clone(), control_tx);
         let loader = Rc::new(BundleLoader::default());
 
         let mut runtime = JsRuntime::try_new(RuntimeOptions {
@@ -136,7 +134,6 @@ impl Instance {
             app: app.name.clone(),
             init: None,
             dispatcher: None,
-            created,
             runtime: ManuallyDrop::new(runtime),
         };
         instance.bootstrap(app)?;
@@ -300,19 +297,10 @@ impl Instance {
         handle
     }
 
-    /// CPU time spent inside this instance's windows.
+    /// CPU time spent inside this instance's windows so far (until it is
+    /// spawned; afterwards its driver owns it).
     pub fn cpu_time(&self) -> Duration {
         self.cpu.total()
-    }
-
-    /// When the isolate was created.
-    pub fn created(&self) -> Instant {
-        self.created
-    }
-
-    /// Requests completed on this instance.
-    pub fn requests_served(&self) -> u64 {
-        self.table.served()
     }
 
     async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -337,7 +325,9 @@ impl Instance {
                     Control::Abort(id) => self.abort(id),
                 }
             }
-            match self.poll_event_loop(cx) {
+            let polled = self.poll_event_loop(cx);
+            self.release_bodies();
+            match polled {
                 Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
                 Poll::Ready(Ok(())) if handles_gone && self.table.in_flight() == 0 => {
                     Poll::Ready(Ok(()))
@@ -368,7 +358,6 @@ impl Instance {
             })
             .map_or("/", |start| &request.url[start..]);
         let label: Arc<str> = format!("{} {}", request.method, path).into();
-        self.table.insert(id, label.clone(), responder);
         let body_rid = request.body.map(|body| {
             self.runtime
                 .op_state()
@@ -376,6 +365,7 @@ impl Instance {
                 .resource_table
                 .add(RequestBodyResource::new(body))
         });
+        self.table.insert(id, label.clone(), responder, body_rid);
         let table = self.table.clone();
         self.window(WindowKind::Dispatch, |runtime| {
             deno_core::scope!(scope, runtime);
@@ -428,6 +418,24 @@ impl Instance {
                 isopod_api::Host::done(&*table, id);
             }
         });
+    }
+
+    /// Closes the body resources of requests that completed; a body the
+    /// handler never read would otherwise live until its stream is collected.
+    fn release_bodies(&mut self) {
+        let released = self.table.take_released_bodies();
+        if released.is_empty() {
+            return;
+        }
+        let state = self.runtime.op_state();
+        let mut state = state.borrow_mut();
+        for rid in released {
+            // Already closed when the handler read the body to its end.
+            let _ = state
+                .resource_table
+                .take_any(rid)
+                .map(|resource| resource.close());
+        }
     }
 
     fn abort(&mut self, id: u32) {
@@ -567,5 +575,67 @@ impl Drop for AbortOnDrop {
         if self.armed {
             let _ = self.tx.send(Command::Abort(self.id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_local_thread<F: Future<Output = ()>>(make: impl FnOnce() -> F + Send + 'static) {
+        crate::init_v8();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio::task::LocalSet::new().block_on(&runtime, make());
+        })
+        .join()
+        .expect("the test thread did not panic or abort");
+    }
+
+    fn request(url: &str) -> IncomingRequest {
+        IncomingRequest {
+            method: http::Method::GET,
+            url: url.to_string(),
+            headers: http::HeaderMap::new(),
+            body: None,
+        }
+    }
+
+    async fn body_text(response: OutgoingResponse) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn instances_on_one_thread_drop_in_any_order() {
+        on_local_thread(|| async {
+            let app = AppConfig::new("order");
+            let bundle = Bundle::from_source(
+                "order.js",
+                "export default { fetch(r) { return new Response(new URL(r.url).pathname); } };",
+            );
+            // Creation order a, b, c; rusty_v8 alone would abort unless they
+            // were dropped c, b, a.
+            let mut a = Instance::blank(&app).unwrap();
+            let b = Instance::blank(&app).unwrap();
+            let mut c = Instance::blank(&app).unwrap();
+            a.load(&bundle, &app).await.unwrap();
+            c.load(&bundle, &app).await.unwrap();
+            assert!(
+                a.cpu_time() > Duration::ZERO,
+                "the window hooks saw no CPU time"
+            );
+            drop(b);
+            let handle = a.spawn();
+            let response = handle.dispatch(request("http://x/first")).await.unwrap();
+            assert_eq!(body_text(response).await, "/first");
+            drop(c);
+            let response = handle.dispatch(request("http://x/second")).await.unwrap();
+            assert_eq!(body_text(response).await, "/second");
+        });
     }
 }

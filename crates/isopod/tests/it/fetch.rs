@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
-use crate::support::{send, temp_bundle, Isopod};
+use crate::support::{send, temp_bundle, timed_chunks, Isopod};
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -130,15 +130,7 @@ async fn fetch_streams_responses_and_request_bodies() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let started = Instant::now();
-    let mut body = send(isopod.addr, request).await.into_body();
-    let mut arrivals = Vec::new();
-    let mut text = String::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            arrivals.push(started.elapsed());
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
+    let (text, arrivals) = timed_chunks(send(isopod.addr, request).await, started).await;
     assert_eq!(text, "part0;part1;part2;");
     assert!(
         arrivals[0] + Duration::from_millis(600) < *arrivals.last().unwrap(),

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{send, temp_bundle, Isopod};
+use crate::support::{send, temp_bundle, timed_chunks, Isopod};
 
 /// POSTs a JSON body and parses the JSON answer.
 pub async fn post_json(addr: SocketAddr, path: &str, json: &str) -> serde_json::Value {
@@ -43,15 +43,7 @@ async fn response_streams_chunk_by_chunk() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let started = Instant::now();
-    let mut body = send(isopod.addr, request).await.into_body();
-    let mut arrivals = Vec::new();
-    let mut text = String::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            arrivals.push(started.elapsed());
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
+    let (text, arrivals) = timed_chunks(send(isopod.addr, request).await, started).await;
     assert_eq!(text, "chunk1;chunk2;chunk3;");
     // The producer needs ~1.2 s; the first chunk must not wait for it.
     let first = arrivals[0];

@@ -190,3 +190,21 @@ pub async fn collect(response: http::Response<Incoming>) -> (u16, http::HeaderMa
         .to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Reads a response body frame by frame: the text, and when each data frame
+/// arrived (measured from `started`).
+pub async fn timed_chunks(
+    response: http::Response<Incoming>,
+    started: Instant,
+) -> (String, Vec<Duration>) {
+    let mut body = response.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            arrivals.push(started.elapsed());
+            text.push_str(std::str::from_utf8(&data).expect("UTF-8 body"));
+        }
+    }
+    (text, arrivals)
+}
