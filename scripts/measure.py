@@ -17,7 +17,7 @@ import time
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/isopod/target"))
-binary = os.path.join(target, "release", "isopod")
+binary = os.environ.get("ISOPOD_BIN", os.path.join(target, "release", "isopod"))
 bundle = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "examples", "hello.js")
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 port = 18700

@@ -4,7 +4,15 @@ use std::sync::Once;
 
 /// Initialises the V8 platform. Call it once on the main thread before any
 /// thread creates an isolate; later calls do nothing.
+///
+/// `ISOPOD_V8_FLAGS` (for example `--max-old-space-size=64`) is passed to V8
+/// first, for diagnosis; V8 flags are process-wide and fixed from here on.
 pub fn init_v8() {
     static INIT: Once = Once::new();
-    INIT.call_once(|| deno_core::JsRuntime::init_platform(None));
+    INIT.call_once(|| {
+        if let Ok(flags) = std::env::var("ISOPOD_V8_FLAGS") {
+            deno_core::v8::V8::set_flags_from_string(&flags);
+        }
+        deno_core::JsRuntime::init_platform(None);
+    });
 }

@@ -15,7 +15,13 @@ use isopod_server::{AppSpec, Server, ServerConfig};
 /// or a service-worker script calling `addEventListener('fetch', …)`), each in
 /// its own V8 isolate, with the WinterCG web APIs.
 #[derive(Parser)]
-#[command(name = "isopod", version, about, long_about)]
+#[command(
+    name = "isopod",
+    version,
+    about,
+    long_about,
+    after_help = "Environment: ISOPOD_LOG sets the log filter (default `info`; e.g. `debug`, `isopod::console=warn`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
