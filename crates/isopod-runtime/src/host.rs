@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -46,6 +47,8 @@ pub(crate) struct RequestTable {
     /// table cannot reach `OpState` from inside an op).
     released_bodies: RefCell<Vec<ResourceId>>,
     control: mpsc::UnboundedSender<Control>,
+    /// The number of entries in `pending`, readable from any thread.
+    in_flight: Arc<AtomicUsize>,
     this: Weak<RequestTable>,
 }
 
@@ -56,6 +59,7 @@ impl RequestTable {
             pending: RefCell::new(HashMap::new()),
             released_bodies: RefCell::new(Vec::new()),
             control,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             this: this.clone(),
         })
     }
@@ -77,6 +81,12 @@ impl RequestTable {
                 streaming: false,
             },
         );
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The shared in-flight counter, for handles.
+    pub(crate) fn in_flight_counter(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
     }
 
     /// Body resources of requests completed since the last call.
@@ -93,6 +103,7 @@ impl RequestTable {
         update(request);
         if request.script_done && !request.streaming {
             let mut request = pending.remove(&id).expect("present above");
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
             if let Some(responder) = request.responder.take() {
                 let _ = responder.send(Err(DispatchError::InstanceGone));
             }
@@ -111,6 +122,7 @@ impl RequestTable {
     /// Answers every request still waiting for a response with `error`, and
     /// forgets them all (the instance is going away).
     pub(crate) fn fail_all(&self, error: DispatchError) {
+        self.in_flight.store(0, Ordering::Relaxed);
         for (_, mut request) in self.pending.borrow_mut().drain() {
             if let Some(responder) = request.responder.take() {
                 let _ = responder.send(Err(error.clone()));

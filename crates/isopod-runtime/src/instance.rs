@@ -20,17 +20,17 @@ use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
 use isopod_api::{IsolateOptions, NetPolicy};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::RequestBodyResource;
-use crate::bundle::{Bundle, BundleStyle};
+use crate::bundle::Bundle;
 use crate::host::{as_host, Control, RequestTable, Responder};
 use crate::loader::BundleLoader;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
@@ -183,18 +183,15 @@ impl Instance {
             .init
             .take()
             .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
-        let exported = match bundle.style() {
-            BundleStyle::ServiceWorker => {
-                self.loader.set_bundle(bundle);
-                self.window(WindowKind::Startup, |runtime| {
-                    runtime
-                        .execute_script(bundle.specifier().to_string(), bundle.source().to_string())
-                        .map(|_| None)
-                        .map_err(|e| InstanceError::Bundle(e.to_string()))
-                })?
-            }
-            BundleStyle::Module => {
-                self.loader.set_bundle(bundle);
+        self.loader.set_bundle(bundle);
+        let exported = match self.is_module(bundle) {
+            false => self.window(WindowKind::Startup, |runtime| {
+                runtime
+                    .execute_script(bundle.specifier().to_string(), bundle.source().to_string())
+                    .map(|_| None)
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))
+            })?,
+            true => {
                 let specifier = bundle.specifier().clone();
                 let source = bundle.source().to_string();
                 let id = self
@@ -283,17 +280,66 @@ impl Instance {
         Ok(())
     }
 
+    /// Whether `bundle` is an ES module rather than a classic
+    /// (service-worker) script. V8 decides: a bundle is a module when it does
+    /// not compile as a script because of `import`/`export` syntax, however
+    /// it is laid out (minified bundles are one line). A script with any
+    /// other syntax error stays a script, so its error is reported as such.
+    fn is_module(&mut self, bundle: &Bundle) -> bool {
+        let name = bundle.specifier().to_string();
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let Some(source) = v8::String::new(scope, bundle.source()) else {
+                return false;
+            };
+            let Some(name) = v8::String::new(scope, &name) else {
+                return false;
+            };
+            let origin = v8::ScriptOrigin::new(
+                scope,
+                name.into(),
+                0,
+                0,
+                false,
+                0,
+                None,
+                false,
+                false,
+                false,
+                None,
+            );
+            if v8::Script::compile(scope, source, Some(&origin)).is_some() {
+                return false;
+            }
+            let message = scope
+                .message()
+                .map(|m| m.get(scope).to_rust_string_lossy(scope))
+                .unwrap_or_default();
+            ["'export'", "import statement", "'import.meta'"]
+                .iter()
+                .any(|marker| message.contains(marker))
+        })
+    }
+
     /// Starts the instance's driver task on the current `LocalSet` and
     /// returns the handle requests go through. The task ends when every
     /// handle is dropped and the last request has completed, or when the
     /// event loop fails; the instance is dropped on this thread either way.
     pub fn spawn(self) -> InstanceHandle {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped) = watch::channel(false);
         let handle = InstanceHandle {
             tx,
             next_id: Arc::new(AtomicU32::new(1)),
+            in_flight: self.table.in_flight_counter(),
+            stopped,
         };
-        tokio::task::spawn_local(self.drive(rx));
+        tokio::task::spawn_local(async move {
+            self.drive(rx).await;
+            // The instance has been dropped by now (`drive` consumed it).
+            let _ = stopped_tx.send(true);
+        });
         handle
     }
 
@@ -520,10 +566,16 @@ enum Command {
 }
 
 /// The way into a running instance. Cheap to clone.
+///
+/// The instance runs while any handle exists or any request is in flight:
+/// dropping every handle lets in-flight requests (streams and `waitUntil`
+/// work included) finish, then the instance is dropped on its thread.
 #[derive(Clone)]
 pub struct InstanceHandle {
     tx: mpsc::UnboundedSender<Command>,
     next_id: Arc<AtomicU32>,
+    in_flight: Arc<AtomicUsize>,
+    stopped: watch::Receiver<bool>,
 }
 
 impl InstanceHandle {
@@ -559,6 +611,21 @@ impl InstanceHandle {
     /// Whether the instance's driver has stopped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Requests not yet complete: waiting for a response, streaming one, or
+    /// running `waitUntil` work.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the instance has stopped and been dropped. Waiting does
+    /// not keep it alive.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
     }
 }
 

@@ -26,7 +26,7 @@ mod snapshot;
 mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
-pub use bundle::{Bundle, BundleError, BundleStyle};
+pub use bundle::{Bundle, BundleError};
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle};
 pub use isopod_api::NetPolicy;
 pub use platform::init_v8;

@@ -22,6 +22,17 @@ async fn module_with_a_fetch_object() {
 }
 
 #[tokio::test]
+async fn minified_module_on_one_line() {
+    // What `esbuild --minify` emits: no line starts with `export`.
+    let bundle = temp_bundle(
+        "minified.js",
+        "var n=0,a={fetch(){return n++,new Response(`min ${n}`)}};export{a as default};",
+    );
+    let isopod = Isopod::start(&bundle, &["--threads", "1"]);
+    assert_eq!(isopod.get("/").await.2, "min 1");
+}
+
+#[tokio::test]
 async fn module_whose_default_export_is_a_class_instance() {
     let bundle = temp_bundle(
         "class.js",

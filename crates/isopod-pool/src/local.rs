@@ -1,0 +1,249 @@
+//! The instances of one worker thread.
+//!
+//! Invariants:
+//! - Everything here is `!Send` and lives on one thread; instances are
+//!   created and dropped on it.
+//! - One pooled instance per app version per thread, created once however
+//!   many requests miss at the same moment (they wait on the slot's lock).
+//! - An instance with requests in flight is never destroyed: evicting or
+//!   retiring it only drops its handle, and the instance's driver finishes
+//!   its in-flight requests (streams and `waitUntil` included) before it
+//!   drops the isolate.
+//! - The global count of live instances is decremented only when an
+//!   instance has really stopped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use isopod_runtime::{IncomingRequest, Instance, InstanceHandle, OutgoingResponse};
+
+use crate::stats::{InstanceRow, Shared};
+use crate::version::{AppVersion, ExecutionMode, VersionId};
+use crate::PoolError;
+
+/// A warm instance of one version on this thread.
+struct Pooled {
+    handle: InstanceHandle,
+    created: Instant,
+    served: Cell<u64>,
+}
+
+/// Where one version's instance lives on this thread.
+struct Slot {
+    version: Arc<AppVersion>,
+    /// Held while the instance is being created, so a burst of misses makes
+    /// one instance and the rest wait for it.
+    creating: tokio::sync::Mutex<()>,
+    instance: RefCell<Option<Rc<Pooled>>>,
+    last_used: Cell<u64>,
+}
+
+type SlotKey = (Arc<str>, VersionId);
+
+/// One worker thread's share of the pool.
+pub(crate) struct LocalPool {
+    thread: usize,
+    shared: Arc<Shared>,
+    slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
+    /// The newest deploy seen per app; older versions' slots are retired.
+    current: RefCell<HashMap<Arc<str>, u64>>,
+    clock: Cell<u64>,
+}
+
+impl LocalPool {
+    pub(crate) fn new(thread: usize, shared: Arc<Shared>) -> Rc<LocalPool> {
+        Rc::new(LocalPool {
+            thread,
+            shared,
+            slots: RefCell::new(HashMap::new()),
+            current: RefCell::new(HashMap::new()),
+            clock: Cell::new(0),
+        })
+    }
+
+    /// Serves `request` with an instance of `version` on this thread.
+    pub(crate) async fn dispatch(
+        self: &Rc<Self>,
+        version: Arc<AppVersion>,
+        request: IncomingRequest,
+    ) -> Result<OutgoingResponse, PoolError> {
+        self.note_version(&version);
+        match version.mode {
+            ExecutionMode::Pooled => {
+                let instance = self.pooled_instance(&version).await?;
+                instance.served.set(instance.served.get() + 1);
+                Ok(instance.handle.dispatch(request).await?)
+            }
+            ExecutionMode::IsolatePerRequest => {
+                self.shared.record_miss();
+                let handle = self.create(&version).await?;
+                // The only handle goes with this request: once it completes,
+                // the instance's driver stops and drops the isolate.
+                Ok(handle.dispatch(request).await?)
+            }
+        }
+    }
+
+    async fn pooled_instance(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+    ) -> Result<Rc<Pooled>, PoolError> {
+        let slot = self.slot(version);
+        slot.last_used.set(self.tick());
+        if let Some(instance) = slot.live_instance() {
+            self.shared.record_hit();
+            return Ok(instance);
+        }
+        let _creating = slot.creating.lock().await;
+        if let Some(instance) = slot.live_instance() {
+            // Another request created it while this one waited.
+            self.shared.record_hit();
+            return Ok(instance);
+        }
+        self.shared.record_miss();
+        let handle = self.create(version).await?;
+        let instance = Rc::new(Pooled {
+            handle,
+            created: Instant::now(),
+            served: Cell::new(0),
+        });
+        *slot.instance.borrow_mut() = Some(instance.clone());
+        Ok(instance)
+    }
+
+    fn slot(&self, version: &Arc<AppVersion>) -> Rc<Slot> {
+        let key = (version.config.name.clone(), version.id.clone());
+        self.slots
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                Rc::new(Slot {
+                    version: version.clone(),
+                    creating: tokio::sync::Mutex::new(()),
+                    instance: RefCell::new(None),
+                    last_used: Cell::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Makes room under the global cap, then creates and starts an instance.
+    async fn create(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+    ) -> Result<InstanceHandle, PoolError> {
+        while !self.shared.try_reserve() {
+            if !self.evict_one() {
+                return Err(PoolError::AtCapacity);
+            }
+            // The evicted instance stops on this thread; let it.
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let created = async {
+            let mut instance = Instance::blank(&version.config)?;
+            instance.load(&version.bundle, &version.config).await?;
+            Ok::<_, isopod_runtime::InstanceError>(instance.spawn())
+        }
+        .await;
+        match created {
+            Ok(handle) => {
+                self.shared.record_cold_start(started.elapsed());
+                let shared = self.shared.clone();
+                let stopped = handle.stopped();
+                tokio::task::spawn_local(async move {
+                    stopped.await;
+                    shared.release();
+                });
+                Ok(handle)
+            }
+            Err(error) => {
+                self.shared.release();
+                Err(PoolError::Instance(error))
+            }
+        }
+    }
+
+    /// Drops the least recently used idle instance on this thread. Returns
+    /// false when there is none.
+    fn evict_one(&self) -> bool {
+        let victim = self
+            .slots
+            .borrow()
+            .values()
+            .filter(|slot| {
+                slot.instance
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|i| i.handle.in_flight() == 0)
+            })
+            .min_by_key(|slot| slot.last_used.get())
+            .cloned();
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.instance.borrow_mut().take();
+        self.shared.record_eviction();
+        tracing::debug!(app = %victim.version.app(), version = %victim.version.id, thread = self.thread, "evicted an idle instance");
+        true
+    }
+
+    /// A newer deploy of an app retires the slots of its older versions:
+    /// their handles go, and their instances stop once their in-flight
+    /// requests are done.
+    pub(crate) fn note_version(&self, version: &Arc<AppVersion>) {
+        let newer = {
+            let mut current = self.current.borrow_mut();
+            let seen = current.entry(version.config.name.clone()).or_insert(0);
+            let newer = version.id.deploy > *seen;
+            if newer {
+                *seen = version.id.deploy;
+            }
+            newer
+        };
+        if newer {
+            self.slots.borrow_mut().retain(|(app, id), _| {
+                app.as_ref() != version.app() || id.deploy >= version.id.deploy
+            });
+        }
+    }
+
+    fn tick(&self) -> u64 {
+        let now = self.clock.get() + 1;
+        self.clock.set(now);
+        now
+    }
+
+    /// This thread's live instances, for the stats.
+    pub(crate) fn rows(&self) -> Vec<InstanceRow> {
+        self.slots
+            .borrow()
+            .values()
+            .filter_map(|slot| {
+                let instance = slot.instance.borrow().clone()?;
+                Some(InstanceRow {
+                    app: slot.version.app().to_string(),
+                    version: slot.version.id.to_string(),
+                    thread: self.thread,
+                    age_ms: instance.created.elapsed().as_millis() as u64,
+                    requests_served: instance.served.get(),
+                    in_flight: instance.handle.in_flight(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Slot {
+    fn live_instance(&self) -> Option<Rc<Pooled>> {
+        let mut instance = self.instance.borrow_mut();
+        if instance.as_ref().is_some_and(|i| i.handle.is_closed()) {
+            // Its event loop failed; the next request gets a new one.
+            *instance = None;
+        }
+        instance.clone()
+    }
+}

@@ -1,0 +1,199 @@
+//! The pool's semantics, through its public API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use isopod_runtime::{AppConfig, Bundle, IncomingRequest};
+
+use crate::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolError};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn get(path: &str) -> IncomingRequest {
+    IncomingRequest {
+        method: http::Method::GET,
+        url: format!("http://app.localhost{path}"),
+        headers: Default::default(),
+        body: None,
+    }
+}
+
+fn version(app: &str, source: &str, mode: ExecutionMode) -> Arc<AppVersion> {
+    AppVersion::new(
+        AppConfig::new(app),
+        Bundle::from_source(&format!("{app}.js"), source),
+        mode,
+    )
+}
+
+async fn text(pool: &Pool, version: &Arc<AppVersion>, path: &str) -> String {
+    let response = pool.dispatch(version, get(path)).await.expect("a response");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+const COUNTER: &str =
+    "let n = 0; export default { fetch() { n++; return new Response(String(n)); } };";
+
+#[test]
+fn pooled_instances_keep_state_and_per_request_isolates_do_not() {
+    let pool = Pool::start(PoolConfig {
+        threads: 2,
+        max_instances: 10,
+    })
+    .unwrap();
+    runtime().block_on(async {
+        let pooled = version("pooled", COUNTER, ExecutionMode::Pooled);
+        let fresh = version("fresh", COUNTER, ExecutionMode::IsolatePerRequest);
+        for expected in ["1", "2", "3"] {
+            assert_eq!(text(&pool, &pooled, "/").await, expected);
+            assert_eq!(text(&pool, &fresh, "/").await, "1");
+        }
+        let stats = pool.stats().await;
+        assert_eq!((stats.hits, stats.misses), (2, 4));
+        assert_eq!(
+            stats.instances.len(),
+            1,
+            "per-request isolates are not pooled"
+        );
+        assert_eq!(stats.instances[0].requests_served, 3);
+    });
+}
+
+#[test]
+fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
+    let pool = Pool::start(PoolConfig {
+        threads: 2,
+        max_instances: 3,
+    })
+    .unwrap();
+    runtime().block_on(async {
+        let apps: Vec<_> = (0..6)
+            .map(|i| version(&format!("app{i}"), COUNTER, ExecutionMode::Pooled))
+            .collect();
+        let mut sent = 0;
+        for round in 0..3 {
+            for app in &apps {
+                text(&pool, app, "/").await;
+                sent += 1;
+            }
+            let _ = round;
+        }
+        // Instances stop asynchronously once evicted; give them a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = pool.stats().await;
+        assert_eq!(stats.hits + stats.misses, sent);
+        assert!(stats.evictions > 0, "{stats:?}");
+        assert!(stats.cached <= 3, "{stats:?}");
+        assert_eq!(stats.capacity, 3 - stats.cached);
+        assert!(stats.cold_start_p50_ms.is_some());
+    });
+}
+
+#[test]
+fn a_burst_on_a_cold_app_creates_one_instance() {
+    let pool = Arc::new(
+        Pool::start(PoolConfig {
+            threads: 2,
+            max_instances: 10,
+        })
+        .unwrap(),
+    );
+    runtime().block_on(async {
+        let app = version("burst", COUNTER, ExecutionMode::Pooled);
+        let requests: Vec<_> = (0..300)
+            .map(|_| {
+                let pool = pool.clone();
+                let app = app.clone();
+                tokio::spawn(async move { text(&pool, &app, "/").await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for request in requests {
+            answers.push(request.await.unwrap().parse::<u32>().unwrap());
+        }
+        answers.sort();
+        assert_eq!(
+            answers,
+            (1..=300).collect::<Vec<_>>(),
+            "one instance served them all"
+        );
+        let stats = pool.stats().await;
+        assert_eq!((stats.misses, stats.hits), (1, 299));
+    });
+}
+
+#[test]
+fn a_new_version_takes_new_requests_while_the_old_one_finishes_its_own() {
+    let pool = Pool::start(PoolConfig {
+        threads: 2,
+        max_instances: 10,
+    })
+    .unwrap();
+    runtime().block_on(async {
+        let v1 = version(
+            "swap",
+            "export default { fetch(request, env, ctx) {\n\
+               let sent = 0;\n\
+               ctx.waitUntil(new Promise((r) => setTimeout(r, 300)));\n\
+               return new Response(new ReadableStream({ async pull(c) {\n\
+                 await new Promise((r) => setTimeout(r, 100));\n\
+                 if (sent++ < 3) c.enqueue(new TextEncoder().encode('v1;')); else c.close();\n\
+               } }));\n\
+             } };",
+            ExecutionMode::Pooled,
+        );
+        let streaming = pool.dispatch(&v1, get("/")).await.unwrap();
+        let v2 = version(
+            "swap",
+            "export default { fetch() { return new Response('v2'); } };",
+            ExecutionMode::Pooled,
+        );
+        pool.deployed(&v2);
+        assert_eq!(text(&pool, &v2, "/").await, "v2");
+        // The v1 response, begun before the swap, completes from v1.
+        let body = streaming.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"v1;v1;v1;");
+        // Once its waitUntil work is done the old instance is gone.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stats = pool.stats().await;
+        let versions: Vec<_> = stats.instances.iter().map(|r| r.version.clone()).collect();
+        assert_eq!(versions, vec![v2.id.to_string()]);
+        assert_eq!(
+            stats.cached, 1,
+            "the retired instance was not released: {stats:?}"
+        );
+    });
+}
+
+#[test]
+fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
+    let pool = Pool::start(PoolConfig {
+        threads: 1,
+        max_instances: 1,
+    })
+    .unwrap();
+    runtime().block_on(async {
+        let busy = version(
+            "busy",
+            "export default { async fetch() { await new Promise((r) => setTimeout(r, 500)); return new Response('done'); } };",
+            ExecutionMode::Pooled,
+        );
+        let other = version("other", COUNTER, ExecutionMode::Pooled);
+        let (first, second) = tokio::join!(pool.dispatch(&busy, get("/")), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pool.dispatch(&other, get("/")).await
+        });
+        assert_eq!(first.unwrap().status(), 200);
+        assert!(matches!(second, Err(PoolError::AtCapacity)), "{:?}", second.map(|r| r.status()));
+        // Idle now: the next miss evicts it.
+        assert_eq!(text(&pool, &other, "/").await, "1");
+    });
+}

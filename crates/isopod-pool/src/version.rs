@@ -1,0 +1,73 @@
+//! App versions: what the pool keys instances on.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use isopod_runtime::{AppConfig, Bundle};
+use sha2::{Digest, Sha256};
+
+/// How an app's requests meet isolates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutionMode {
+    /// Warm instances are reused; global state persists between requests in
+    /// an instance, as on Workers.
+    #[default]
+    Pooled,
+    /// A fresh isolate for each request, destroyed after it; nothing
+    /// survives between requests.
+    IsolatePerRequest,
+}
+
+/// A version's identity: the content hash of its bundle plus a deploy id, so
+/// redeploying the same bytes is still a new version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionId {
+    /// The first 16 hex digits of the bundle's SHA-256.
+    pub hash: Arc<str>,
+    /// Increases with every deploy in this process.
+    pub deploy: u64,
+}
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.hash, self.deploy)
+    }
+}
+
+/// One deployed version of an app: everything needed to make instances.
+#[derive(Debug)]
+pub struct AppVersion {
+    /// Name, variables, network policy.
+    pub config: AppConfig,
+    /// The code.
+    pub bundle: Bundle,
+    /// Pooled or isolate-per-request.
+    pub mode: ExecutionMode,
+    /// Identity.
+    pub id: VersionId,
+}
+
+impl AppVersion {
+    /// A new version of `config.name` with a fresh deploy id.
+    pub fn new(config: AppConfig, bundle: Bundle, mode: ExecutionMode) -> Arc<AppVersion> {
+        static NEXT_DEPLOY: AtomicU64 = AtomicU64::new(1);
+        let digest = Sha256::digest(bundle.source().as_bytes());
+        let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Arc::new(AppVersion {
+            config,
+            bundle,
+            mode,
+            id: VersionId {
+                hash: hash.into(),
+                deploy: NEXT_DEPLOY.fetch_add(1, Ordering::Relaxed),
+            },
+        })
+    }
+
+    /// The app's name.
+    pub fn app(&self) -> &str {
+        &self.config.name
+    }
+}
