@@ -24,7 +24,7 @@ mod pool;
 mod stats;
 mod version;
 
-pub use pool::{Pool, PoolConfig};
+pub use pool::{Pool, PoolConfig, PoolThread, ThreadMain};
 pub use stats::{InstanceRow, PoolStats};
 pub use version::{AppVersion, ExecutionMode, VersionId};
 

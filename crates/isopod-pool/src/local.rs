@@ -87,6 +87,17 @@ impl LocalPool {
         }
     }
 
+    /// Whether this thread has a live pooled instance of `version`.
+    pub(crate) fn has_warm(&self, version: &Arc<AppVersion>) -> bool {
+        let key = (version.config.name.clone(), version.id.clone());
+        self.slots.borrow().get(&key).is_some_and(|slot| {
+            slot.instance
+                .borrow()
+                .as_ref()
+                .is_some_and(|i| !i.handle.is_closed())
+        })
+    }
+
     async fn pooled_instance(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,

@@ -1,7 +1,10 @@
 //! The pool: worker threads, and the way requests reach them.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use futures::future::LocalBoxFuture;
 
 use isopod_runtime::{IncomingRequest, OutgoingResponse};
 use tokio::sync::{mpsc, oneshot};
@@ -41,11 +44,76 @@ enum Job {
     Deployed {
         version: Arc<AppVersion>,
     },
+    /// Ends the thread (the channels themselves stay open while any
+    /// `PoolThread` holds a sender).
+    Stop,
 }
 
-struct Worker {
-    jobs: mpsc::UnboundedSender<Job>,
-    thread: Option<JoinHandle<()>>,
+/// What every thread (and every `Pool` handle) shares: the counters and the
+/// way to reach each worker thread.
+struct Inner {
+    shared: Arc<Shared>,
+    jobs: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+impl Inner {
+    fn home_thread(&self, app: &str) -> usize {
+        (fnv1a(app.as_bytes()) % self.jobs.len() as u64) as usize
+    }
+
+    async fn dispatch_on(
+        &self,
+        thread: usize,
+        version: &Arc<AppVersion>,
+        request: IncomingRequest,
+    ) -> Result<OutgoingResponse, PoolError> {
+        let (reply, response) = oneshot::channel();
+        self.jobs[thread]
+            .send(Job::Dispatch {
+                version: version.clone(),
+                request,
+                reply,
+            })
+            .map_err(|_| PoolError::ShutDown)?;
+        response.await.map_err(|_| PoolError::ShutDown)?
+    }
+}
+
+/// A future each worker thread runs next to its share of the pool (an
+/// embedder's accept loop, say), given that thread's [`PoolThread`].
+pub type ThreadMain = Arc<dyn Fn(PoolThread) -> LocalBoxFuture<'static, ()> + Send + Sync>;
+
+/// A worker thread's view of the pool, for code running on that thread.
+/// `!Send`: it dispatches to this thread's instances without a hop.
+#[derive(Clone)]
+pub struct PoolThread {
+    index: usize,
+    local: Rc<LocalPool>,
+    inner: Arc<Inner>,
+}
+
+impl PoolThread {
+    /// This thread's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Serves `request` on this thread when it has a warm instance of
+    /// `version` or is the app's home thread; otherwise hands it to the
+    /// home thread. A cross-thread hop costs more than a small handler's
+    /// whole JavaScript call, so the local case takes no channel.
+    pub async fn dispatch(
+        &self,
+        version: &Arc<AppVersion>,
+        request: IncomingRequest,
+    ) -> Result<OutgoingResponse, PoolError> {
+        let home = self.inner.home_thread(version.app());
+        if home == self.index || self.local.has_warm(version) {
+            self.local.dispatch(version.clone(), request).await
+        } else {
+            self.inner.dispatch_on(home, version, request).await
+        }
+    }
 }
 
 /// A pool of isolates on M worker threads.
@@ -79,60 +147,61 @@ struct Worker {
 /// # Ok(()) }
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
-    workers: Vec<Worker>,
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Pool {
     /// Starts the worker threads.
     pub fn start(config: PoolConfig) -> Result<Pool, PoolError> {
+        Pool::start_with(config, None)
+    }
+
+    /// Starts the worker threads, each also running `main` with its
+    /// [`PoolThread`] (an HTTP accept loop, for instance). The thread ends
+    /// when the pool is dropped, cancelling `main`.
+    pub fn start_with(config: PoolConfig, main: Option<ThreadMain>) -> Result<Pool, PoolError> {
         isopod_runtime::init_v8();
         let shared = Arc::new(Shared::new(config.max_instances));
-        let mut workers = Vec::new();
-        for index in 0..config.threads.max(1) {
-            let (jobs, inbox) = mpsc::unbounded_channel();
-            let shared = shared.clone();
+        let count = config.threads.max(1);
+        let (jobs, inboxes): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let inner = Arc::new(Inner { shared, jobs });
+        let mut threads = Vec::new();
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            let inner = inner.clone();
+            let main = main.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("isopod-pool-{index}"))
-                .spawn(move || worker_main(index, shared, inbox))
+                .name(format!("isopod-worker-{index}"))
+                .spawn(move || worker_main(index, inner, inbox, main))
                 .map_err(PoolError::Thread)?;
-            workers.push(Worker {
-                jobs,
-                thread: Some(thread),
-            });
+            threads.push(thread);
         }
-        Ok(Pool { shared, workers })
+        Ok(Pool { inner, threads })
     }
 
-    /// The worker thread an app's instances live on.
+    /// The worker thread an app's instances live on: a stable hash of its
+    /// name.
     pub fn home_thread(&self, app: &str) -> usize {
-        (fnv1a(app.as_bytes()) % self.workers.len() as u64) as usize
+        self.inner.home_thread(app)
     }
 
-    /// Serves `request` with an instance of `version`.
+    /// Serves `request` with an instance of `version`, on the app's home
+    /// thread.
     pub async fn dispatch(
         &self,
         version: &Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
-        let worker = &self.workers[self.home_thread(version.app())];
-        let (reply, response) = oneshot::channel();
-        worker
-            .jobs
-            .send(Job::Dispatch {
-                version: version.clone(),
-                request,
-                reply,
-            })
-            .map_err(|_| PoolError::ShutDown)?;
-        response.await.map_err(|_| PoolError::ShutDown)?
+        let home = self.home_thread(version.app());
+        self.inner.dispatch_on(home, version, request).await
     }
 
     /// Tells every thread that `version` is its app's newest: instances of
     /// older versions stop taking requests and are dropped once idle.
     pub fn deployed(&self, version: &Arc<AppVersion>) {
-        for worker in &self.workers {
-            let _ = worker.jobs.send(Job::Deployed {
+        for jobs in &self.inner.jobs {
+            let _ = jobs.send(Job::Deployed {
                 version: version.clone(),
             });
         }
@@ -141,32 +210,50 @@ impl Pool {
     /// Counters and one row per live pooled instance.
     pub async fn stats(&self) -> PoolStats {
         let mut rows = Vec::new();
-        for worker in &self.workers {
+        for jobs in &self.inner.jobs {
             let (reply, answer) = oneshot::channel();
-            if worker.jobs.send(Job::Rows { reply }).is_ok() {
+            if jobs.send(Job::Rows { reply }).is_ok() {
                 rows.extend(answer.await.unwrap_or_default());
             }
         }
-        self.shared.snapshot(rows)
+        self.inner.shared.snapshot(rows)
     }
-}
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let threads: Vec<_> = self
-            .workers
-            .iter_mut()
-            .filter_map(|w| w.thread.take())
-            .collect();
-        // Closing the job channels ends each thread's loop.
-        self.workers.clear();
-        for thread in threads {
+    /// Blocks until the worker threads stop (they run until the pool is
+    /// shut down or dropped).
+    pub fn wait(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops the worker threads and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for jobs in &self.inner.jobs {
+            let _ = jobs.send(Job::Stop);
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn worker_main(index: usize, shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<Job>) {
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker_main(
+    index: usize,
+    inner: Arc<Inner>,
+    mut inbox: mpsc::UnboundedReceiver<Job>,
+    main: Option<ThreadMain>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -179,7 +266,15 @@ fn worker_main(index: usize, shared: Arc<Shared>, mut inbox: mpsc::UnboundedRece
     };
     let local_set = tokio::task::LocalSet::new();
     local_set.block_on(&runtime, async move {
-        let local = LocalPool::new(index, shared);
+        let local = LocalPool::new(index, inner.shared.clone());
+        if let Some(main) = main {
+            let thread = PoolThread {
+                index,
+                local: local.clone(),
+                inner: inner.clone(),
+            };
+            tokio::task::spawn_local(main(thread));
+        }
         while let Some(job) = inbox.recv().await {
             match job {
                 Job::Dispatch {
@@ -189,13 +284,23 @@ fn worker_main(index: usize, shared: Arc<Shared>, mut inbox: mpsc::UnboundedRece
                 } => {
                     let local = local.clone();
                     tokio::task::spawn_local(async move {
-                        let _ = reply.send(local.dispatch(version, request).await);
+                        let mut reply = reply;
+                        tokio::select! {
+                            response = local.dispatch(version, request) => {
+                                let _ = reply.send(response);
+                            }
+                            // The requester went away (its client
+                            // disconnected): dropping the dispatch here
+                            // aborts the request, as it would locally.
+                            () = reply.closed() => {}
+                        }
                     });
                 }
                 Job::Rows { reply } => {
                     let _ = reply.send(local.rows());
                 }
                 Job::Deployed { version } => local.note_version(&version),
+                Job::Stop => break,
             }
         }
     });

@@ -1,11 +1,12 @@
 //! isopod's HTTP front end.
 //!
-//! A [`Server`] runs M worker threads, each a `current_thread` tokio runtime
-//! with a `LocalSet`, each accepting connections on its own `SO_REUSEPORT`
-//! socket bound to the same address, and each owning instances of the apps
-//! it serves. A connection is accepted, parsed and answered on one thread,
-//! and its requests go to an instance on that same thread: no request hops
-//! between threads.
+//! A [`Server`] runs on the pool's M worker threads (each a `current_thread`
+//! tokio runtime with a `LocalSet`), each accepting connections on its own
+//! `SO_REUSEPORT` sockets for the main address and for every app's own port.
+//! A request is routed to an app by host and path (or by the port it came
+//! in on), and served on the accepting thread when that thread has a warm
+//! instance of the app or is its home thread; otherwise it is handed to the
+//! app's home thread.
 //!
 //! Invariants:
 //! - Every app's bundle is evaluated in a scratch isolate before any thread
@@ -17,7 +18,12 @@
 
 mod http_semantics;
 mod listener;
+mod registry;
+mod routing;
 mod server;
 mod service;
 
-pub use server::{AppSpec, Server, ServerConfig, ServerError};
+pub use isopod_pool::ExecutionMode;
+pub use registry::{Deployed, Registry, Snapshot};
+pub use routing::{HostPattern, Route, RouteTable};
+pub use server::{AppManifest, Server, ServerConfig, ServerError};

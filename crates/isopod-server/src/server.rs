@@ -1,25 +1,46 @@
-//! The server: worker threads, their listeners and their apps.
+//! The server: the pool's worker threads, each accepting connections on its
+//! own listeners and serving them with the pool's instances on that thread.
 
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
 use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
-use tokio::sync::watch;
 
 use crate::listener::bind_reuseport;
-use crate::service::{handle, AppSlot};
+use crate::registry::{Deployed, Registry};
+use crate::routing::Route;
+use crate::service::{handle, Connection};
 
-/// An app to serve: its configuration and its bundle.
+/// An app to serve, as a manifest describes it.
 #[derive(Debug, Clone)]
-pub struct AppSpec {
+pub struct AppManifest {
     /// Name, variables, network policy.
     pub config: AppConfig,
     /// The code.
     pub bundle: Bundle,
+    /// Pooled (default) or isolate-per-request.
+    pub mode: ExecutionMode,
+    /// Where it answers; none means `NAME.localhost`.
+    pub routes: Vec<Route>,
+    /// A listen port of its own (same address as the main listener).
+    pub port: Option<u16>,
+}
+
+impl AppManifest {
+    /// A pooled app with no routes of its own.
+    pub fn new(config: AppConfig, bundle: Bundle) -> AppManifest {
+        AppManifest {
+            config,
+            bundle,
+            mode: ExecutionMode::Pooled,
+            routes: Vec::new(),
+            port: None,
+        }
+    }
 }
 
 /// What a [`Server`] serves and where.
@@ -29,14 +50,16 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads (at least one).
     pub threads: usize,
-    /// The app every request goes to.
-    pub app: AppSpec,
+    /// The cap on live instances.
+    pub max_instances: usize,
+    /// The apps.
+    pub apps: Vec<AppManifest>,
 }
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The app's bundle was refused.
+    /// An app's bundle was refused.
     #[error("app '{app}': {error}")]
     App {
         /// Which app.
@@ -44,7 +67,7 @@ pub enum ServerError {
         /// Why.
         error: InstanceError,
     },
-    /// The listen address could not be bound.
+    /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {error}")]
     Listen {
         /// The address.
@@ -52,87 +75,118 @@ pub enum ServerError {
         /// Why.
         error: std::io::Error,
     },
-    /// A thread could not be started.
-    #[error("cannot start a worker thread: {0}")]
-    Thread(std::io::Error),
+    /// The worker threads could not be started.
+    #[error(transparent)]
+    Pool(#[from] isopod_pool::PoolError),
 }
 
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
+    registry: Arc<Registry>,
+    pool: Pool,
 }
 
+/// One worker thread's listeners: each with the app it is dedicated to, if
+/// it is an app's own port.
+type ThreadListeners = Vec<(TcpListener, Option<Arc<str>>)>;
+
 impl Server {
-    /// Checks the app's bundle, binds the listeners and starts the worker
-    /// threads; returns once every thread is ready to serve.
+    /// Checks every app's bundle, binds the listeners and starts the worker
+    /// threads.
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
         isopod_runtime::init_v8();
-        check_bundle(&config.app)?;
-
+        for app in &config.apps {
+            check_bundle(app)?;
+        }
         let threads = config.threads.max(1);
-        let listeners =
-            bind_reuseport(config.listen, threads).map_err(|error| ServerError::Listen {
-                addr: config.listen,
-                error,
-            })?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .map_err(|error| ServerError::Listen {
-                addr: config.listen,
-                error,
-            })?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let app = Arc::new(config.app);
-        let mut handles = Vec::with_capacity(threads);
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let app = app.clone();
-            let shutdown_rx = shutdown_rx.clone();
-            let ready_tx = ready_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("isopod-worker-{index}"))
-                .spawn(move || worker_thread(listener, app, shutdown_rx, ready_tx))
-                .map_err(ServerError::Thread)?;
-            handles.push(handle);
+
+        // Every thread gets one socket per listen address (SO_REUSEPORT).
+        let mut per_thread: Vec<ThreadListeners> = (0..threads).map(|_| Vec::new()).collect();
+        let bind = |addr: SocketAddr| {
+            bind_reuseport(addr, threads).map_err(|error| ServerError::Listen { addr, error })
+        };
+        let main = bind(config.listen)?;
+        let local_addr = main[0].local_addr().map_err(|error| ServerError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+        for (thread, listener) in main.into_iter().enumerate() {
+            per_thread[thread].push((listener, None));
         }
-        drop(ready_tx);
-        for _ in 0..threads {
-            if ready_rx.recv().is_err() {
-                break;
+        let registry = Arc::new(Registry::default());
+        for app in config.apps {
+            if let Some(port) = app.port {
+                let sockets = bind(SocketAddr::new(config.listen.ip(), port))?;
+                for (thread, listener) in sockets.into_iter().enumerate() {
+                    per_thread[thread].push((listener, Some(app.config.name.clone())));
+                }
             }
+            registry.deploy(Deployed {
+                version: AppVersion::new(app.config, app.bundle, app.mode),
+                routes: app.routes,
+                port: app.port,
+            });
         }
+
+        let listeners = Arc::new(Mutex::new(
+            per_thread.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
+        let thread_registry = registry.clone();
+        let main: isopod_pool::ThreadMain = Arc::new(move |thread: PoolThread| {
+            let mine = listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(thread.index())
+                .and_then(Option::take)
+                .unwrap_or_default();
+            Box::pin(accept_loops(thread, thread_registry.clone(), mine))
+        });
+        let pool = Pool::start_with(
+            PoolConfig {
+                threads,
+                max_instances: config.max_instances,
+            },
+            Some(main),
+        )?;
         Ok(Server {
             local_addr,
-            shutdown,
-            threads: handles,
+            registry,
+            pool,
         })
     }
 
-    /// The address the server listens on.
+    /// The main listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// Blocks until the worker threads stop.
-    pub fn wait(self) {
-        for thread in self.threads {
-            let _ = thread.join();
-        }
+    /// The deployed apps.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
-    /// Stops accepting, ends the worker threads and waits for them.
+    /// The pool serving them.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Blocks until the worker threads stop.
+    pub fn wait(self) {
+        self.pool.wait();
+    }
+
+    /// Stops the worker threads and waits for them.
     pub fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        self.wait();
+        self.pool.shutdown();
     }
 }
 
-/// Evaluates the app's bundle in a scratch isolate on a scratch thread, so a
+/// Evaluates an app's bundle in a scratch isolate on a scratch thread, so a
 /// broken bundle is refused before anything serves it.
-fn check_bundle(app: &AppSpec) -> Result<(), ServerError> {
-    let spec = app.clone();
+pub(crate) fn check_bundle(app: &AppManifest) -> Result<(), ServerError> {
+    let config = app.config.clone();
+    let bundle = app.bundle.clone();
     let outcome = std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -142,80 +196,65 @@ fn check_bundle(app: &AppSpec) -> Result<(), ServerError> {
                     .expect("a current-thread runtime builds");
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async {
-                    let mut instance = Instance::blank(&spec.config)?;
-                    instance.load(&spec.bundle, &spec.config).await
+                    let mut instance = Instance::blank(&config)?;
+                    instance.load(&bundle, &config).await
                 })
             })
             .join()
     });
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(ServerError::App {
-            app: app.config.name.to_string(),
-            error,
-        }),
-        Err(_) => Err(ServerError::App {
-            app: app.config.name.to_string(),
-            error: InstanceError::Bundle("checking the bundle panicked".into()),
-        }),
-    }
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error,
+        Err(_) => InstanceError::Bundle("checking the bundle panicked".into()),
+    };
+    Err(ServerError::App {
+        app: app.config.name.to_string(),
+        error,
+    })
 }
 
-fn worker_thread(
-    listener: TcpListener,
-    app: Arc<AppSpec>,
-    mut shutdown: watch::Receiver<bool>,
-    ready: std::sync::mpsc::Sender<()>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot build a worker runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let slot = Rc::new(AppSlot::new(app.clone()));
-        // Warm the thread's instance before taking traffic.
-        if let Err(error) = slot.instance().await {
-            tracing::error!(app = %app.config.name, %error, "could not start an instance");
-        }
+async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {
+    let mut loops = Vec::new();
+    for (listener, dedicated) in listeners {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {
-                tracing::error!(%error, "cannot register the listener");
-                return;
+                tracing::error!(%error, "cannot register a listener");
+                continue;
             }
         };
-        let _ = ready.send(());
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.changed() => break,
-            };
-            let (stream, _peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let slot = slot.clone();
-            tokio::task::spawn_local(async move {
-                let service =
-                    hyper::service::service_fn(move |request| handle(slot.clone(), request));
-                let connection = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
-        }
-    });
+        let connection = Rc::new(Connection {
+            thread: thread.clone(),
+            registry: registry.clone(),
+            dedicated,
+        });
+        loops.push(tokio::task::spawn_local(accept_loop(listener, connection)));
+    }
+    for accept in loops {
+        let _ = accept.await;
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, connection: Rc<Connection>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = connection.clone();
+        tokio::task::spawn_local(async move {
+            let service =
+                hyper::service::service_fn(move |request| handle(connection.clone(), request));
+            let served = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = served.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
 }

@@ -8,47 +8,25 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use isopod_runtime::{
-    DispatchError, IncomingRequest, Instance, InstanceError, InstanceHandle, ResponseBody,
-};
-use tokio::sync::Mutex;
+use isopod_pool::{PoolError, PoolThread};
+use isopod_runtime::{DispatchError, IncomingRequest, ResponseBody};
 
 use crate::http_semantics::{absolute_url, strip_hop_by_hop};
-use crate::server::AppSpec;
+use crate::registry::Registry;
 
-/// An app as one worker thread serves it: its spec and the thread's running
-/// instance, replaced when it stops.
-pub(crate) struct AppSlot {
-    spec: Arc<AppSpec>,
-    current: Mutex<Option<InstanceHandle>>,
-}
-
-impl AppSlot {
-    pub(crate) fn new(spec: Arc<AppSpec>) -> AppSlot {
-        AppSlot {
-            spec,
-            current: Mutex::new(None),
-        }
-    }
-
-    /// The thread's running instance of the app, created (once, however many
-    /// requests ask at the same time) if there is none.
-    pub(crate) async fn instance(&self) -> Result<InstanceHandle, InstanceError> {
-        let mut current = self.current.lock().await;
-        if let Some(handle) = current.as_ref().filter(|h| !h.is_closed()) {
-            return Ok(handle.clone());
-        }
-        let mut instance = Instance::blank(&self.spec.config)?;
-        instance.load(&self.spec.bundle, &self.spec.config).await?;
-        let handle = instance.spawn();
-        *current = Some(handle.clone());
-        Ok(handle)
-    }
+/// What every connection accepted on one listener of one thread shares.
+pub(crate) struct Connection {
+    /// The worker thread's view of the pool.
+    pub(crate) thread: PoolThread,
+    /// The deployed apps.
+    pub(crate) registry: Arc<Registry>,
+    /// The app this listener belongs to, if it is an app's own port.
+    pub(crate) dedicated: Option<Arc<str>>,
 }
 
 /// Answers one request with the app's handler.
 pub(crate) async fn handle(
-    app: Rc<AppSlot>,
+    connection: Rc<Connection>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (parts, body) = request.into_parts();
@@ -56,6 +34,26 @@ pub(crate) async fn handle(
         Ok(url) => url,
         Err(bad) => return Ok(text(StatusCode::BAD_REQUEST, bad.reason())),
     };
+    let apps = connection.registry.snapshot();
+    let deployed = match &connection.dedicated {
+        Some(name) => apps.app(name),
+        None => {
+            let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
+            apps.route(host.unwrap_or_default(), parts.uri.path())
+        }
+    };
+    let Some(deployed) = deployed else {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            "Not Found: no app is routed for this host and path",
+        ));
+    };
+    let version = deployed.version.clone();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let body = (!body.is_end_stream()).then(|| body.map_err(Into::into).boxed());
@@ -66,30 +64,35 @@ pub(crate) async fn handle(
         body,
     };
 
-    let instance = match app.instance().await {
-        Ok(instance) => instance,
-        Err(error) => {
-            tracing::error!(app = %app.spec.config.name, error = %error, "could not start an instance");
-            return Ok(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: the app could not be started",
-            ));
-        }
-    };
-    let response = match instance.dispatch(incoming).await {
+    let response = match connection.thread.dispatch(&version, incoming).await {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut());
             response
         }
-        Err(DispatchError::HandlerThrew { .. }) => text(
+        Err(PoolError::Instance(error)) => {
+            tracing::error!(app = %version.app(), %error, "could not start an instance");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: the app could not be started",
+            )
+        }
+        Err(PoolError::AtCapacity) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: every instance is busy and the pool is at its cap",
+        ),
+        Err(PoolError::ShutDown | PoolError::Thread(_)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the server is shutting down",
+        ),
+        Err(PoolError::Dispatch(DispatchError::HandlerThrew { .. })) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error: the handler threw an exception (see the app's log)",
         ),
-        Err(DispatchError::NotAResponse { detail }) => text(
+        Err(PoolError::Dispatch(DispatchError::NotAResponse { detail })) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("Internal Server Error: {detail}"),
         ),
-        Err(DispatchError::InstanceGone) => text(
+        Err(PoolError::Dispatch(DispatchError::InstanceGone)) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: the app's instance stopped before answering",
         ),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AppSpec, Server, ServerConfig};
+use isopod_server::{AppManifest, Route, Server, ServerConfig};
+
+mod config;
 
 /// isopod: a self-hosted, multi-tenant JavaScript edge runtime on V8.
 ///
@@ -35,6 +37,20 @@ enum Command {
     /// handler. Console output and errors are written to stderr as JSON log
     /// records naming the app and the request.
     Run(RunArgs),
+    /// Serve the apps of a config file.
+    ///
+    /// The config (TOML) names the listen address, the pool settings and the
+    /// apps, each with its bundle, routes (host, `*.` wildcard host, path
+    /// prefix), variables, execution mode and optionally a port of its own.
+    /// An app without routes answers on `NAME.localhost`.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The config file.
+    #[arg(long, short, default_value = "isopod.toml")]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +87,7 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let outcome = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -105,25 +122,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .file_stem()
             .map_or_else(|| "app".to_string(), |s| s.to_string_lossy().into_owned())
     });
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = ServerConfig {
+    let threads = args.threads.unwrap_or_else(config::default_threads);
+    let mut app = AppManifest::new(
+        AppConfig {
+            name: Arc::from(name.as_str()),
+            vars: args.vars,
+            net: NetPolicy::AllowAll,
+        },
+        bundle,
+    );
+    // The one app answers every host and path.
+    app.routes = vec![Route::default()];
+    start_and_wait(ServerConfig {
         listen: SocketAddr::new(args.host, args.port),
         threads,
-        app: AppSpec {
-            config: AppConfig {
-                name: Arc::from(name.as_str()),
-                vars: args.vars,
-                net: NetPolicy::AllowAll,
-            },
-            bundle,
-        },
-    };
+        max_instances: 1000,
+        apps: vec![app],
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    start_and_wait(config::load(&args.config)?)
+}
+
+fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
+    let threads = config.threads;
+    let apps: Vec<String> = config
+        .apps
+        .iter()
+        .map(|a| a.config.name.to_string())
+        .collect();
     let started = std::time::Instant::now();
     let server = Server::start(config).context("isopod could not start")?;
     tracing::info!(
-        app = %name,
+        app = %apps.join(","),
         url = %format!("http://{}", server.local_addr()),
         threads,
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -8,5 +8,6 @@ mod http_semantics;
 mod isolation;
 mod logging;
 mod probe;
+mod serve;
 mod streaming;
 mod support;

@@ -49,7 +49,18 @@ pub fn temp_bundle(name: &str, source: &str) -> PathBuf {
     path
 }
 
-/// A running `isopod run` process.
+static SERVE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `isopod run` or `isopod serve` process.
 pub struct Isopod {
     child: Child,
     pub addr: SocketAddr,
@@ -59,11 +70,43 @@ pub struct Isopod {
 impl Isopod {
     /// Starts `isopod run BUNDLE --port 0 ARGS…` and waits until it listens.
     pub fn start(bundle: &Path, args: &[&str]) -> Isopod {
-        let mut child = Command::new(isopod_bin())
+        let mut command = Command::new(isopod_bin());
+        command
             .arg("run")
             .arg(bundle)
             .args(["--port", "0"])
-            .args(args)
+            .args(args);
+        Isopod::spawn(command)
+    }
+
+    /// Starts `isopod serve` on a config written to a fresh directory with
+    /// the given bundles beside it; the config's `listen` is set to an
+    /// ephemeral loopback port.
+    pub fn serve(config: &str, bundles: &[(&str, &str)]) -> Isopod {
+        let dir = std::env::temp_dir().join(format!(
+            "isopod-serve-{}-{}",
+            std::process::id(),
+            SERVE_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, source) in bundles {
+            std::fs::write(dir.join(name), source).unwrap();
+        }
+        std::fs::write(
+            dir.join("isopod.toml"),
+            format!("listen = \"127.0.0.1:0\"\n{config}"),
+        )
+        .unwrap();
+        let mut command = Command::new(isopod_bin());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("isopod.toml"));
+        Isopod::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Isopod {
+        let mut child = command
             .env("ISOPOD_LOG", "info")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
@@ -127,8 +170,13 @@ impl Isopod {
 
     /// `GET path` with `Host: localhost`, body collected.
     pub async fn get(&self, path: &str) -> (u16, http::HeaderMap, String) {
+        self.get_host("localhost", path).await
+    }
+
+    /// `GET path` with the given `Host`, body collected.
+    pub async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
         let request = http::Request::get(path)
-            .header("host", "localhost")
+            .header("host", host)
             .body(Full::new(Bytes::new()))
             .unwrap();
         let response = send(self.addr, request).await;
@@ -140,6 +188,34 @@ impl Isopod {
         let (status, _, body) = self.get(path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+/// Another address of the same process (an app's own port).
+pub struct Endpoint {
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// Uses `port` on the same IP.
+    pub fn set_port(&mut self, port: u16) {
+        self.addr.set_port(port);
+    }
+
+    /// `GET path` with the given `Host`.
+    pub async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+        let request = http::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        collect(send(self.addr, request).await).await
+    }
+}
+
+impl Isopod {
+    /// An endpoint at this process's main address.
+    pub fn clone_addr(&self) -> Endpoint {
+        Endpoint { addr: self.addr }
     }
 }
 

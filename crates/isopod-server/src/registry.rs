@@ -1,0 +1,90 @@
+//! The deployed apps and their routes, shared by every worker thread.
+//!
+//! Readers take an `Arc` snapshot (one uncontended read lock per request);
+//! a deploy builds a new snapshot and swaps it in, so a request sees either
+//! the old set of versions or the new one, never a mix.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use isopod_pool::AppVersion;
+
+use crate::routing::{Route, RouteTable};
+
+/// One app as deployed: its current version and where it answers.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The version new requests go to.
+    pub version: Arc<AppVersion>,
+    /// Its routes (none: `NAME.localhost`).
+    pub routes: Vec<Route>,
+    /// A listen port of its own, if any.
+    pub port: Option<u16>,
+}
+
+/// A consistent view of every deployed app.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    apps: HashMap<Arc<str>, Arc<Deployed>>,
+    routes: RouteTable,
+}
+
+impl Snapshot {
+    /// The app a request to `host` and `path` is for.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Deployed>> {
+        self.routes
+            .lookup(host, path)
+            .and_then(|app| self.apps.get(app))
+    }
+
+    /// An app by name.
+    pub fn app(&self, name: &str) -> Option<&Arc<Deployed>> {
+        self.apps.get(name)
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<Deployed>> {
+        self.apps.values()
+    }
+}
+
+/// The deployed apps.
+#[derive(Debug, Default)]
+pub struct Registry {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Registry {
+    /// The current view.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Deploys (or replaces) an app; returns the version it replaced.
+    pub fn deploy(&self, deployed: Deployed) -> Option<Arc<Deployed>> {
+        let name = deployed.version.config.name.clone();
+        self.update(|apps| apps.insert(name, Arc::new(deployed)))
+    }
+
+    /// Removes an app; returns it if it was deployed.
+    pub fn remove(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.update(|apps| apps.remove(name))
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&mut HashMap<Arc<str>, Arc<Deployed>>) -> R) -> R {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut apps = current.apps.clone();
+        let result = change(&mut apps);
+        let mut routes = RouteTable::default();
+        let mut names: Vec<_> = apps.keys().cloned().collect();
+        names.sort();
+        for name in &names {
+            routes.add(name, &apps[name].routes);
+        }
+        *current = Arc::new(Snapshot { apps, routes });
+        result
+    }
+}

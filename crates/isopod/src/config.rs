@@ -1,0 +1,198 @@
+//! `isopod.toml`: the server's listen address, pool settings and apps.
+//!
+//! Every environment variable isopod reads overrides the config key it names
+//! (see the table in README.md).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _};
+use isopod_runtime::{AppConfig, Bundle, NetPolicy};
+use isopod_server::{AppManifest, ExecutionMode, HostPattern, Route, ServerConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    threads: Option<usize>,
+    max_instances: Option<usize>,
+    #[serde(default)]
+    apps: Vec<AppEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppEntry {
+    name: String,
+    bundle: PathBuf,
+    #[serde(default)]
+    mode: ExecutionMode,
+    port: Option<u16>,
+    #[serde(default)]
+    routes: Vec<RouteEntry>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteEntry {
+    host: Option<String>,
+    path: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Reads `path` and applies the environment overrides.
+pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: ConfigFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid config", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut apps = Vec::new();
+    for app in file.apps {
+        apps.push(manifest(app, base)?);
+    }
+    let mut config = ServerConfig {
+        listen: file.listen,
+        threads: file.threads.unwrap_or_else(default_threads),
+        max_instances: file.max_instances.unwrap_or(1000),
+        apps,
+    };
+    apply_env(&mut config)?;
+    Ok(config)
+}
+
+fn manifest(app: AppEntry, base: &Path) -> anyhow::Result<AppManifest> {
+    if app.name.is_empty()
+        || !app
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(anyhow!(
+            "app name '{}' must be letters, digits, '-' or '_'",
+            app.name
+        ));
+    }
+    let bundle_path = base.join(&app.bundle);
+    let bundle = Bundle::from_file(&bundle_path).with_context(|| format!("app '{}'", app.name))?;
+    let routes = app
+        .routes
+        .into_iter()
+        .map(|r| {
+            Ok(Route {
+                host: r
+                    .host
+                    .as_deref()
+                    .map(HostPattern::parse)
+                    .transpose()
+                    .map_err(|e| anyhow!("app '{}': {e}", app.name))?,
+                path: r.path,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(AppManifest {
+        config: AppConfig {
+            name: Arc::from(app.name.as_str()),
+            vars: app.vars.into_iter().collect(),
+            net: NetPolicy::AllowAll,
+        },
+        bundle,
+        mode: app.mode,
+        routes,
+        port: app.port,
+    })
+}
+
+/// One worker thread per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Environment variables override config keys.
+fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
+    fn parsed<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match std::env::var(name) {
+            Ok(value) => value
+                .parse()
+                .map(Some)
+                .map_err(|e| anyhow!("{name}={value}: {e}")),
+            Err(_) => Ok(None),
+        }
+    }
+    if let Some(listen) = parsed("ISOPOD_LISTEN")? {
+        config.listen = listen;
+    }
+    if let Some(threads) = parsed("ISOPOD_THREADS")? {
+        config.threads = threads;
+    }
+    if let Some(max) = parsed("ISOLATE_POOL_SIZE")? {
+        config.max_instances = max;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_describes_apps_and_routes() {
+        let dir = std::env::temp_dir().join(format!("isopod-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("a.js"),
+            "export default { fetch() { return new Response('a'); } };",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("isopod.toml"),
+            r#"
+listen = "127.0.0.1:0"
+threads = 2
+max_instances = 7
+
+[[apps]]
+name = "a"
+bundle = "a.js"
+mode = "isolate-per-request"
+port = 9999
+routes = [{ host = "*.example.com", path = "/api" }]
+vars = { K = "v" }
+"#,
+        )
+        .unwrap();
+        let config = load(&dir.join("isopod.toml")).unwrap();
+        assert_eq!((config.threads, config.max_instances), (2, 7));
+        let app = &config.apps[0];
+        assert_eq!(app.mode, ExecutionMode::IsolatePerRequest);
+        assert_eq!(app.port, Some(9999));
+        assert_eq!(
+            app.routes[0].host,
+            Some(HostPattern::Wildcard(".example.com".into()))
+        );
+        assert_eq!(app.config.vars, vec![("K".to_string(), "v".to_string())]);
+
+        std::fs::write(
+            dir.join("bad.toml"),
+            "[[apps]]\nname = \"a\"\nbundle = \"a.js\"\nroute = []\n",
+        )
+        .unwrap();
+        let error = load(&dir.join("bad.toml")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `route`"),
+            "{error:#}"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `isopod serve`: many apps in one process, routed by host, path and port,
+//! in pooled or isolate-per-request mode.
+
+use crate::support::{free_port, Isopod};
+
+/// An app that names itself and counts its requests (per instance).
+fn named(name: &str) -> String {
+    format!(
+        "let n = 0;\nexport default {{ fetch(request) {{ n++; return new Response(`{name} ${{n}} ${{new URL(request.url).pathname}}`); }} }};\n"
+    )
+}
+
+#[tokio::test]
+async fn requests_are_routed_by_host_path_and_port() {
+    let port = free_port();
+    let config = format!(
+        r#"threads = 2
+
+[[apps]]
+name = "exact"
+bundle = "exact.js"
+routes = [{{ host = "api.example.com" }}]
+
+[[apps]]
+name = "wild"
+bundle = "wild.js"
+routes = [{{ host = "*.example.com" }}]
+
+[[apps]]
+name = "versioned"
+bundle = "versioned.js"
+routes = [{{ host = "api.example.com", path = "/v2" }}]
+
+[[apps]]
+name = "plain"
+bundle = "plain.js"
+
+[[apps]]
+name = "own-port"
+bundle = "own.js"
+port = {port}
+"#
+    );
+    let bundles = [
+        ("exact.js", named("exact")),
+        ("wild.js", named("wild")),
+        ("versioned.js", named("versioned")),
+        ("plain.js", named("plain")),
+        ("own.js", named("own")),
+    ];
+    let bundles: Vec<(&str, &str)> = bundles.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let isopod = Isopod::serve(&config, &bundles);
+
+    let body = |r: (u16, http::HeaderMap, String)| (r.0, r.2);
+    assert_eq!(
+        body(isopod.get_host("api.example.com", "/users").await),
+        (200, "exact 1 /users".into())
+    );
+    assert_eq!(
+        body(isopod.get_host("api.example.com:443", "/v2/users").await),
+        (200, "versioned 1 /v2/users".into())
+    );
+    assert_eq!(
+        body(isopod.get_host("shop.example.com", "/").await),
+        (200, "wild 1 /".into())
+    );
+    assert_eq!(
+        body(isopod.get_host("plain.localhost", "/x").await),
+        (200, "plain 1 /x".into())
+    );
+    let (status, _, reason) = isopod.get_host("nobody.test", "/").await;
+    assert_eq!(status, 404);
+    assert!(reason.contains("no app is routed"), "{reason}");
+
+    // The app's own port answers whatever the host.
+    let mut own = Isopod::clone_addr(&isopod);
+    own.set_port(port);
+    let (status, _, text) = own.get_host("anything.test", "/p").await;
+    assert_eq!((status, text.as_str()), (200, "own 1 /p"));
+}
+
+#[tokio::test]
+async fn pooled_apps_keep_state_and_per_request_apps_start_fresh() {
+    let config = r#"threads = 2
+
+[[apps]]
+name = "pooled"
+bundle = "counter.js"
+
+[[apps]]
+name = "fresh"
+bundle = "counter.js"
+mode = "isolate-per-request"
+"#;
+    let counter =
+        "let n = 0;\nexport default { fetch() { n++; return new Response(String(n)); } };\n";
+    let isopod = Isopod::serve(config, &[("counter.js", counter)]);
+    for expected in 1..=5 {
+        // Connections land on either thread; a pooled app still has one
+        // instance, on its home thread.
+        assert_eq!(
+            isopod.get_host("pooled.localhost", "/").await.2,
+            expected.to_string()
+        );
+        assert_eq!(isopod.get_host("fresh.localhost", "/").await.2, "1");
+    }
+}
