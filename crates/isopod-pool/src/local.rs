@@ -222,6 +222,15 @@ impl LocalPool {
         }
     }
 
+    /// Drops every slot of `app`; its instances finish their in-flight
+    /// requests and stop.
+    pub(crate) fn remove_app(&self, app: &str) {
+        self.slots
+            .borrow_mut()
+            .retain(|(name, _), _| name.as_ref() != app);
+        self.current.borrow_mut().remove(app);
+    }
+
     fn tick(&self) -> u64 {
         let now = self.clock.get() + 1;
         self.clock.set(now);

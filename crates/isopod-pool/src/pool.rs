@@ -44,6 +44,9 @@ enum Job {
     Deployed {
         version: Arc<AppVersion>,
     },
+    Removed {
+        app: Arc<str>,
+    },
     /// Ends the thread (the channels themselves stay open while any
     /// `PoolThread` holds a sender).
     Stop,
@@ -148,7 +151,7 @@ impl PoolThread {
 /// ```
 pub struct Pool {
     inner: Arc<Inner>,
-    threads: Vec<JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -177,7 +180,10 @@ impl Pool {
                 .map_err(PoolError::Thread)?;
             threads.push(thread);
         }
-        Ok(Pool { inner, threads })
+        Ok(Pool {
+            inner,
+            threads: std::sync::Mutex::new(threads),
+        })
     }
 
     /// The worker thread an app's instances live on: a stable hash of its
@@ -219,32 +225,35 @@ impl Pool {
         self.inner.shared.snapshot(rows)
     }
 
+    /// Tells every thread that `app` is gone: its instances stop taking
+    /// requests and are dropped once idle.
+    pub fn removed(&self, app: &str) {
+        for jobs in &self.inner.jobs {
+            let _ = jobs.send(Job::Removed { app: app.into() });
+        }
+    }
+
     /// Blocks until the worker threads stop (they run until the pool is
     /// shut down or dropped).
-    pub fn wait(mut self) {
-        for thread in self.threads.drain(..) {
+    pub fn wait(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
             let _ = thread.join();
         }
     }
 
     /// Stops the worker threads and waits for them.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+    pub fn shutdown(&self) {
         for jobs in &self.inner.jobs {
             let _ = jobs.send(Job::Stop);
         }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.wait();
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
@@ -300,6 +309,7 @@ fn worker_main(
                     let _ = reply.send(local.rows());
                 }
                 Job::Deployed { version } => local.note_version(&version),
+                Job::Removed { app } => local.remove_app(&app),
                 Job::Stop => break,
             }
         }

@@ -343,6 +343,13 @@ impl Instance {
         handle
     }
 
+    /// A handle that stops whatever JavaScript this isolate is running, from
+    /// any thread, without entering the isolate. The instance is unusable
+    /// afterwards: discard it.
+    pub fn terminator(&mut self) -> Terminator {
+        Terminator(self.runtime.v8_isolate().thread_safe_handle())
+    }
+
     /// CPU time spent inside this instance's windows so far (until it is
     /// spawned; afterwards its driver owns it).
     pub fn cpu_time(&self) -> Duration {
@@ -704,5 +711,17 @@ mod tests {
             let response = handle.dispatch(request("http://x/second")).await.unwrap();
             assert_eq!(body_text(response).await, "/second");
         });
+    }
+}
+
+/// Stops an isolate's JavaScript from another thread (a watchdog's only
+/// power: it never enters the isolate).
+#[derive(Clone)]
+pub struct Terminator(v8::IsolateHandle);
+
+impl Terminator {
+    /// Terminates the running script; returns false if the isolate is gone.
+    pub fn terminate(&self) -> bool {
+        self.0.terminate_execution()
     }
 }

@@ -27,7 +27,7 @@ mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
-pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle};
+pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, Terminator};
 pub use isopod_api::NetPolicy;
 pub use platform::init_v8;
 pub use request::{DispatchError, IncomingRequest, OutgoingResponse};

@@ -16,6 +16,7 @@
 //!   (a request without one is answered 400), and no hop-by-hop headers.
 #![deny(missing_docs)]
 
+mod admin;
 mod http_semantics;
 mod listener;
 mod registry;
@@ -26,4 +27,4 @@ mod service;
 pub use isopod_pool::ExecutionMode;
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
-pub use server::{AppManifest, Server, ServerConfig, ServerError};
+pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError, STARTUP_BUDGET};

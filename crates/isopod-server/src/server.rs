@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -54,6 +55,17 @@ pub struct ServerConfig {
     pub max_instances: usize,
     /// The apps.
     pub apps: Vec<AppManifest>,
+    /// The admin API, if enabled.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Where the admin API listens and the token it requires.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The admin listen address.
+    pub listen: SocketAddr,
+    /// The bearer token every admin call (but `/healthz`) must present.
+    pub token: String,
 }
 
 /// Why a server could not start.
@@ -83,8 +95,9 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
-    pool: Pool,
+    pool: Arc<Pool>,
 }
 
 /// One worker thread's listeners: each with the app it is dedicated to, if
@@ -97,7 +110,12 @@ impl Server {
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
         isopod_runtime::init_v8();
         for app in &config.apps {
-            check_bundle(app)?;
+            check_bundle(&app.config, &app.bundle, STARTUP_BUDGET).map_err(|error| {
+                ServerError::App {
+                    app: app.config.name.to_string(),
+                    error,
+                }
+            })?;
         }
         let threads = config.threads.max(1);
 
@@ -149,11 +167,45 @@ impl Server {
             },
             Some(main),
         )?;
+        let pool = Arc::new(pool);
+        let admin_addr = match config.admin {
+            Some(admin) => {
+                let listener =
+                    TcpListener::bind(admin.listen).map_err(|error| ServerError::Listen {
+                        addr: admin.listen,
+                        error,
+                    })?;
+                let addr = listener.local_addr().map_err(|error| ServerError::Listen {
+                    addr: admin.listen,
+                    error,
+                })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|error| ServerError::Listen { addr, error })?;
+                crate::admin::spawn(
+                    listener,
+                    crate::admin::Admin {
+                        token: admin.token.into(),
+                        registry: registry.clone(),
+                        pool: pool.clone(),
+                    },
+                )
+                .map_err(|error| ServerError::Listen { addr, error })?;
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Server {
             local_addr,
+            admin_addr,
             registry,
             pool,
         })
+    }
+
+    /// The admin listener's address, when the admin API is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The main listener's address.
@@ -182,11 +234,19 @@ impl Server {
     }
 }
 
-/// Evaluates an app's bundle in a scratch isolate on a scratch thread, so a
-/// broken bundle is refused before anything serves it.
-pub(crate) fn check_bundle(app: &AppManifest) -> Result<(), ServerError> {
-    let config = app.config.clone();
-    let bundle = app.bundle.clone();
+/// How long a bundle's top-level code may run when it is checked.
+pub const STARTUP_BUDGET: Duration = Duration::from_millis(400);
+
+/// Evaluates a bundle in a scratch isolate on a scratch thread, so a broken
+/// bundle is refused before anything serves it. Top-level code that runs
+/// past `budget` is terminated (the watchdog only signals the isolate).
+pub(crate) fn check_bundle(
+    config: &AppConfig,
+    bundle: &Bundle,
+    budget: Duration,
+) -> Result<(), InstanceError> {
+    let config = config.clone();
+    let bundle = bundle.clone();
     let outcome = std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -197,20 +257,33 @@ pub(crate) fn check_bundle(app: &AppManifest) -> Result<(), ServerError> {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async {
                     let mut instance = Instance::blank(&config)?;
-                    instance.load(&bundle, &config).await
+                    let terminator = instance.terminator();
+                    let (finished, finished_rx) = std::sync::mpsc::channel::<()>();
+                    let watchdog = std::thread::spawn(move || {
+                        let overran = matches!(
+                            finished_rx.recv_timeout(budget),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                        );
+                        if overran {
+                            terminator.terminate();
+                        }
+                        overran
+                    });
+                    let loaded = instance.load(&bundle, &config).await;
+                    let _ = finished.send(());
+                    if watchdog.join().unwrap_or(false) {
+                        return Err(InstanceError::Bundle(format!(
+                            "the bundle's top-level code did not finish within its startup budget of {} ms ({})",
+                            budget.as_millis(),
+                            bundle.specifier()
+                        )));
+                    }
+                    loaded
                 })
             })
             .join()
     });
-    let error = match outcome {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(error)) => error,
-        Err(_) => InstanceError::Bundle("checking the bundle panicked".into()),
-    };
-    Err(ServerError::App {
-        app: app.config.name.to_string(),
-        error,
-    })
+    outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
 }
 
 async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AppManifest, ExecutionMode, HostPattern, Route, ServerConfig};
+use isopod_server::{AdminConfig, AppManifest, ExecutionMode, HostPattern, Route, ServerConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +20,8 @@ struct ConfigFile {
     listen: SocketAddr,
     threads: Option<usize>,
     max_instances: Option<usize>,
+    admin_listen: Option<SocketAddr>,
+    admin_token: Option<String>,
     #[serde(default)]
     apps: Vec<AppEntry>,
 }
@@ -65,8 +67,25 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         threads: file.threads.unwrap_or_else(default_threads),
         max_instances: file.max_instances.unwrap_or(1000),
         apps,
+        admin: None,
     };
     apply_env(&mut config)?;
+    let admin_listen = env_parsed("ISOPOD_ADMIN_LISTEN")?.or(file.admin_listen);
+    let admin_token = std::env::var("ISOPOD_ADMIN_TOKEN")
+        .ok()
+        .or(file.admin_token);
+    config.admin = match (admin_listen, admin_token) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(anyhow!(
+                "admin_listen is set but no admin token: set admin_token or ISOPOD_ADMIN_TOKEN"
+            ))
+        }
+        (Some(_), Some(token)) if token.len() < 16 => {
+            return Err(anyhow!("the admin token must be at least 16 characters"))
+        }
+        (Some(listen), Some(token)) => Some(AdminConfig { listen, token }),
+    };
     Ok(config)
 }
 
@@ -117,27 +136,28 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+fn env_parsed<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow!("{name}={value}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Environment variables override config keys.
 fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
-    fn parsed<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match std::env::var(name) {
-            Ok(value) => value
-                .parse()
-                .map(Some)
-                .map_err(|e| anyhow!("{name}={value}: {e}")),
-            Err(_) => Ok(None),
-        }
-    }
-    if let Some(listen) = parsed("ISOPOD_LISTEN")? {
+    if let Some(listen) = env_parsed("ISOPOD_LISTEN")? {
         config.listen = listen;
     }
-    if let Some(threads) = parsed("ISOPOD_THREADS")? {
+    if let Some(threads) = env_parsed("ISOPOD_THREADS")? {
         config.threads = threads;
     }
-    if let Some(max) = parsed("ISOLATE_POOL_SIZE")? {
+    if let Some(max) = env_parsed("ISOLATE_POOL_SIZE")? {
         config.max_instances = max;
     }
     Ok(())

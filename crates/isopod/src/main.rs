@@ -138,6 +138,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         threads,
         max_instances: 1000,
         apps: vec![app],
+        admin: None,
     })
 }
 
@@ -157,6 +158,7 @@ fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(
         app = %apps.join(","),
         url = %format!("http://{}", server.local_addr()),
+        admin_url = %server.admin_addr().map(|a| format!("http://{a}")).unwrap_or_default(),
         threads,
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         snapshot_bytes = isopod_runtime::snapshot_size(),

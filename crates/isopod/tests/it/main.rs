@@ -1,6 +1,7 @@
 //! isopod's integration tests: real `isopod` processes on ephemeral loopback
 //! ports, driven by a real HTTP client. One test binary, one module per area.
 
+mod admin;
 mod bundles;
 mod errors;
 mod fetch;

@@ -64,6 +64,8 @@ pub fn free_port() -> u16 {
 pub struct Isopod {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the config enables it.
+    pub admin: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<Value>>>,
 }
 
@@ -128,13 +130,14 @@ impl Isopod {
                 if record["message"] == "listening" {
                     if let Some(tx) = addr_tx.take() {
                         let url = record["url"].as_str().unwrap_or_default().to_string();
-                        let _ = tx.send(url);
+                        let admin = record["admin_url"].as_str().unwrap_or_default().to_string();
+                        let _ = tx.send((url, admin));
                     }
                 }
                 sink.lock().unwrap().push(record);
             }
         });
-        let url = addr_rx
+        let (url, admin) = addr_rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 let status = child.try_wait();
@@ -144,7 +147,15 @@ impl Isopod {
             .trim_start_matches("http://")
             .parse()
             .expect("listen address");
-        Isopod { child, addr, logs }
+        let admin = admin
+            .strip_prefix("http://")
+            .map(|a| a.parse().expect("admin address"));
+        Isopod {
+            child,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     /// Every log record so far.
@@ -283,4 +294,37 @@ pub async fn timed_chunks(
         }
     }
     (text, arrivals)
+}
+
+/// The admin token the admin tests configure.
+pub const ADMIN_TOKEN: &str = "test-token-0123456789";
+
+impl Isopod {
+    /// An admin API call: (status, JSON body).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "admin");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let (content_type, body) = body.unwrap_or(("text/plain", String::new()));
+        let request = request
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let (status, _, text) =
+            collect(send(self.admin.expect("admin enabled"), request).await).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
 }

@@ -1,0 +1,317 @@
+//! The admin API, on its own listener and thread.
+//!
+//! Every call needs `Authorization: Bearer TOKEN` (compared in constant
+//! time; 401 otherwise) except `GET /healthz`.
+//!
+//! - `PUT /apps/NAME`: deploy or hot-swap. The body is a bare bundle, or (with
+//!   `content-type: application/json`) a manifest `{ "bundle": "…",
+//!   "routes": [{ "host": "…", "path": "…" }], "vars": {…}, "mode": "pooled" |
+//!   "isolate-per-request" }`. The bundle is evaluated in a scratch isolate
+//!   under the startup budget first; a broken one answers 400 with the error
+//!   and its file:line, and the running version keeps serving.
+//! - `GET /apps`, `GET /apps/NAME`, `DELETE /apps/NAME`.
+//! - `GET /admin/pool`: the pool's statistics.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use isopod_pool::{AppVersion, ExecutionMode, Pool};
+use isopod_runtime::{AppConfig, Bundle, NetPolicy};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::registry::{Deployed, Registry};
+use crate::routing::{HostPattern, Route};
+use crate::server::{check_bundle, STARTUP_BUDGET};
+
+/// The largest bundle or manifest `PUT /apps/NAME` accepts.
+const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the admin API needs.
+pub(crate) struct Admin {
+    pub(crate) token: Arc<str>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) pool: Arc<Pool>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Serves the admin API on `listener` from a thread of its own.
+pub(crate) fn spawn(listener: TcpListener, admin: Admin) -> std::io::Result<()> {
+    let admin = Arc::new(admin);
+    std::thread::Builder::new().name("isopod-admin".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the admin runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "cannot register the admin listener");
+                    return;
+                }
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    })?;
+    Ok(())
+}
+
+impl Admin {
+    async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
+        let path = request.uri().path().to_string();
+        if request.method() == Method::GET && path == "/healthz" {
+            return reply(StatusCode::OK, json!({ "status": "ok" }));
+        }
+        if !self.authorized(&request) {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (request.method().clone(), segments.as_slice()) {
+            (Method::GET, ["apps"]) => self.list(),
+            (Method::GET, ["apps", name]) => self.show(name),
+            (Method::PUT, ["apps", name]) => {
+                let name = name.to_string();
+                self.deploy(&name, request).await
+            }
+            (Method::DELETE, ["apps", name]) => self.remove(name),
+            (Method::GET, ["admin", "pool"]) => {
+                reply(StatusCode::OK, json!(self.pool.stats().await))
+            }
+            (_, ["apps"] | ["apps", _] | ["admin", "pool"]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(given) = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
+    }
+
+    fn list(&self) -> AdminResponse {
+        let snapshot = self.registry.snapshot();
+        let mut apps: Vec<Value> = snapshot.apps().map(|d| describe(d)).collect();
+        apps.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        reply(StatusCode::OK, json!({ "apps": apps }))
+    }
+
+    fn show(&self, name: &str) -> AdminResponse {
+        match self.registry.snapshot().app(name) {
+            Some(deployed) => reply(StatusCode::OK, describe(deployed)),
+            None => error(StatusCode::NOT_FOUND, &format!("no app named '{name}'")),
+        }
+    }
+
+    fn remove(&self, name: &str) -> AdminResponse {
+        match self.registry.remove(name) {
+            Some(_) => {
+                self.pool.removed(name);
+                reply(StatusCode::OK, json!({ "removed": name }))
+            }
+            None => error(StatusCode::NOT_FOUND, &format!("no app named '{name}'")),
+        }
+    }
+
+    async fn deploy(&self, name: &str, request: Request<Incoming>) -> AdminResponse {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "an app name is letters, digits, '-' or '_'",
+            );
+        }
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let body = match Limited::new(request.into_body(), MAX_DEPLOY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a deploy is at most {MAX_DEPLOY_BYTES} bytes"),
+                )
+            }
+        };
+        let manifest = match parse_manifest(&body, is_json) {
+            Ok(manifest) => manifest,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
+        let routes = match manifest.routes() {
+            Ok(routes) => routes,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
+        let previous = self.registry.snapshot().app(name).cloned();
+        let config = AppConfig {
+            name: Arc::from(name),
+            vars: manifest.vars.into_iter().collect(),
+            net: NetPolicy::AllowAll,
+        };
+        let bundle = Bundle::from_source(&format!("{name}.js"), manifest.bundle);
+        let checked = {
+            let (config, bundle) = (config.clone(), bundle.clone());
+            tokio::task::spawn_blocking(move || check_bundle(&config, &bundle, STARTUP_BUDGET))
+                .await
+        };
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => return error(StatusCode::BAD_REQUEST, &refused.to_string()),
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "checking the bundle failed",
+                )
+            }
+        }
+        let version = AppVersion::new(config, bundle, manifest.mode);
+        self.registry.deploy(Deployed {
+            version: version.clone(),
+            routes,
+            // An app's own port is bound at start-up, from the config file.
+            port: previous.as_ref().and_then(|p| p.port),
+        });
+        self.pool.deployed(&version);
+        tracing::info!(app = name, version = %version.id, "deployed");
+        let status = if previous.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        reply(
+            status,
+            json!({ "app": name, "version": version.id.to_string() }),
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    bundle: String,
+    #[serde(default)]
+    routes: Vec<RouteEntry>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    mode: ExecutionMode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteEntry {
+    host: Option<String>,
+    path: Option<String>,
+}
+
+impl Manifest {
+    fn routes(&self) -> Result<Vec<Route>, String> {
+        self.routes
+            .iter()
+            .map(|r| {
+                Ok(Route {
+                    host: r.host.as_deref().map(HostPattern::parse).transpose()?,
+                    path: r.path.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_manifest(body: &[u8], is_json: bool) -> Result<Manifest, String> {
+    if is_json {
+        return serde_json::from_slice(body).map_err(|e| format!("invalid manifest: {e}"));
+    }
+    let bundle =
+        String::from_utf8(body.to_vec()).map_err(|_| "the bundle is not UTF-8 text".to_string())?;
+    Ok(Manifest {
+        bundle,
+        routes: Vec::new(),
+        vars: BTreeMap::new(),
+        mode: ExecutionMode::Pooled,
+    })
+}
+
+fn describe(deployed: &Deployed) -> Value {
+    let version = &deployed.version;
+    let routes: Vec<Value> = deployed
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "host": r.host.as_ref().map(|h| match h {
+                    HostPattern::Exact(host) => host.clone(),
+                    HostPattern::Wildcard(suffix) => format!("*{suffix}"),
+                }),
+                "path": r.path,
+            })
+        })
+        .collect();
+    json!({
+        "name": version.app(),
+        "version": version.id.to_string(),
+        "mode": version.mode,
+        "routes": routes,
+        "port": deployed.port,
+        "vars": version.config.vars.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+    })
+}
+
+fn reply(status: StatusCode, body: Value) -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, reason: &str) -> AdminResponse {
+    reply(status, json!({ "error": reason }))
+}

@@ -1,0 +1,252 @@
+//! The admin API: authentication, deploys, hot-swap, removal and the pool's
+//! statistics.
+
+use std::time::Duration;
+
+use crate::support::{Isopod, ADMIN_TOKEN};
+
+fn server() -> Isopod {
+    let config =
+        format!("threads = 2\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n");
+    Isopod::serve(&config, &[])
+}
+
+fn js(source: &str) -> Option<(&'static str, String)> {
+    Some(("application/javascript", source.to_string()))
+}
+
+#[tokio::test]
+async fn every_call_but_healthz_needs_the_token() {
+    let isopod = server();
+    assert_eq!(isopod.admin("GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(isopod.admin("GET", "/apps", None, None).await.0, 401);
+    assert_eq!(
+        isopod
+            .admin("GET", "/apps", Some("test-token-wrong-value"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        isopod
+            .admin("GET", "/admin/pool", Some("short"), None)
+            .await
+            .0,
+        401
+    );
+    let put = isopod
+        .admin(
+            "PUT",
+            "/apps/x",
+            None,
+            js("export default { fetch() { return new Response('x'); } };"),
+        )
+        .await;
+    assert_eq!(put.0, 401);
+    assert_eq!(
+        isopod
+            .admin("GET", "/apps", Some(ADMIN_TOKEN), None)
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn deploy_list_swap_and_remove() {
+    let isopod = server();
+    let token = Some(ADMIN_TOKEN);
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/shop",
+            token,
+            js("export default { fetch() { return new Response('v1'); } };"),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let v1 = body["version"].as_str().unwrap().to_string();
+    assert_eq!(isopod.get_host("shop.localhost", "/").await.2, "v1");
+
+    let manifest = serde_json::json!({
+        "bundle": "export default { fetch(r, env) { return new Response('v2 ' + env.GREETING); } };",
+        "routes": [{ "host": "shop.example.com" }],
+        "vars": { "GREETING": "hello" },
+        "mode": "pooled",
+    });
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/shop",
+            token,
+            Some(("application/json", manifest.to_string())),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["version"].as_str().unwrap(), v1);
+    assert_eq!(isopod.get_host("shop.example.com", "/").await.2, "v2 hello");
+
+    let (_, listed) = isopod.admin("GET", "/apps", token, None).await;
+    assert_eq!(listed["apps"][0]["name"], "shop");
+    assert_eq!(listed["apps"][0]["routes"][0]["host"], "shop.example.com");
+    assert_eq!(
+        listed["apps"][0]["vars"],
+        serde_json::json!(["GREETING"]),
+        "values stay secret"
+    );
+    let (status, shown) = isopod.admin("GET", "/apps/shop", token, None).await;
+    assert_eq!((status, shown["mode"].as_str()), (200, Some("pooled")));
+
+    assert_eq!(
+        isopod.admin("DELETE", "/apps/shop", token, None).await.0,
+        200
+    );
+    assert_eq!(isopod.get_host("shop.example.com", "/").await.0, 404);
+    assert_eq!(isopod.admin("GET", "/apps/shop", token, None).await.0, 404);
+    assert_eq!(
+        isopod.admin("DELETE", "/apps/shop", token, None).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_broken_bundle_is_refused_with_file_and_line_and_the_old_version_keeps_serving() {
+    let isopod = server();
+    let token = Some(ADMIN_TOKEN);
+    let ok = js("export default { fetch() { return new Response('good'); } };");
+    assert_eq!(isopod.admin("PUT", "/apps/app", token, ok).await.0, 201);
+
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/app",
+            token,
+            js("export default {\n  fetch() {\n    return new Response(;\n  }\n};\n"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let reason = body["error"].as_str().unwrap();
+    assert!(
+        reason.contains("SyntaxError") && reason.contains("app.js:3:"),
+        "{reason}"
+    );
+
+    let (status, body) = isopod
+        .admin("PUT", "/apps/app", token, js("throw new Error('at load');"))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("at load"),
+        "{body}"
+    );
+
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/app",
+            token,
+            js("while (true) {}\nexport default {};"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("startup budget"),
+        "{body}"
+    );
+
+    assert_eq!(isopod.get_host("app.localhost", "/").await.2, "good");
+}
+
+#[tokio::test]
+async fn pool_statistics() {
+    let isopod = server();
+    let token = Some(ADMIN_TOKEN);
+    let counter =
+        js("let n = 0; export default { fetch() { return new Response(String(++n)); } };");
+    assert_eq!(
+        isopod.admin("PUT", "/apps/count", token, counter).await.0,
+        201
+    );
+    for _ in 0..5 {
+        assert_eq!(isopod.get_host("count.localhost", "/").await.0, 200);
+    }
+    let (status, pool) = isopod.admin("GET", "/admin/pool", token, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(pool["total"], 1000);
+    assert_eq!(pool["cached"], 1);
+    assert_eq!(pool["capacity"], 999);
+    assert_eq!(
+        pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
+        5
+    );
+    assert_eq!(pool["misses"], 1);
+    assert!(pool["hit_rate"].as_f64().unwrap() > 0.79);
+    assert!(pool["cold_start_p50_ms"].as_f64().unwrap() > 0.0);
+    let row = &pool["instances"][0];
+    assert_eq!(
+        (row["app"].as_str(), row["requests_served"].as_u64()),
+        (Some("count"), Some(5))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_fails_no_request_and_mixes_no_versions() {
+    let isopod = std::sync::Arc::new(server());
+    let token = Some(ADMIN_TOKEN);
+    let version = |v: &str| {
+        js(&format!(
+            "export default {{ fetch(request, env, ctx) {{\n\
+               ctx.waitUntil(new Promise((r) => setTimeout(r, 50)));\n\
+               let sent = 0;\n\
+               return new Response(new ReadableStream({{ async pull(c) {{\n\
+                 await new Promise((r) => setTimeout(r, 5));\n\
+                 if (sent++ < 4) c.enqueue(new TextEncoder().encode('{v};')); else c.close();\n\
+               }} }}));\n\
+             }} }};"
+        ))
+    };
+    assert_eq!(
+        isopod
+            .admin("PUT", "/apps/swap", token, version("v1"))
+            .await
+            .0,
+        201
+    );
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let isopod = isopod.clone();
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for _ in 0..25 {
+                    let (status, _, body) = isopod.get_host("swap.localhost", "/").await;
+                    assert_eq!(status, 200, "{body}");
+                    bodies.push(body);
+                }
+                bodies
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        isopod
+            .admin("PUT", "/apps/swap", token, version("v2"))
+            .await
+            .0,
+        200
+    );
+    let mut seen = std::collections::BTreeMap::new();
+    for task in load {
+        for body in task.await.unwrap() {
+            assert!(
+                body == "v1;v1;v1;v1;" || body == "v2;v2;v2;v2;",
+                "mixed or cut body: {body}"
+            );
+            *seen.entry(body).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.values().sum::<i32>(), 200);
+    assert!(
+        seen.contains_key("v2;v2;v2;v2;"),
+        "the new version never served: {seen:?}"
+    );
+}
