@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = Pool::start(PoolConfig {
         threads: 2,
         max_instances: 100,
+        spares_per_thread: 1,
     })?;
     let warm = AppVersion::new(
         AppConfig::new("warm"),

@@ -47,6 +47,11 @@ type SlotKey = (Arc<str>, VersionId);
 pub(crate) struct LocalPool {
     thread: usize,
     shared: Arc<Shared>,
+    /// Blank instances (snapshot loaded, no bundle), counted in the cap.
+    spares: RefCell<Vec<Instance>>,
+    spares_wanted: usize,
+    /// Requests being dispatched on this thread right now.
+    active: Cell<usize>,
     slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
     /// The newest deploy seen per app; older versions' slots are retired.
     current: RefCell<HashMap<Arc<str>, u64>>,
@@ -54,10 +59,13 @@ pub(crate) struct LocalPool {
 }
 
 impl LocalPool {
-    pub(crate) fn new(thread: usize, shared: Arc<Shared>) -> Rc<LocalPool> {
+    pub(crate) fn new(thread: usize, shared: Arc<Shared>, spares_wanted: usize) -> Rc<LocalPool> {
         Rc::new(LocalPool {
             thread,
             shared,
+            spares: RefCell::new(Vec::new()),
+            spares_wanted,
+            active: Cell::new(0),
             slots: RefCell::new(HashMap::new()),
             current: RefCell::new(HashMap::new()),
             clock: Cell::new(0),
@@ -70,6 +78,8 @@ impl LocalPool {
         version: Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
+        self.active.set(self.active.get() + 1);
+        let _active = scopeguard(|| self.active.set(self.active.get() - 1));
         self.note_version(&version);
         match version.mode {
             ExecutionMode::Pooled => {
@@ -141,21 +151,28 @@ impl LocalPool {
             .clone()
     }
 
-    /// Makes room under the global cap, then creates and starts an instance.
+    /// Takes a spare, or makes room under the global cap and creates a
+    /// blank instance; then loads the version's bundle and starts it.
     async fn create(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
     ) -> Result<InstanceHandle, PoolError> {
-        while !self.shared.try_reserve() {
-            if !self.evict_one() {
-                return Err(PoolError::AtCapacity);
-            }
-            // The evicted instance stops on this thread; let it.
-            tokio::task::yield_now().await;
-        }
         let started = Instant::now();
+        let blank = match self.take_spare() {
+            Some(spare) => Ok(spare),
+            None => {
+                while !self.shared.try_reserve() {
+                    if !self.evict_one() {
+                        return Err(PoolError::AtCapacity);
+                    }
+                    // The evicted instance stops on this thread; let it.
+                    tokio::task::yield_now().await;
+                }
+                self.new_blank(&version.config)
+            }
+        };
         let created = async {
-            let mut instance = Instance::blank(&version.config)?;
+            let mut instance = blank?;
             instance.load(&version.bundle, &version.config).await?;
             Ok::<_, isopod_runtime::InstanceError>(instance.spawn())
         }
@@ -178,6 +195,52 @@ impl LocalPool {
         }
     }
 
+    /// A spare, if this thread has one (any spare fits any app: loading
+    /// sets the app's name, policy and variables).
+    fn take_spare(&self) -> Option<Instance> {
+        let spare = self.spares.borrow_mut().pop()?;
+        self.shared.spares_changed(false);
+        Some(spare)
+    }
+
+    fn new_blank(
+        &self,
+        config: &isopod_runtime::AppConfig,
+    ) -> Result<Instance, isopod_runtime::InstanceError> {
+        let started = Instant::now();
+        let blank = Instance::blank(config);
+        self.shared.record_blank_creation(started.elapsed());
+        blank
+    }
+
+    /// Keeps `spares_wanted` blank instances ready. Runs for the thread's
+    /// life; creates one at a time, only while no request is being
+    /// dispatched on this thread, at most one per `SPARE_REFILL_INTERVAL`,
+    /// and only under the cap.
+    pub(crate) async fn refill_spares(self: Rc<Self>) {
+        const SPARE_REFILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+        let spare_config = isopod_runtime::AppConfig::new("spare");
+        loop {
+            tokio::time::sleep(SPARE_REFILL_INTERVAL).await;
+            if self.active.get() > 0 || self.spares.borrow().len() >= self.spares_wanted {
+                continue;
+            }
+            if !self.shared.try_reserve() {
+                continue;
+            }
+            match self.new_blank(&spare_config) {
+                Ok(spare) => {
+                    self.spares.borrow_mut().push(spare);
+                    self.shared.spares_changed(true);
+                }
+                Err(error) => {
+                    self.shared.release();
+                    tracing::error!(%error, "could not create a spare instance");
+                }
+            }
+        }
+    }
+
     /// Drops the least recently used idle instance on this thread. Returns
     /// false when there is none.
     fn evict_one(&self) -> bool {
@@ -194,7 +257,17 @@ impl LocalPool {
             .min_by_key(|slot| slot.last_used.get())
             .cloned();
         let Some(victim) = victim else {
-            return false;
+            // No idle instance: give up a spare instead, if there is one.
+            let spare = self.spares.borrow_mut().pop();
+            return match spare {
+                Some(spare) => {
+                    drop(spare);
+                    self.shared.spares_changed(false);
+                    self.shared.release();
+                    true
+                }
+                None => false,
+            };
         };
         victim.instance.borrow_mut().take();
         self.shared.record_eviction();
@@ -266,4 +339,17 @@ impl Slot {
         }
         instance.clone()
     }
+}
+
+/// Runs `f` when dropped (on every exit path of a dispatch).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -19,8 +19,11 @@ use crate::PoolError;
 pub struct PoolConfig {
     /// Worker threads; default one per core.
     pub threads: usize,
-    /// The cap on live instances, pooled and per-request alike; default 1000.
+    /// The cap on live instances, pooled, per-request and spares alike;
+    /// default 1000.
     pub max_instances: usize,
+    /// Blank instances each thread keeps ready for misses; default 2.
+    pub spares_per_thread: usize,
 }
 
 impl Default for PoolConfig {
@@ -28,6 +31,7 @@ impl Default for PoolConfig {
         PoolConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_instances: 1000,
+            spares_per_thread: 2,
         }
     }
 }
@@ -57,6 +61,7 @@ enum Job {
 struct Inner {
     shared: Arc<Shared>,
     jobs: Vec<mpsc::UnboundedSender<Job>>,
+    spares_per_thread: usize,
 }
 
 impl Inner {
@@ -169,7 +174,11 @@ impl Pool {
         let count = config.threads.max(1);
         let (jobs, inboxes): (Vec<_>, Vec<_>) =
             (0..count).map(|_| mpsc::unbounded_channel()).unzip();
-        let inner = Arc::new(Inner { shared, jobs });
+        let inner = Arc::new(Inner {
+            shared,
+            jobs,
+            spares_per_thread: config.spares_per_thread,
+        });
         let mut threads = Vec::new();
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let inner = inner.clone();
@@ -275,7 +284,10 @@ fn worker_main(
     };
     let local_set = tokio::task::LocalSet::new();
     local_set.block_on(&runtime, async move {
-        let local = LocalPool::new(index, inner.shared.clone());
+        let local = LocalPool::new(index, inner.shared.clone(), inner.spares_per_thread);
+        if inner.spares_per_thread > 0 {
+            tokio::task::spawn_local(local.clone().refill_spares());
+        }
         if let Some(main) = main {
             let thread = PoolThread {
                 index,

@@ -15,13 +15,44 @@ pub(crate) struct Shared {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
-    cold_starts: Mutex<ColdStarts>,
+    spares: AtomicUsize,
+    blanks_created: AtomicU64,
+    /// Misses as the request saw them (a spare or a new isolate, plus the
+    /// bundle's evaluation).
+    cold_starts: Mutex<Durations>,
+    /// Blank isolates made from the snapshot, spares or inline.
+    blank_creations: Mutex<Durations>,
 }
 
+/// The most recent `COLD_START_WINDOW` durations of one kind.
 #[derive(Default)]
-struct ColdStarts {
+struct Durations {
     recent: Vec<Duration>,
     next: usize,
+}
+
+impl Durations {
+    fn record(&mut self, took: Duration) {
+        if self.recent.len() < COLD_START_WINDOW {
+            self.recent.push(took);
+        } else {
+            self.recent[self.next] = took;
+        }
+        self.next = (self.next + 1) % COLD_START_WINDOW;
+    }
+
+    /// (p50, p99) in milliseconds.
+    fn percentiles(&self) -> (Option<f64>, Option<f64>) {
+        let mut sorted = self.recent.clone();
+        sorted.sort();
+        let at = |p: f64| {
+            (!sorted.is_empty()).then(|| {
+                let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+                sorted[i].as_secs_f64() * 1000.0
+            })
+        };
+        (at(0.50), at(0.99))
+    }
 }
 
 impl Shared {
@@ -32,7 +63,10 @@ impl Shared {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            cold_starts: Mutex::new(ColdStarts::default()),
+            spares: AtomicUsize::new(0),
+            blanks_created: AtomicU64::new(0),
+            cold_starts: Mutex::new(Durations::default()),
+            blank_creations: Mutex::new(Durations::default()),
         }
     }
 
@@ -63,14 +97,27 @@ impl Shared {
     }
 
     pub(crate) fn record_cold_start(&self, took: Duration) {
-        let mut cold = self.cold_starts.lock().unwrap_or_else(|e| e.into_inner());
-        if cold.recent.len() < COLD_START_WINDOW {
-            cold.recent.push(took);
+        self.cold_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(took);
+    }
+
+    pub(crate) fn record_blank_creation(&self, took: Duration) {
+        self.blanks_created.fetch_add(1, Ordering::Relaxed);
+        self.blank_creations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(took);
+    }
+
+    /// A spare was added (`+1`) or taken or dropped (`-1`).
+    pub(crate) fn spares_changed(&self, added: bool) {
+        if added {
+            self.spares.fetch_add(1, Ordering::Relaxed);
         } else {
-            let at = cold.next;
-            cold.recent[at] = took;
+            self.spares.fetch_sub(1, Ordering::Relaxed);
         }
-        cold.next = (cold.next + 1) % COLD_START_WINDOW;
     }
 
     pub(crate) fn snapshot(&self, instances: Vec<InstanceRow>) -> PoolStats {
@@ -78,19 +125,23 @@ impl Shared {
         let misses = self.misses.load(Ordering::Relaxed);
         let total = self.max_instances;
         let cached = self.total.load(Ordering::Acquire);
-        let mut cold = self
+        let (cold_p50, cold_p99) = self
             .cold_starts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .recent
-            .clone();
-        cold.sort();
-        let percentile = |p: f64| {
-            (!cold.is_empty()).then(|| {
-                let at = ((cold.len() as f64 * p).ceil() as usize).clamp(1, cold.len()) - 1;
-                cold[at].as_secs_f64() * 1000.0
-            })
-        };
+            .percentiles();
+        let (blank_p50, blank_p99) = self
+            .blank_creations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .percentiles();
+        let mut per_thread = Vec::new();
+        for row in &instances {
+            if per_thread.len() <= row.thread {
+                per_thread.resize(row.thread + 1, 0);
+            }
+            per_thread[row.thread] += 1;
+        }
         PoolStats {
             total,
             cached,
@@ -103,8 +154,13 @@ impl Shared {
                 hits as f64 / (hits + misses) as f64
             },
             evictions: self.evictions.load(Ordering::Relaxed),
-            cold_start_p50_ms: percentile(0.50),
-            cold_start_p99_ms: percentile(0.99),
+            spares: self.spares.load(Ordering::Relaxed),
+            blank_creations: self.blanks_created.load(Ordering::Relaxed),
+            cold_start_p50_ms: cold_p50,
+            cold_start_p99_ms: cold_p99,
+            blank_creation_p50_ms: blank_p50,
+            blank_creation_p99_ms: blank_p99,
+            instances_per_thread: per_thread,
             instances,
         }
     }
@@ -115,7 +171,7 @@ impl Shared {
 pub struct PoolStats {
     /// The cap on live instances (`max_instances`).
     pub total: usize,
-    /// Live instances.
+    /// Live instances, spares included.
     pub cached: usize,
     /// `total - cached`.
     pub capacity: usize,
@@ -127,11 +183,22 @@ pub struct PoolStats {
     pub hit_rate: f64,
     /// Idle instances dropped to make room.
     pub evictions: u64,
-    /// Median time to create an instance (isolate and bundle), over the
-    /// recent misses.
+    /// Blank instances (snapshot loaded, no bundle) ready for misses.
+    pub spares: usize,
+    /// Blank isolates created from the snapshot so far (spares and misses
+    /// that found no spare).
+    pub blank_creations: u64,
+    /// Median time a miss took to get its instance (a spare or a new
+    /// isolate, plus evaluating the bundle), over the recent misses.
     pub cold_start_p50_ms: Option<f64>,
     /// 99th percentile of the same.
     pub cold_start_p99_ms: Option<f64>,
+    /// Median time to create a blank isolate from the snapshot.
+    pub blank_creation_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub blank_creation_p99_ms: Option<f64>,
+    /// Pooled instances per worker thread.
+    pub instances_per_thread: Vec<usize>,
     /// One row per live pooled instance.
     pub instances: Vec<InstanceRow>,
 }

@@ -47,6 +47,7 @@ fn pooled_instances_keep_state_and_per_request_isolates_do_not() {
     let pool = Pool::start(PoolConfig {
         threads: 2,
         max_instances: 10,
+        spares_per_thread: 0,
     })
     .unwrap();
     runtime().block_on(async {
@@ -72,6 +73,7 @@ fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
     let pool = Pool::start(PoolConfig {
         threads: 2,
         max_instances: 3,
+        spares_per_thread: 0,
     })
     .unwrap();
     runtime().block_on(async {
@@ -103,6 +105,7 @@ fn a_burst_on_a_cold_app_creates_one_instance() {
         Pool::start(PoolConfig {
             threads: 2,
             max_instances: 10,
+            spares_per_thread: 0,
         })
         .unwrap(),
     );
@@ -135,6 +138,7 @@ fn a_new_version_takes_new_requests_while_the_old_one_finishes_its_own() {
     let pool = Pool::start(PoolConfig {
         threads: 2,
         max_instances: 10,
+        spares_per_thread: 0,
     })
     .unwrap();
     runtime().block_on(async {
@@ -178,6 +182,7 @@ fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
     let pool = Pool::start(PoolConfig {
         threads: 1,
         max_instances: 1,
+        spares_per_thread: 0,
     })
     .unwrap();
     runtime().block_on(async {
@@ -195,5 +200,47 @@ fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
         assert!(matches!(second, Err(PoolError::AtCapacity)), "{:?}", second.map(|r| r.status()));
         // Idle now: the next miss evicts it.
         assert_eq!(text(&pool, &other, "/").await, "1");
+    });
+}
+
+#[test]
+fn spares_are_kept_ready_and_taken_by_misses() {
+    // The cap leaves room for the spares only, so the refill cannot race
+    // the assertions below.
+    let pool = Pool::start(PoolConfig {
+        threads: 2,
+        max_instances: 2,
+        spares_per_thread: 1,
+    })
+    .unwrap();
+    runtime().block_on(async {
+        // The refill runs while the threads are idle.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.stats().await.spares < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "spares never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = pool.stats().await;
+        assert_eq!(
+            (stats.cached, stats.spares),
+            (2, 2),
+            "spares count toward the cap"
+        );
+        assert_eq!(stats.blank_creations, 2);
+        let app = version("spared", COUNTER, ExecutionMode::Pooled);
+        assert_eq!(text(&pool, &app, "/").await, "1");
+        let stats = pool.stats().await;
+        assert_eq!(stats.misses, 1);
+        // The miss took its thread's spare instead of creating an isolate:
+        // still two live instances, one of them now the app's.
+        assert_eq!((stats.cached, stats.spares), (2, 1), "{stats:?}");
+        assert_eq!(
+            stats.blank_creations, 2,
+            "the miss created an isolate: {stats:?}"
+        );
+        assert_eq!(stats.instances.len(), 1);
     });
 }

@@ -41,7 +41,9 @@ struct PendingRequest {
 /// response has been sent in full (streams included) and its `waitUntil`
 /// work has settled: that is what "in flight" means for draining.
 pub(crate) struct RequestTable {
-    app: Arc<str>,
+    /// Set when a bundle is loaded (a spare is created before its app is
+    /// known).
+    app: RefCell<Arc<str>>,
     pending: RefCell<HashMap<u32, PendingRequest>>,
     /// Body resources of completed requests, for the driver to close (the
     /// table cannot reach `OpState` from inside an op).
@@ -55,7 +57,7 @@ pub(crate) struct RequestTable {
 impl RequestTable {
     pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<RequestTable> {
         Rc::new_cyclic(|this| RequestTable {
-            app,
+            app: RefCell::new(app),
             pending: RefCell::new(HashMap::new()),
             released_bodies: RefCell::new(Vec::new()),
             control,
@@ -82,6 +84,11 @@ impl RequestTable {
             },
         );
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Names the app in every later log record.
+    pub(crate) fn set_app(&self, app: Arc<str>) {
+        *self.app.borrow_mut() = app;
     }
 
     /// The shared in-flight counter, for handles.
@@ -153,7 +160,9 @@ impl RequestTable {
                     (Ok(name), Ok(value)) => {
                         headers.append(name, value);
                     }
-                    _ => tracing::warn!(app = %self.app, "dropped an invalid response header"),
+                    _ => {
+                        tracing::warn!(app = %self.app.borrow(), "dropped an invalid response header")
+                    }
                 }
             }
         }
@@ -188,7 +197,8 @@ impl RequestTable {
 
 impl Host for RequestTable {
     fn log(&self, level: LogLevel, request: &str, message: &str) {
-        let app = &*self.app;
+        let app = self.app.borrow().clone();
+        let app = &*app;
         match level {
             LogLevel::Debug => {
                 tracing::debug!(target: "isopod::console", app, request, "{message}")
@@ -212,7 +222,8 @@ impl Host for RequestTable {
     fn fail(&self, id: u32, kind: FailureKind, detail: String) {
         let label = self.label(id);
         let request = label.as_deref().unwrap_or("");
-        let app = &*self.app;
+        let app = self.app.borrow().clone();
+        let app = &*app;
         let error = match kind {
             FailureKind::Threw => {
                 tracing::error!(target: "isopod::handler", app, request, error = %detail, "handler threw");
@@ -233,7 +244,8 @@ impl Host for RequestTable {
     }
 
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {
-        let app = &*self.app;
+        let app = self.app.borrow().clone();
+        let app = &*app;
         match kind {
             UncaughtKind::Rejection => {
                 tracing::error!(target: "isopod::handler", app, request, error = %detail, "unhandled promise rejection")

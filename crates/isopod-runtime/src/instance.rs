@@ -99,7 +99,9 @@ struct Dispatcher {
 
 impl Instance {
     /// Creates an isolate from the startup snapshot, with the API surface
-    /// ready and no bundle. Costs milliseconds; see the pool's spares.
+    /// ready and no bundle. Costs milliseconds; see the pool's spares. The
+    /// app's name and network policy are set again by [`Instance::load`], so
+    /// a blank instance can serve any app.
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
         let cpu = Rc::new(CpuMeter::default());
         let hooks: Rc<dyn WindowHooks> = cpu.clone();
@@ -183,6 +185,14 @@ impl Instance {
             .init
             .take()
             .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
+        // A blank instance may have been made before its app was known.
+        self.app = app.name.clone();
+        self.table.set_app(app.name.clone());
+        isopod_api::install_host_state(
+            &mut self.runtime.op_state().borrow_mut(),
+            as_host(&self.table),
+            &app.net,
+        )?;
         self.loader.set_bundle(bundle);
         let exported = match self.is_module(bundle) {
             false => self.window(WindowKind::Startup, |runtime| {

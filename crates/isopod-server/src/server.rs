@@ -51,8 +51,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads (at least one).
     pub threads: usize,
-    /// The cap on live instances.
+    /// The cap on live instances (spares included).
     pub max_instances: usize,
+    /// Blank instances each worker thread keeps ready for misses.
+    pub spares_per_thread: usize,
     /// The apps.
     pub apps: Vec<AppManifest>,
     /// The admin API, if enabled.
@@ -164,6 +166,7 @@ impl Server {
             PoolConfig {
                 threads,
                 max_instances: config.max_instances,
+                spares_per_thread: config.spares_per_thread,
             },
             Some(main),
         )?;

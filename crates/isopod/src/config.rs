@@ -20,6 +20,7 @@ struct ConfigFile {
     listen: SocketAddr,
     threads: Option<usize>,
     max_instances: Option<usize>,
+    spares_per_thread: Option<usize>,
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
     #[serde(default)]
@@ -66,6 +67,7 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         listen: file.listen,
         threads: file.threads.unwrap_or_else(default_threads),
         max_instances: file.max_instances.unwrap_or(1000),
+        spares_per_thread: file.spares_per_thread.unwrap_or(2),
         apps,
         admin: None,
     };

@@ -137,6 +137,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         listen: SocketAddr::new(args.host, args.port),
         threads,
         max_instances: 1000,
+        // One app, warm on every thread after its first request: a spare
+        // would only cost memory.
+        spares_per_thread: 0,
         apps: vec![app],
         admin: None,
     })
