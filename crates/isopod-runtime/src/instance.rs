@@ -722,6 +722,39 @@ mod tests {
             assert_eq!(body_text(response).await, "/second");
         });
     }
+
+    #[test]
+    fn dropping_many_instances_in_shuffled_orders_never_aborts() {
+        on_local_thread(|| async {
+            let app = AppConfig::new("shuffle");
+            let bundle = Bundle::from_source(
+                "s.js",
+                "export default { fetch() { return new Response('s'); } };",
+            );
+            // A fixed pseudo-random sequence, so a failure can be replayed.
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for _round in 0..4 {
+                let mut instances = Vec::new();
+                for i in 0..6 {
+                    let mut instance = Instance::blank(&app).unwrap();
+                    if i % 2 == 0 {
+                        instance.load(&bundle, &app).await.unwrap();
+                    }
+                    instances.push(instance);
+                }
+                while !instances.is_empty() {
+                    let at = (next() % instances.len() as u64) as usize;
+                    drop(instances.swap_remove(at));
+                }
+            }
+        });
+    }
 }
 
 /// Stops an isolate's JavaScript from another thread (a watchdog's only

@@ -105,3 +105,57 @@ mode = "isolate-per-request"
         assert_eq!(isopod.get_host("fresh.localhost", "/").await.2, "1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_concurrent_first_requests_to_a_cold_app_all_succeed() {
+    let config = "threads = 2\n\n[[apps]]\nname = \"cold\"\nbundle = \"cold.js\"\n";
+    let bundle = "let n = 0;\nexport default { async fetch() { n++; await new Promise((r) => setTimeout(r, 10)); return new Response('ok'); } };\n";
+    let isopod = std::sync::Arc::new(Isopod::serve(config, &[("cold.js", bundle)]));
+    let requests: Vec<_> = (0..500)
+        .map(|_| {
+            let isopod = isopod.clone();
+            tokio::spawn(async move { isopod.get_host("cold.localhost", "/").await })
+        })
+        .collect();
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+}
+
+#[tokio::test]
+async fn more_apps_than_the_cap_evict_and_every_request_is_counted() {
+    let token = crate::support::ADMIN_TOKEN;
+    let mut config = format!("threads = 2\nspares_per_thread = 0\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n");
+    let mut bundles = Vec::new();
+    for i in 0..8 {
+        config.push_str(&format!(
+            "\n[[apps]]\nname = \"app{i}\"\nbundle = \"app{i}.js\"\n"
+        ));
+        bundles.push((format!("app{i}.js"), named(&format!("app{i}"))));
+    }
+    let bundles: Vec<(&str, &str)> = bundles
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    // The environment overrides the config's cap (default 1000).
+    let isopod = Isopod::serve_with_env(&config, &bundles, &[("ISOLATE_POOL_SIZE", "3")]);
+    let mut sent = 0;
+    for _round in 0..3 {
+        for i in 0..8 {
+            let (status, _, body) = isopod.get_host(&format!("app{i}.localhost"), "/").await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.starts_with(&format!("app{i} ")), "{body}");
+            sent += 1;
+        }
+    }
+    let (_, pool) = isopod.admin("GET", "/admin/pool", Some(token), None).await;
+    assert_eq!(pool["total"], 3);
+    assert_eq!(
+        pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
+        sent,
+        "{pool}"
+    );
+    assert!(pool["evictions"].as_u64().unwrap() >= 8 * 3 - 3, "{pool}");
+    assert!(pool["cached"].as_u64().unwrap() <= 3, "{pool}");
+}

@@ -85,6 +85,11 @@ impl Isopod {
     /// the given bundles beside it; the config's `listen` is set to an
     /// ephemeral loopback port.
     pub fn serve(config: &str, bundles: &[(&str, &str)]) -> Isopod {
+        Isopod::serve_with_env(config, bundles, &[])
+    }
+
+    /// [`Isopod::serve`] with extra environment variables.
+    pub fn serve_with_env(config: &str, bundles: &[(&str, &str)], env: &[(&str, &str)]) -> Isopod {
         let dir = std::env::temp_dir().join(format!(
             "isopod-serve-{}-{}",
             std::process::id(),
@@ -103,7 +108,8 @@ impl Isopod {
         command
             .arg("serve")
             .arg("--config")
-            .arg(dir.join("isopod.toml"));
+            .arg(dir.join("isopod.toml"))
+            .envs(env.iter().copied());
         Isopod::spawn(command)
     }
 
