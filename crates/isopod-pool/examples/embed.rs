@@ -16,6 +16,7 @@ fn request(host: &str) -> IncomingRequest {
         url: format!("http://{host}/"),
         headers: Default::default(),
         body: None,
+        received: std::time::Instant::now(),
     }
 }
 
@@ -24,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         threads: 2,
         max_instances: 100,
         spares_per_thread: 1,
+        ..PoolConfig::default()
     })?;
     let warm = AppVersion::new(
         AppConfig::new("warm"),

@@ -15,6 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +30,17 @@ struct Pooled {
     handle: InstanceHandle,
     created: Instant,
     served: Cell<u64>,
+    last_used: Cell<Instant>,
+    /// Off its app's home thread: counted in the version's replicas.
+    replica: Option<Arc<AppVersion>>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(version) = &self.replica {
+            version.load.replicas.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Where one version's instance lives on this thread.
@@ -52,6 +64,9 @@ pub(crate) struct LocalPool {
     spares_wanted: usize,
     /// Requests being dispatched on this thread right now.
     active: Cell<usize>,
+    /// The home thread of an app.
+    home_of: Box<dyn Fn(&str) -> usize>,
+    replica_idle: std::time::Duration,
     slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
     /// The newest deploy seen per app; older versions' slots are retired.
     current: RefCell<HashMap<Arc<str>, u64>>,
@@ -59,13 +74,20 @@ pub(crate) struct LocalPool {
 }
 
 impl LocalPool {
-    pub(crate) fn new(thread: usize, shared: Arc<Shared>, spares_wanted: usize) -> Rc<LocalPool> {
+    pub(crate) fn new(
+        thread: usize,
+        shared: Arc<Shared>,
+        config: &crate::PoolConfig,
+        home_of: Box<dyn Fn(&str) -> usize>,
+    ) -> Rc<LocalPool> {
         Rc::new(LocalPool {
             thread,
             shared,
             spares: RefCell::new(Vec::new()),
-            spares_wanted,
+            spares_wanted: config.spares_per_thread,
             active: Cell::new(0),
+            home_of,
+            replica_idle: config.replica_idle,
             slots: RefCell::new(HashMap::new()),
             current: RefCell::new(HashMap::new()),
             clock: Cell::new(0),
@@ -85,6 +107,19 @@ impl LocalPool {
             ExecutionMode::Pooled => {
                 let instance = self.pooled_instance(&version).await?;
                 instance.served.set(instance.served.get() + 1);
+                instance.last_used.set(Instant::now());
+                let home = instance.replica.is_none();
+                if home {
+                    version.load.home_in_flight.fetch_add(1, Ordering::Relaxed);
+                }
+                let _home_in_flight = scopeguard(|| {
+                    if home {
+                        let load = &version.load;
+                        load.home_in_flight.fetch_sub(1, Ordering::Relaxed);
+                        let wait = instance.handle.queue_wait().as_micros() as u64;
+                        load.home_queue_wait_us.store(wait, Ordering::Relaxed);
+                    }
+                });
                 Ok(instance.handle.dispatch(request).await?)
             }
             ExecutionMode::IsolatePerRequest => {
@@ -126,10 +161,17 @@ impl LocalPool {
         }
         self.shared.record_miss();
         let handle = self.create(version).await?;
+        let replica = ((self.home_of)(version.app()) != self.thread).then(|| {
+            version.load.replicas.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(app = %version.app(), version = %version.id, thread = self.thread, "started a replica");
+            version.clone()
+        });
         let instance = Rc::new(Pooled {
             handle,
             created: Instant::now(),
             served: Cell::new(0),
+            last_used: Cell::new(Instant::now()),
+            replica,
         });
         *slot.instance.borrow_mut() = Some(instance.clone());
         Ok(instance)
@@ -241,6 +283,27 @@ impl LocalPool {
         }
     }
 
+    /// Retires replicas that have been idle for `replica_idle`. Runs for the
+    /// thread's life.
+    pub(crate) async fn retire_idle_replicas(self: Rc<Self>) {
+        let period = (self.replica_idle / 4).max(std::time::Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            for slot in self.slots.borrow().values() {
+                let mut instance = slot.instance.borrow_mut();
+                let idle = instance.as_ref().is_some_and(|i| {
+                    i.replica.is_some()
+                        && i.handle.in_flight() == 0
+                        && i.last_used.get().elapsed() >= self.replica_idle
+                });
+                if idle {
+                    instance.take();
+                    tracing::info!(app = %slot.version.app(), thread = self.thread, "retired an idle replica");
+                }
+            }
+        }
+    }
+
     /// Drops the least recently used idle instance on this thread. Returns
     /// false when there is none.
     fn evict_one(&self) -> bool {
@@ -318,6 +381,7 @@ impl LocalPool {
             .filter_map(|slot| {
                 let instance = slot.instance.borrow().clone()?;
                 Some(InstanceRow {
+                    replica: instance.replica.is_some(),
                     app: slot.version.app().to_string(),
                     version: slot.version.id.to_string(),
                     thread: self.thread,

@@ -1,6 +1,7 @@
 //! The pool: worker threads, and the way requests reach them.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,6 +25,18 @@ pub struct PoolConfig {
     pub max_instances: usize,
     /// Blank instances each thread keeps ready for misses; default 2.
     pub spares_per_thread: usize,
+    /// Replicas: an app whose home-thread instance has at least this many
+    /// requests in flight, and whose requests wait in its queue at least
+    /// `replica_queue_wait` on average, gets instances on other threads
+    /// too; default 4.
+    pub replica_threshold: usize,
+    /// See `replica_threshold`; default 2 ms.
+    pub replica_queue_wait: std::time::Duration,
+    /// The most replicas (instances off the home thread) one app version
+    /// may have; default `threads - 1`.
+    pub max_replicas: usize,
+    /// A replica idle this long is retired; default 5 s.
+    pub replica_idle: std::time::Duration,
 }
 
 impl Default for PoolConfig {
@@ -32,6 +45,10 @@ impl Default for PoolConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_instances: 1000,
             spares_per_thread: 2,
+            replica_threshold: 4,
+            replica_queue_wait: std::time::Duration::from_millis(2),
+            max_replicas: usize::MAX,
+            replica_idle: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -61,7 +78,7 @@ enum Job {
 struct Inner {
     shared: Arc<Shared>,
     jobs: Vec<mpsc::UnboundedSender<Job>>,
-    spares_per_thread: usize,
+    config: PoolConfig,
 }
 
 impl Inner {
@@ -116,11 +133,25 @@ impl PoolThread {
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
         let home = self.inner.home_thread(version.app());
-        if home == self.index || self.local.has_warm(version) {
+        if home == self.index || self.local.has_warm(version) || self.should_replicate(version) {
             self.local.dispatch(version.clone(), request).await
         } else {
             self.inner.dispatch_on(home, version, request).await
         }
+    }
+
+    /// Whether this (non-home) thread should start a replica of `version`:
+    /// its home instance has requests in flight and they wait in its queue,
+    /// and the app is under its replica cap. A light app's requests finish
+    /// before they pile up, so it never gets one.
+    fn should_replicate(&self, version: &Arc<AppVersion>) -> bool {
+        let config = &self.inner.config;
+        version.mode == crate::ExecutionMode::Pooled
+            && version.load.home_in_flight.load(Ordering::Relaxed) >= config.replica_threshold
+            && version.load.home_queue_wait_us.load(Ordering::Relaxed)
+                >= config.replica_queue_wait.as_micros() as u64
+            && version.load.replicas.load(Ordering::Relaxed)
+                < config.max_replicas.min(self.inner.jobs.len() - 1)
     }
 }
 
@@ -149,6 +180,7 @@ impl PoolThread {
 ///         url: "http://hello.localhost/".into(),
 ///         headers: Default::default(),
 ///         body: None,
+///         received: std::time::Instant::now(),
 ///     })
 ///     .await?;
 /// assert_eq!(response.status(), 200);
@@ -177,7 +209,7 @@ impl Pool {
         let inner = Arc::new(Inner {
             shared,
             jobs,
-            spares_per_thread: config.spares_per_thread,
+            config: config.clone(),
         });
         let mut threads = Vec::new();
         for (index, inbox) in inboxes.into_iter().enumerate() {
@@ -284,10 +316,20 @@ fn worker_main(
     };
     let local_set = tokio::task::LocalSet::new();
     local_set.block_on(&runtime, async move {
-        let local = LocalPool::new(index, inner.shared.clone(), inner.spares_per_thread);
-        if inner.spares_per_thread > 0 {
+        let home_of = {
+            let inner = inner.clone();
+            move |app: &str| inner.home_thread(app)
+        };
+        let local = LocalPool::new(
+            index,
+            inner.shared.clone(),
+            &inner.config,
+            Box::new(home_of),
+        );
+        if inner.config.spares_per_thread > 0 {
             tokio::task::spawn_local(local.clone().refill_spares());
         }
+        tokio::task::spawn_local(local.clone().retire_idle_replicas());
         if let Some(main) = main {
             let thread = PoolThread {
                 index,

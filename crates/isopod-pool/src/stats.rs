@@ -212,6 +212,8 @@ pub struct InstanceRow {
     pub version: String,
     /// The worker thread it lives on.
     pub thread: usize,
+    /// Off its app's home thread (started because the app was busy).
+    pub replica: bool,
     /// Milliseconds since it was created.
     pub age_ms: u64,
     /// Requests dispatched to it.

@@ -22,6 +22,7 @@ fn get(path: &str) -> IncomingRequest {
         url: format!("http://app.localhost{path}"),
         headers: Default::default(),
         body: None,
+        received: std::time::Instant::now(),
     }
 }
 
@@ -48,6 +49,7 @@ fn pooled_instances_keep_state_and_per_request_isolates_do_not() {
         threads: 2,
         max_instances: 10,
         spares_per_thread: 0,
+        ..PoolConfig::default()
     })
     .unwrap();
     runtime().block_on(async {
@@ -74,6 +76,7 @@ fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
         threads: 2,
         max_instances: 3,
         spares_per_thread: 0,
+        ..PoolConfig::default()
     })
     .unwrap();
     runtime().block_on(async {
@@ -106,6 +109,7 @@ fn a_burst_on_a_cold_app_creates_one_instance() {
             threads: 2,
             max_instances: 10,
             spares_per_thread: 0,
+            ..PoolConfig::default()
         })
         .unwrap(),
     );
@@ -139,6 +143,7 @@ fn a_new_version_takes_new_requests_while_the_old_one_finishes_its_own() {
         threads: 2,
         max_instances: 10,
         spares_per_thread: 0,
+        ..PoolConfig::default()
     })
     .unwrap();
     runtime().block_on(async {
@@ -183,6 +188,7 @@ fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
         threads: 1,
         max_instances: 1,
         spares_per_thread: 0,
+        ..PoolConfig::default()
     })
     .unwrap();
     runtime().block_on(async {
@@ -211,6 +217,7 @@ fn spares_are_kept_ready_and_taken_by_misses() {
         threads: 2,
         max_instances: 2,
         spares_per_thread: 1,
+        ..PoolConfig::default()
     })
     .unwrap();
     runtime().block_on(async {

@@ -1,7 +1,7 @@
 //! App versions: what the pool keys instances on.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use isopod_runtime::{AppConfig, Bundle};
@@ -47,6 +47,21 @@ pub struct AppVersion {
     pub mode: ExecutionMode,
     /// Identity.
     pub id: VersionId,
+    /// How busy this version is, across threads: the replica scheduler's
+    /// input.
+    pub(crate) load: VersionLoad,
+}
+
+/// Live load of one version, shared by every thread.
+#[derive(Debug, Default)]
+pub(crate) struct VersionLoad {
+    /// Requests dispatched to this version's home-thread instance and not
+    /// yet answered (queued in its driver or running).
+    pub(crate) home_in_flight: AtomicUsize,
+    /// The home instance's recent queue wait, in microseconds.
+    pub(crate) home_queue_wait_us: AtomicU64,
+    /// Replicas (instances off the home thread) alive now.
+    pub(crate) replicas: AtomicUsize,
 }
 
 impl AppVersion {
@@ -63,6 +78,7 @@ impl AppVersion {
                 hash: hash.into(),
                 deploy: NEXT_DEPLOY.fetch_add(1, Ordering::Relaxed),
             },
+            load: VersionLoad::default(),
         })
     }
 

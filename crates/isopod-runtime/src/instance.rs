@@ -85,6 +85,9 @@ pub struct Instance {
     table: Rc<RequestTable>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     loader: Rc<BundleLoader>,
+    /// How long dispatches wait in this instance's queue (shared with its
+    /// handles).
+    queue_wait: Arc<QueueWait>,
     app: Arc<str>,
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
@@ -133,6 +136,7 @@ impl Instance {
             table,
             control_rx,
             loader,
+            queue_wait: Arc::default(),
             app: app.name.clone(),
             init: None,
             dispatcher: None,
@@ -343,6 +347,7 @@ impl Instance {
             tx,
             next_id: Arc::new(AtomicU32::new(1)),
             in_flight: self.table.in_flight_counter(),
+            queue_wait: self.queue_wait.clone(),
             stopped,
         };
         tokio::task::spawn_local(async move {
@@ -377,7 +382,11 @@ impl Instance {
                         id,
                         request,
                         responder,
-                    })) => self.dispatch(id, request, responder),
+                        ..
+                    })) => {
+                        self.queue_wait.record(request.received.elapsed());
+                        self.dispatch(id, request, responder)
+                    }
                     Poll::Ready(Some(Command::Abort(id))) => self.abort(id),
                     Poll::Ready(None) => handles_gone = true,
                     Poll::Pending => break,
@@ -592,6 +601,7 @@ pub struct InstanceHandle {
     tx: mpsc::UnboundedSender<Command>,
     next_id: Arc<AtomicU32>,
     in_flight: Arc<AtomicUsize>,
+    queue_wait: Arc<QueueWait>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -636,6 +646,13 @@ impl InstanceHandle {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// A moving average of how long recent requests waited between being
+    /// received and their handler running: the sign that the instance's
+    /// thread cannot keep up.
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_micros(self.queue_wait.ewma_micros.load(Ordering::Relaxed))
+    }
+
     /// Resolves once the instance has stopped and been dropped. Waiting does
     /// not keep it alive.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -643,6 +660,22 @@ impl InstanceHandle {
         async move {
             let _ = stopped.wait_for(|stopped| *stopped).await;
         }
+    }
+}
+
+/// An exponentially weighted moving average of queue waits (weight 1/8 per
+/// sample), in microseconds.
+#[derive(Debug, Default)]
+struct QueueWait {
+    ewma_micros: std::sync::atomic::AtomicU64,
+}
+
+impl QueueWait {
+    fn record(&self, wait: Duration) {
+        let sample = wait.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.ewma_micros.load(Ordering::Relaxed);
+        let new = old - old / 8 + sample / 8;
+        self.ewma_micros.store(new, Ordering::Relaxed);
     }
 }
 
@@ -685,6 +718,7 @@ mod tests {
             url: url.to_string(),
             headers: http::HeaderMap::new(),
             body: None,
+            received: std::time::Instant::now(),
         }
     }
 

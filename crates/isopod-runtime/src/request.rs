@@ -16,6 +16,9 @@ pub struct IncomingRequest {
     pub headers: HeaderMap,
     /// The body, or `None` for a request without one.
     pub body: Option<RequestBody>,
+    /// When the HTTP layer received the request: the instance measures how
+    /// long requests wait before their handler runs from here.
+    pub received: std::time::Instant,
 }
 
 /// The response to an [`IncomingRequest`].

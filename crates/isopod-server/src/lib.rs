@@ -24,7 +24,7 @@ mod routing;
 mod server;
 mod service;
 
-pub use isopod_pool::ExecutionMode;
+pub use isopod_pool::{ExecutionMode, PoolConfig};
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
 pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError, STARTUP_BUDGET};

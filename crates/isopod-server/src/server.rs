@@ -49,12 +49,8 @@ impl AppManifest {
 pub struct ServerConfig {
     /// The HTTP listen address; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Worker threads (at least one).
-    pub threads: usize,
-    /// The cap on live instances (spares included).
-    pub max_instances: usize,
-    /// Blank instances each worker thread keeps ready for misses.
-    pub spares_per_thread: usize,
+    /// Worker threads, the instance cap, spares and replicas.
+    pub pool: PoolConfig,
     /// The apps.
     pub apps: Vec<AppManifest>,
     /// The admin API, if enabled.
@@ -119,7 +115,7 @@ impl Server {
                 }
             })?;
         }
-        let threads = config.threads.max(1);
+        let threads = config.pool.threads.max(1);
 
         // Every thread gets one socket per listen address (SO_REUSEPORT).
         let mut per_thread: Vec<ThreadListeners> = (0..threads).map(|_| Vec::new()).collect();
@@ -165,8 +161,7 @@ impl Server {
         let pool = Pool::start_with(
             PoolConfig {
                 threads,
-                max_instances: config.max_instances,
-                spares_per_thread: config.spares_per_thread,
+                ..config.pool
             },
             Some(main),
         )?;

@@ -29,6 +29,7 @@ pub(crate) async fn handle(
     connection: Rc<Connection>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let url = match absolute_url(&parts) {
         Ok(url) => url,
@@ -62,6 +63,7 @@ pub(crate) async fn handle(
         url,
         headers,
         body,
+        received,
     };
 
     let response = match connection.thread.dispatch(&version, incoming).await {

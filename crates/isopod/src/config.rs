@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AdminConfig, AppManifest, ExecutionMode, HostPattern, Route, ServerConfig};
+use isopod_server::{
+    AdminConfig, AppManifest, ExecutionMode, HostPattern, PoolConfig, Route, ServerConfig,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -21,6 +23,10 @@ struct ConfigFile {
     threads: Option<usize>,
     max_instances: Option<usize>,
     spares_per_thread: Option<usize>,
+    replica_threshold: Option<usize>,
+    replica_queue_wait_ms: Option<u64>,
+    max_replicas: Option<usize>,
+    replica_idle_ms: Option<u64>,
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
     #[serde(default)]
@@ -63,11 +69,23 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     for app in file.apps {
         apps.push(manifest(app, base)?);
     }
+    let defaults = PoolConfig::default();
     let mut config = ServerConfig {
         listen: file.listen,
-        threads: file.threads.unwrap_or_else(default_threads),
-        max_instances: file.max_instances.unwrap_or(1000),
-        spares_per_thread: file.spares_per_thread.unwrap_or(2),
+        pool: PoolConfig {
+            threads: file.threads.unwrap_or(defaults.threads),
+            max_instances: file.max_instances.unwrap_or(defaults.max_instances),
+            spares_per_thread: file.spares_per_thread.unwrap_or(defaults.spares_per_thread),
+            replica_threshold: file.replica_threshold.unwrap_or(defaults.replica_threshold),
+            replica_queue_wait: file.replica_queue_wait_ms.map_or(
+                defaults.replica_queue_wait,
+                std::time::Duration::from_millis,
+            ),
+            max_replicas: file.max_replicas.unwrap_or(defaults.max_replicas),
+            replica_idle: file
+                .replica_idle_ms
+                .map_or(defaults.replica_idle, std::time::Duration::from_millis),
+        },
         apps,
         admin: None,
     };
@@ -135,7 +153,7 @@ fn manifest(app: AppEntry, base: &Path) -> anyhow::Result<AppManifest> {
 
 /// One worker thread per core.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    PoolConfig::default().threads
 }
 
 fn env_parsed<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
@@ -157,10 +175,10 @@ fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
         config.listen = listen;
     }
     if let Some(threads) = env_parsed("ISOPOD_THREADS")? {
-        config.threads = threads;
+        config.pool.threads = threads;
     }
     if let Some(max) = env_parsed("ISOLATE_POOL_SIZE")? {
-        config.max_instances = max;
+        config.pool.max_instances = max;
     }
     Ok(())
 }
@@ -196,7 +214,7 @@ vars = { K = "v" }
         )
         .unwrap();
         let config = load(&dir.join("isopod.toml")).unwrap();
-        assert_eq!((config.threads, config.max_instances), (2, 7));
+        assert_eq!((config.pool.threads, config.pool.max_instances), (2, 7));
         let app = &config.apps[0];
         assert_eq!(app.mode, ExecutionMode::IsolatePerRequest);
         assert_eq!(app.port, Some(9999));

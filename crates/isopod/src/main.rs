@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AppManifest, Route, Server, ServerConfig};
+use isopod_server::{AppManifest, PoolConfig, Route, Server, ServerConfig};
 
 mod config;
 
@@ -135,11 +135,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     app.routes = vec![Route::default()];
     start_and_wait(ServerConfig {
         listen: SocketAddr::new(args.host, args.port),
-        threads,
-        max_instances: 1000,
-        // One app, warm on every thread after its first request: a spare
-        // would only cost memory.
-        spares_per_thread: 0,
+        pool: PoolConfig {
+            threads,
+            // One app: a spare would only cost memory.
+            spares_per_thread: 0,
+            ..PoolConfig::default()
+        },
         apps: vec![app],
         admin: None,
     })
@@ -150,7 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
-    let threads = config.threads;
+    let threads = config.pool.threads;
     let apps: Vec<String> = config
         .apps
         .iter()

@@ -159,3 +159,73 @@ async fn more_apps_than_the_cap_evict_and_every_request_is_counted() {
     assert!(pool["evictions"].as_u64().unwrap() >= 8 * 3 - 3, "{pool}");
     assert!(pool["cached"].as_u64().unwrap() <= 3, "{pool}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_app_gets_a_replica_a_light_one_does_not_and_idle_replicas_retire() {
+    let token = crate::support::ADMIN_TOKEN;
+    let config = format!(
+        "threads = 2\nspares_per_thread = 0\nreplica_idle_ms = 400\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n\n\
+         [[apps]]\nname = \"busy\"\nbundle = \"busy.js\"\n\n[[apps]]\nname = \"light\"\nbundle = \"light.js\"\n"
+    );
+    // ~5 ms of CPU per request: one thread cannot keep up with 16 clients.
+    let busy = "export default { fetch() { const end = Date.now() + 5; let x = 0; while (Date.now() < end) x++; return new Response('busy'); } };\n";
+    let light = "export default { fetch() { return new Response('light'); } };\n";
+    let isopod = std::sync::Arc::new(Isopod::serve(
+        &config,
+        &[("busy.js", busy), ("light.js", light)],
+    ));
+
+    let load = |host: &'static str, clients: usize, requests: usize| {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let isopod = isopod.clone();
+                // Every request on a new connection: the kernel spreads
+                // them over both threads.
+                tokio::spawn(async move {
+                    for _ in 0..requests {
+                        assert_eq!(isopod.get_host(host, "/").await.0, 200);
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    load("light.localhost", 2, 100).await;
+    load("busy.localhost", 16, 25).await;
+
+    let (_, pool) = isopod.admin("GET", "/admin/pool", Some(token), None).await;
+    let rows = pool["instances"].as_array().unwrap();
+    let of = |app: &str| rows.iter().filter(|r| r["app"] == app).collect::<Vec<_>>();
+    assert!(
+        of("light").iter().all(|r| r["replica"] == false),
+        "a light app got a replica: {pool}"
+    );
+    let busy_rows = of("busy");
+    let replica = busy_rows
+        .iter()
+        .find(|r| r["replica"] == true)
+        .unwrap_or_else(|| panic!("the busy app got no replica: {pool}"));
+    let home = busy_rows.iter().find(|r| r["replica"] == false).unwrap();
+    assert_ne!(replica["thread"], home["thread"]);
+    assert!(
+        replica["requests_served"].as_u64().unwrap() >= 40,
+        "the replica barely served: {pool}"
+    );
+
+    // Load stops: the replica retires; the home instance stays.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, pool) = isopod.admin("GET", "/admin/pool", Some(token), None).await;
+    let busy_rows: Vec<_> = pool["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["app"] == "busy")
+        .cloned()
+        .collect();
+    assert_eq!(busy_rows.len(), 1, "{pool}");
+    assert_eq!(busy_rows[0]["replica"], false);
+}
