@@ -33,6 +33,8 @@ struct Pooled {
     last_used: Cell<Instant>,
     /// Off its app's home thread: counted in the version's replicas.
     replica: Option<Arc<AppVersion>>,
+    /// One permit per request the instance may work on at once.
+    concurrency: tokio::sync::Semaphore,
 }
 
 impl Drop for Pooled {
@@ -67,6 +69,7 @@ pub(crate) struct LocalPool {
     /// The home thread of an app.
     home_of: Box<dyn Fn(&str) -> usize>,
     replica_idle: std::time::Duration,
+    max_concurrency: usize,
     slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
     /// The newest deploy seen per app; older versions' slots are retired.
     current: RefCell<HashMap<Arc<str>, u64>>,
@@ -88,6 +91,7 @@ impl LocalPool {
             active: Cell::new(0),
             home_of,
             replica_idle: config.replica_idle,
+            max_concurrency: config.max_concurrency.max(1),
             slots: RefCell::new(HashMap::new()),
             current: RefCell::new(HashMap::new()),
             clock: Cell::new(0),
@@ -120,6 +124,9 @@ impl LocalPool {
                         load.home_queue_wait_us.store(wait, Ordering::Relaxed);
                     }
                 });
+                // Held until the response is ready: past the cap, requests
+                // wait here rather than pile into the isolate.
+                let _slot = instance.concurrency.acquire().await;
                 Ok(instance.handle.dispatch(request).await?)
             }
             ExecutionMode::IsolatePerRequest => {
@@ -172,6 +179,7 @@ impl LocalPool {
             served: Cell::new(0),
             last_used: Cell::new(Instant::now()),
             replica,
+            concurrency: tokio::sync::Semaphore::new(self.max_concurrency),
         });
         *slot.instance.borrow_mut() = Some(instance.clone());
         Ok(instance)

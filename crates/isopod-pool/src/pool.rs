@@ -25,6 +25,9 @@ pub struct PoolConfig {
     pub max_instances: usize,
     /// Blank instances each thread keeps ready for misses; default 2.
     pub spares_per_thread: usize,
+    /// Requests one pooled instance works on at once (interleaved at their
+    /// await points); more wait for a slot. Default 64.
+    pub max_concurrency: usize,
     /// Replicas: an app whose home-thread instance has at least this many
     /// requests in flight, and whose requests wait in its queue at least
     /// `replica_queue_wait` on average, gets instances on other threads
@@ -45,6 +48,7 @@ impl Default for PoolConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_instances: 1000,
             spares_per_thread: 2,
+            max_concurrency: 64,
             replica_threshold: 4,
             replica_queue_wait: std::time::Duration::from_millis(2),
             max_replicas: usize::MAX,

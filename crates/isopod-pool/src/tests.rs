@@ -251,3 +251,41 @@ fn spares_are_kept_ready_and_taken_by_misses() {
         assert_eq!(stats.instances.len(), 1);
     });
 }
+
+#[test]
+fn an_instance_works_on_at_most_max_concurrency_requests_at_once() {
+    let pool = Arc::new(
+        Pool::start(PoolConfig {
+            threads: 1,
+            spares_per_thread: 0,
+            max_concurrency: 3,
+            ..PoolConfig::default()
+        })
+        .unwrap(),
+    );
+    runtime().block_on(async {
+        // Each request reports how many are inside the handler with it.
+        let app = version(
+            "capped",
+            "let inside = 0, most = 0;\n\
+             export default { async fetch() {\n\
+               inside++; most = Math.max(most, inside);\n\
+               await new Promise((r) => setTimeout(r, 20));\n\
+               inside--;\n\
+               return new Response(String(most));\n\
+             } };",
+            ExecutionMode::Pooled,
+        );
+        let requests: Vec<_> = (0..12)
+            .map(|_| {
+                let (pool, app) = (pool.clone(), app.clone());
+                tokio::spawn(async move { text(&pool, &app, "/").await.parse::<u32>().unwrap() })
+            })
+            .collect();
+        let mut most = 0;
+        for request in requests {
+            most = most.max(request.await.unwrap());
+        }
+        assert_eq!(most, 3, "the cap was not enforced, or never reached");
+    });
+}

@@ -23,6 +23,7 @@ struct ConfigFile {
     threads: Option<usize>,
     max_instances: Option<usize>,
     spares_per_thread: Option<usize>,
+    max_concurrency: Option<usize>,
     replica_threshold: Option<usize>,
     replica_queue_wait_ms: Option<u64>,
     max_replicas: Option<usize>,
@@ -76,6 +77,7 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
             threads: file.threads.unwrap_or(defaults.threads),
             max_instances: file.max_instances.unwrap_or(defaults.max_instances),
             spares_per_thread: file.spares_per_thread.unwrap_or(defaults.spares_per_thread),
+            max_concurrency: file.max_concurrency.unwrap_or(defaults.max_concurrency),
             replica_threshold: file.replica_threshold.unwrap_or(defaults.replica_threshold),
             replica_queue_wait: file.replica_queue_wait_ms.map_or(
                 defaults.replica_queue_wait,
