@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use isopod_runtime::{IncomingRequest, Instance, InstanceHandle, OutgoingResponse};
+use isopod_runtime::{Graveyard, IncomingRequest, Instance, InstanceHandle, OutgoingResponse};
 
 use crate::stats::{InstanceRow, Shared};
 use crate::version::{AppVersion, ExecutionMode, VersionId};
@@ -35,6 +35,8 @@ struct Pooled {
     replica: Option<Arc<AppVersion>>,
     /// One permit per request the instance may work on at once.
     concurrency: tokio::sync::Semaphore,
+    /// Gives the instance's place under the cap back once it stops.
+    release: CapRelease,
 }
 
 impl Drop for Pooled {
@@ -63,6 +65,8 @@ pub(crate) struct LocalPool {
     shared: Arc<Shared>,
     /// Blank instances (snapshot loaded, no bundle), counted in the cap.
     spares: RefCell<Vec<Instance>>,
+    /// Stopped instances, dropped by `reap` when the thread is idle.
+    graveyard: Graveyard,
     spares_wanted: usize,
     /// Requests being dispatched on this thread right now.
     active: Cell<usize>,
@@ -87,6 +91,7 @@ impl LocalPool {
             thread,
             shared,
             spares: RefCell::new(Vec::new()),
+            graveyard: Graveyard::default(),
             spares_wanted: config.spares_per_thread,
             active: Cell::new(0),
             home_of,
@@ -131,7 +136,7 @@ impl LocalPool {
             }
             ExecutionMode::IsolatePerRequest => {
                 self.shared.record_miss();
-                let handle = self.create(&version).await?;
+                let (handle, _release) = self.create(&version).await?;
                 // The only handle goes with this request: once it completes,
                 // the instance's driver stops and drops the isolate.
                 Ok(handle.dispatch(request).await?)
@@ -167,7 +172,7 @@ impl LocalPool {
             return Ok(instance);
         }
         self.shared.record_miss();
-        let handle = self.create(version).await?;
+        let (handle, release) = self.create(version).await?;
         let replica = ((self.home_of)(version.app()) != self.thread).then(|| {
             version.load.replicas.fetch_add(1, Ordering::Relaxed);
             tracing::info!(app = %version.app(), version = %version.id, thread = self.thread, "started a replica");
@@ -180,6 +185,7 @@ impl LocalPool {
             last_used: Cell::new(Instant::now()),
             replica,
             concurrency: tokio::sync::Semaphore::new(self.max_concurrency),
+            release,
         });
         *slot.instance.borrow_mut() = Some(instance.clone());
         Ok(instance)
@@ -206,17 +212,18 @@ impl LocalPool {
     async fn create(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
-    ) -> Result<InstanceHandle, PoolError> {
+    ) -> Result<(InstanceHandle, CapRelease), PoolError> {
         let started = Instant::now();
         let blank = match self.take_spare() {
             Some(spare) => Ok(spare),
             None => {
                 while !self.shared.try_reserve() {
-                    if !self.evict_one() {
-                        return Err(PoolError::AtCapacity);
+                    // The victim stops (and leaves the cap) once its driver
+                    // notices its handle is gone.
+                    match self.evict_one() {
+                        Some(stopped) => stopped.await,
+                        None => return Err(PoolError::AtCapacity),
                     }
-                    // The evicted instance stops on this thread; let it.
-                    tokio::task::yield_now().await;
                 }
                 self.new_blank(&version.config)
             }
@@ -224,19 +231,18 @@ impl LocalPool {
         let created = async {
             let mut instance = blank?;
             instance.load(&version.bundle, &version.config).await?;
-            Ok::<_, isopod_runtime::InstanceError>(instance.spawn())
+            Ok::<_, isopod_runtime::InstanceError>(
+                instance.spawn_with_graveyard(self.graveyard.clone()),
+            )
         }
         .await;
         match created {
             Ok(handle) => {
                 self.shared.record_cold_start(started.elapsed());
-                let shared = self.shared.clone();
-                let stopped = handle.stopped();
-                tokio::task::spawn_local(async move {
-                    stopped.await;
-                    shared.release();
-                });
-                Ok(handle)
+                let release = CapRelease::new(self.shared.clone(), handle.stopped());
+                let watcher = release.clone();
+                tokio::task::spawn_local(async move { watcher.when_stopped().await });
+                Ok((handle, release))
             }
             Err(error) => {
                 self.shared.release();
@@ -291,6 +297,22 @@ impl LocalPool {
         }
     }
 
+    /// Drops stopped instances while no request is being dispatched on this
+    /// thread (teardown costs milliseconds, never on a request's path), or
+    /// regardless once too many have piled up. Runs for the thread's life.
+    pub(crate) async fn reap(self: Rc<Self>) {
+        const MAX_UNREAPED: usize = 8;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            while (self.active.get() == 0 || self.graveyard.len() > MAX_UNREAPED)
+                && self.graveyard.reap_one()
+            {
+                // One at a time: requests that arrive meanwhile go first.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     /// Retires replicas that have been idle for `replica_idle`. Runs for the
     /// thread's life.
     pub(crate) async fn retire_idle_replicas(self: Rc<Self>) {
@@ -312,9 +334,10 @@ impl LocalPool {
         }
     }
 
-    /// Drops the least recently used idle instance on this thread. Returns
-    /// false when there is none.
-    fn evict_one(&self) -> bool {
+    /// Drops the least recently used idle instance on this thread (or a
+    /// spare); returns a future that resolves once it has left the cap, or
+    /// `None` when there is nothing to evict.
+    fn evict_one(&self) -> Option<futures::future::LocalBoxFuture<'static, ()>> {
         let victim = self
             .slots
             .borrow()
@@ -329,21 +352,21 @@ impl LocalPool {
             .cloned();
         let Some(victim) = victim else {
             // No idle instance: give up a spare instead, if there is one.
-            let spare = self.spares.borrow_mut().pop();
-            return match spare {
-                Some(spare) => {
-                    drop(spare);
-                    self.shared.spares_changed(false);
-                    self.shared.release();
-                    true
-                }
-                None => false,
-            };
+            let spare = self.spares.borrow_mut().pop()?;
+            drop(spare);
+            self.shared.spares_changed(false);
+            self.shared.release();
+            return Some(Box::pin(std::future::ready(())));
         };
-        victim.instance.borrow_mut().take();
+        let evicted = victim.instance.borrow_mut().take();
+        let stopped = evicted.map(|pooled| pooled.release.clone());
         self.shared.record_eviction();
         tracing::debug!(app = %victim.version.app(), version = %victim.version.id, thread = self.thread, "evicted an idle instance");
-        true
+        Some(Box::pin(async move {
+            if let Some(release) = stopped {
+                release.when_stopped().await;
+            }
+        }))
     }
 
     /// A newer deploy of an app retires the slots of its older versions:
@@ -410,6 +433,37 @@ impl Slot {
             *instance = None;
         }
         instance.clone()
+    }
+}
+
+/// An instance's place under the cap, given back exactly once when the
+/// instance stops, by whichever waiter sees the stop first: its watcher
+/// task, or a miss that evicted it and waits to take the place.
+#[derive(Clone)]
+struct CapRelease {
+    shared: Arc<Shared>,
+    stopped: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
+    released: Rc<Cell<bool>>,
+}
+
+impl CapRelease {
+    fn new(
+        shared: Arc<Shared>,
+        stopped: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> CapRelease {
+        use futures::FutureExt as _;
+        CapRelease {
+            shared,
+            stopped: stopped.boxed().shared(),
+            released: Rc::new(Cell::new(false)),
+        }
+    }
+
+    async fn when_stopped(self) {
+        self.stopped.clone().await;
+        if !self.released.replace(true) {
+            self.shared.release();
+        }
     }
 }
 

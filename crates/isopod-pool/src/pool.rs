@@ -334,6 +334,7 @@ fn worker_main(
             tokio::task::spawn_local(local.clone().refill_spares());
         }
         tokio::task::spawn_local(local.clone().retire_idle_replicas());
+        tokio::task::spawn_local(local.clone().reap());
         if let Some(main) = main {
             let thread = PoolThread {
                 index,

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::RequestBodyResource;
 use crate::bundle::Bundle;
+use crate::graveyard::Graveyard;
 use crate::host::{as_host, Control, RequestTable, Responder};
 use crate::loader::BundleLoader;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
@@ -341,6 +342,17 @@ impl Instance {
     /// handle is dropped and the last request has completed, or when the
     /// event loop fails; the instance is dropped on this thread either way.
     pub fn spawn(self) -> InstanceHandle {
+        self.spawn_inner(None)
+    }
+
+    /// Like [`Instance::spawn`], but when the driver stops the instance is
+    /// buried in `graveyard` rather than dropped then: its owner drops it
+    /// when the thread is idle.
+    pub fn spawn_with_graveyard(self, graveyard: Graveyard) -> InstanceHandle {
+        self.spawn_inner(Some(graveyard))
+    }
+
+    fn spawn_inner(self, graveyard: Option<Graveyard>) -> InstanceHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = watch::channel(false);
         let handle = InstanceHandle {
@@ -351,8 +363,12 @@ impl Instance {
             stopped,
         };
         tokio::task::spawn_local(async move {
-            self.drive(rx).await;
-            // The instance has been dropped by now (`drive` consumed it).
+            let mut instance = self;
+            instance.drive(rx).await;
+            match graveyard {
+                Some(graveyard) => graveyard.bury(instance),
+                None => drop(instance),
+            }
             let _ = stopped_tx.send(true);
         });
         handle
@@ -371,7 +387,7 @@ impl Instance {
         self.cpu.total()
     }
 
-    async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn drive(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut handles_gone = false;
         let outcome = poll_fn(|cx| {
             // Everything already queued is dispatched before the event loop
@@ -653,8 +669,8 @@ impl InstanceHandle {
         Duration::from_micros(self.queue_wait.ewma_micros.load(Ordering::Relaxed))
     }
 
-    /// Resolves once the instance has stopped and been dropped. Waiting does
-    /// not keep it alive.
+    /// Resolves once the instance has stopped: dropped, or buried in its
+    /// graveyard to be dropped later. Waiting does not keep it alive.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stopped = self.stopped.clone();
         async move {

@@ -17,6 +17,7 @@
 
 mod body;
 mod bundle;
+mod graveyard;
 mod host;
 mod instance;
 mod loader;
@@ -27,6 +28,7 @@ mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
+pub use graveyard::Graveyard;
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, Terminator};
 pub use isopod_api::NetPolicy;
 pub use platform::init_v8;
