@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""isopod's benchmark harness: figures, not pass/fail.
+
+Prints, for the release build on this machine:
+  - hello-world requests/s with 1 and 2 worker threads (wrk, 32 connections,
+    the client pinned to the other core), and `deno serve` on one core in the
+    same run, with the ratio;
+  - warm dispatch latency (sequential keep-alive requests, p50/p99);
+  - blank-isolate creation and cold-miss latency p50/p99 (from the pool's own
+    statistics, after deploying many apps through the admin API);
+  - RSS per idle warm instance at 100 and 1,000 apps;
+  - hit rate under a Zipf load over 1,000 apps with max_instances 200.
+
+Usage: scripts/bench.sh (builds the release binary, installs wrk and deno).
+Set ISOPOD_BENCH_QUICK=1 for a short run.
+"""
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/isopod/target"))
+ISOPOD = os.environ.get("ISOPOD_BIN", os.path.join(TARGET, "release", "isopod"))
+PEERS = os.environ.get("ISOPOD_PEERS", os.path.expanduser("~/.cache/isopod-peers"))
+DENO = os.path.join(PEERS, "deno", "package", "deno")
+QUICK = os.environ.get("ISOPOD_BENCH_QUICK") == "1"
+DURATION = "3s" if QUICK else "8s"
+TOKEN = "bench-token-0123456789"
+HELLO = os.path.join(ROOT, "examples", "hello.js")
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz", headers={"Host": "localhost"})
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(args, cpu=None, env=None):
+    cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + args
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wrk(port, host="localhost"):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c32", "-d" + DURATION, "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, int(len(values) * p + 0.999) - 1))]
+
+
+class Admin:
+    def __init__(self, port):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port)
+
+    def call(self, method, path, body=None):
+        headers = {"Authorization": f"Bearer {TOKEN}", "Host": "admin"}
+        self.conn.request(method, path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+
+def serve(max_instances, threads=2, spares=2):
+    port, admin_port = free_port(), free_port()
+    directory = tempfile.mkdtemp(prefix="isopod-bench-")
+    config = os.path.join(directory, "isopod.toml")
+    with open(config, "w") as f:
+        f.write(
+            f'listen = "127.0.0.1:{port}"\nthreads = {threads}\nmax_instances = {max_instances}\n'
+            f'spares_per_thread = {spares}\nadmin_listen = "127.0.0.1:{admin_port}"\nadmin_token = "{TOKEN}"\n'
+        )
+    proc = start([ISOPOD, "serve", "--config", config])
+    wait_listening(admin_port)
+    return proc, port, Admin(admin_port)
+
+
+def app_source(i):
+    return f"let n = 0; export default {{ fetch() {{ n++; return new Response('app{i} ' + n); }} }};"
+
+
+def get(conn, host, path="/"):
+    conn.request("GET", path, headers={"Host": host})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def section(title):
+    print(f"\n## {title}", flush=True)
+
+
+def bench_throughput():
+    section("hello world, requests/s (wrk -t1 -c32, client on core 1)")
+    results = {}
+    for threads, cpus in [(1, "0"), (2, "0,1")]:
+        port = free_port()
+        proc = start(["taskset", "-c", cpus, ISOPOD, "run", HELLO, "--port", str(port), "--threads", str(threads)])
+        wait_listening(port)
+        results[f"isopod {threads} thread(s)"] = wrk(port)
+        stop(proc)
+    if os.path.exists(DENO):
+        port = free_port()
+        env = dict(os.environ, DENO_NO_UPDATE_CHECK="1")
+        proc = start([DENO, "serve", "--port", str(port), "--quiet", HELLO], cpu=0, env=env)
+        wait_listening(port)
+        results["deno serve (1 core)"] = wrk(port)
+        stop(proc)
+    for name, rps in results.items():
+        print(f"{name:28} {rps:12,.0f}")
+    deno = results.get("deno serve (1 core)")
+    if deno:
+        print(f"{'isopod/deno, 1 core':28} {results['isopod 1 thread(s)'] / deno:12.2f}")
+    print(f"{'isopod 2 threads / 1 thread':28} {results['isopod 2 thread(s)'] / results['isopod 1 thread(s)']:12.2f}")
+
+
+def bench_warm_latency():
+    section("warm dispatch, sequential keep-alive requests (client-observed)")
+    port = free_port()
+    proc = start([ISOPOD, "run", HELLO, "--port", str(port), "--threads", "1"], cpu=0)
+    wait_listening(port)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(500):
+        get(conn, "localhost")
+    samples = []
+    for _ in range(2000 if QUICK else 10000):
+        started = time.perf_counter()
+        get(conn, "localhost")
+        samples.append((time.perf_counter() - started) * 1e6)
+    stop(proc)
+    print(f"p50 {percentile(samples, 0.5):8.1f} µs   p99 {percentile(samples, 0.99):8.1f} µs")
+
+
+def bench_cold_and_memory():
+    section("cold misses and memory (isopod serve, 2 threads, 2 spares per thread)")
+    proc, port, admin = serve(max_instances=2000)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    time.sleep(0.5)
+    base = rss_kib(proc.pid)
+    apps = 200 if QUICK else 1000
+    rss_at = {}
+    for i in range(apps):
+        status, body = admin.call("PUT", f"/apps/app{i}", app_source(i))
+        assert status == 201, body
+        # Spread the misses out so the spares are refilled between them, as
+        # under real traffic.
+        time.sleep(0.03)
+        assert get(conn, f"app{i}.localhost") == 200
+        if i + 1 in (100, 1000):
+            time.sleep(0.3)
+            rss_at[i + 1] = rss_kib(proc.pid)
+    _, pool = admin.call("GET", "/admin/pool")
+    print(f"blank isolate creation  p50 {pool['blank_creation_p50_ms']:.2f} ms   p99 {pool['blank_creation_p99_ms']:.2f} ms")
+    print(f"miss as the request saw it  p50 {pool['cold_start_p50_ms']:.2f} ms   p99 {pool['cold_start_p99_ms']:.2f} ms")
+    for count, rss in sorted(rss_at.items()):
+        print(f"RSS per idle warm instance at {count:5} apps: {(rss - base) / count / 1024:6.2f} MiB (process {rss / 1024:.0f} MiB)")
+    stop(proc)
+
+
+def bench_zipf():
+    section("hit rate, Zipf(s=1) over 1,000 apps, max_instances 200")
+    proc, port, admin = serve(max_instances=200, spares=0)
+    apps = 1000
+    for i in range(apps):
+        status, body = admin.call("PUT", f"/apps/app{i}", app_source(i))
+        assert status == 201, body
+    weights = [1 / (rank + 1) for rank in range(apps)]
+    rng = random.Random(7)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    requests = 5000 if QUICK else 30000
+    for app in rng.choices(range(apps), weights, k=requests):
+        assert get(conn, f"app{app}.localhost") == 200
+    _, pool = admin.call("GET", "/admin/pool")
+    print(f"requests {requests}  hits {pool['hits']}  misses {pool['misses']}  hit rate {pool['hit_rate']:.3f}  evictions {pool['evictions']}")
+    stop(proc)
+
+
+def main():
+    if not os.path.exists(ISOPOD):
+        sys.exit(f"no release binary at {ISOPOD}: run scripts/bench.sh")
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: run scripts/bench.sh")
+    print(f"isopod benchmarks on {os.cpu_count()} cores ({'quick' if QUICK else 'full'} run)")
+    bench_throughput()
+    bench_warm_latency()
+    bench_cold_and_memory()
+    bench_zipf()
+
+
+if __name__ == "__main__":
+    main()
