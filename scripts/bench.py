@@ -2,6 +2,8 @@
 """isopod's benchmark harness: figures, not pass/fail.
 
 Prints, for the release build on this machine:
+  - `isopod run` from process start to its first response, the snapshot
+    size, and RSS after 1,000 requests;
   - hello-world requests/s with 1 and 2 worker threads (wrk, 32 connections,
     the client pinned to the other core), and `deno serve` on one core in the
     same run, with the ratio;
@@ -136,6 +138,32 @@ def section(title):
     print(f"\n## {title}", flush=True)
 
 
+def bench_startup():
+    section("isopod run: startup and memory (examples/hello.js, 2 threads)")
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [ISOPOD, "run", HELLO, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    first = None
+    while first is None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            if get(conn, "localhost") == 200:
+                first = time.monotonic() - started
+        except OSError:
+            time.sleep(0.001)
+    listening = json.loads(proc.stderr.readline())
+    conns = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(8)]
+    for i in range(1000):
+        assert get(conns[i % len(conns)], "localhost", f"/req/{i}") == 200
+    rss = rss_kib(proc.pid)
+    stop(proc)
+    print(f"start to first response  {first * 1000:8.1f} ms (server's own start-up {listening['startup_ms']:.1f} ms)")
+    print(f"snapshot                 {listening['snapshot_bytes'] / 1e6:8.2f} MB")
+    print(f"RSS after 1,000 requests {rss / 1024:8.1f} MiB")
+
+
 def bench_throughput():
     section("hello world, requests/s (wrk -t1 -c32, client on core 1)")
     results = {}
@@ -227,6 +255,7 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: run scripts/bench.sh")
     print(f"isopod benchmarks on {os.cpu_count()} cores ({'quick' if QUICK else 'full'} run)")
+    bench_startup()
     bench_throughput()
     bench_warm_latency()
     bench_cold_and_memory()

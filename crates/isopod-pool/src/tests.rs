@@ -16,6 +16,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A pool of `threads` threads, `max_instances` cap and `spares` per thread.
+fn pool(threads: usize, max_instances: usize, spares: usize) -> Pool {
+    Pool::start(PoolConfig {
+        threads,
+        max_instances,
+        spares_per_thread: spares,
+        ..PoolConfig::default()
+    })
+    .unwrap()
+}
+
 fn get(path: &str) -> IncomingRequest {
     IncomingRequest {
         method: http::Method::GET,
@@ -45,13 +56,7 @@ const COUNTER: &str =
 
 #[test]
 fn pooled_instances_keep_state_and_per_request_isolates_do_not() {
-    let pool = Pool::start(PoolConfig {
-        threads: 2,
-        max_instances: 10,
-        spares_per_thread: 0,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool(2, 10, 0);
     runtime().block_on(async {
         let pooled = version("pooled", COUNTER, ExecutionMode::Pooled);
         let fresh = version("fresh", COUNTER, ExecutionMode::IsolatePerRequest);
@@ -72,13 +77,7 @@ fn pooled_instances_keep_state_and_per_request_isolates_do_not() {
 
 #[test]
 fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
-    let pool = Pool::start(PoolConfig {
-        threads: 2,
-        max_instances: 3,
-        spares_per_thread: 0,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool(2, 3, 0);
     runtime().block_on(async {
         let apps: Vec<_> = (0..6)
             .map(|i| version(&format!("app{i}"), COUNTER, ExecutionMode::Pooled))
@@ -104,15 +103,7 @@ fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
 
 #[test]
 fn a_burst_on_a_cold_app_creates_one_instance() {
-    let pool = Arc::new(
-        Pool::start(PoolConfig {
-            threads: 2,
-            max_instances: 10,
-            spares_per_thread: 0,
-            ..PoolConfig::default()
-        })
-        .unwrap(),
-    );
+    let pool = Arc::new(pool(2, 10, 0));
     runtime().block_on(async {
         let app = version("burst", COUNTER, ExecutionMode::Pooled);
         let requests: Vec<_> = (0..300)
@@ -139,13 +130,7 @@ fn a_burst_on_a_cold_app_creates_one_instance() {
 
 #[test]
 fn a_new_version_takes_new_requests_while_the_old_one_finishes_its_own() {
-    let pool = Pool::start(PoolConfig {
-        threads: 2,
-        max_instances: 10,
-        spares_per_thread: 0,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool(2, 10, 0);
     runtime().block_on(async {
         let v1 = version(
             "swap",
@@ -184,13 +169,7 @@ fn a_new_version_takes_new_requests_while_the_old_one_finishes_its_own() {
 
 #[test]
 fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
-    let pool = Pool::start(PoolConfig {
-        threads: 1,
-        max_instances: 1,
-        spares_per_thread: 0,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool(1, 1, 0);
     runtime().block_on(async {
         let busy = version(
             "busy",
@@ -213,13 +192,7 @@ fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
 fn spares_are_kept_ready_and_taken_by_misses() {
     // The cap leaves room for the spares only, so the refill cannot race
     // the assertions below.
-    let pool = Pool::start(PoolConfig {
-        threads: 2,
-        max_instances: 2,
-        spares_per_thread: 1,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+    let pool = pool(2, 2, 1);
     runtime().block_on(async {
         // The refill runs while the threads are idle.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
