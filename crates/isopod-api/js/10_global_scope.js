@@ -63,11 +63,23 @@ const crypto = load("ext:deno_crypto/00_crypto.js");
 // console: every record goes to the host as (level, request id, text). The
 // request id comes from an async-context variable set around each handler
 // call, so interleaved requests on one isolate are told apart.
-// Its value is `{ id, label }`; records made after a request completed (a
-// late rejection, waitUntil work) still name it.
-const requestVar = new core.AsyncVariable();
+// The request's context object `{ id, label }` is itself V8's
+// continuation-preserved value: promise reactions and deno's timers carry it
+// from the handler to everything it schedules, and records made after the
+// request completed (a late rejection, waitUntil work) still name it. (deno's
+// AsyncVariable would cost a WeakMap entry per request, and the young-GC
+// ephemeron work that comes with it.)
+const kRequestContext = Symbol("isopod.requestContext");
 const NO_REQUEST = { id: 0, label: "" };
-const currentRequest = () => requestVar.get() ?? NO_REQUEST;
+const currentRequest = () => {
+  const context = core.getAsyncContext();
+  return context?.[kRequestContext] === true ? context : NO_REQUEST;
+};
+const enterRequest = (context) => {
+  const previous = core.getAsyncContext();
+  core.setAsyncContext(context);
+  return previous;
+};
 
 consoleMod.setNoColorFns(() => true, () => true);
 const LOG_LEVELS = { __proto__: null, 0: 0, 1: 1, 2: 2, 3: 3 };
@@ -354,9 +366,9 @@ function createDispatcher(handler, env) {
     );
     const req = request.fromInnerRequest(inner, "immutable");
     const waitUntil = [];
-    const context = { id, label };
+    const context = { [kRequestContext]: true, id, label };
     inFlight.set(id, { req, context });
-    const previous = requestVar.enter(context);
+    const previous = enterRequest(context);
     let result;
     try {
       result = handler(req, env, waitUntil);
@@ -370,7 +382,7 @@ function createDispatcher(handler, env) {
       finish(context, waitUntil, () => respond(id, result));
       return;
     }
-    const previousForSettle = requestVar.enter(context);
+    const previousForSettle = enterRequest(context);
     try {
       PromisePrototypeThen(
         result,
@@ -387,7 +399,7 @@ function createDispatcher(handler, env) {
     if (entry === undefined) {
       return;
     }
-    const previous = requestVar.enter(entry.context);
+    const previous = enterRequest(entry.context);
     try {
       request.abortRequest(entry.req);
     } finally {
@@ -410,7 +422,7 @@ function finish(context, waitUntil, sendResponse) {
     op_isopod_done(id);
     return;
   }
-  const previous = requestVar.enter(context);
+  const previous = enterRequest(context);
   try {
     PromisePrototypeThen(
       SafePromiseAllSettled(waitUntil),
