@@ -1,15 +1,65 @@
 //! A bundle: one fully resolved JavaScript file.
 
+use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use deno_core::ModuleSpecifier;
 
-/// A bundle's source and identity.
+/// A bundle's source and identity, and the V8 code cache of its compiled
+/// module. Clones share the cache: every instance of a version reuses the
+/// cache its first compile made, and it goes away with the last clone.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     specifier: ModuleSpecifier,
     source: Arc<str>,
+    code_cache: Arc<CodeCache>,
+}
+
+/// The V8 code cache of one bundle.
+#[derive(Debug)]
+pub(crate) struct CodeCache {
+    /// Identifies the source *and* the V8 build and flags it was made by, so
+    /// a cache is never offered to another V8.
+    pub(crate) key: u64,
+    bytes: Mutex<Option<Arc<[u8]>>>,
+    offered: AtomicU64,
+}
+
+impl CodeCache {
+    fn new(source: &str) -> CodeCache {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut hasher);
+        deno_core::v8::V8::get_version().hash(&mut hasher);
+        std::env::var("ISOPOD_V8_FLAGS")
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        CodeCache {
+            key: hasher.finish(),
+            bytes: Mutex::new(None),
+            offered: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached bytes, if a compile has produced them; counts the offer.
+    pub(crate) fn take_for_compile(&self) -> Option<Arc<[u8]>> {
+        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if bytes.is_some() {
+            self.offered.fetch_add(1, Ordering::Relaxed);
+        }
+        bytes
+    }
+
+    pub(crate) fn store(&self, key: u64, bytes: &[u8]) {
+        if key == self.key {
+            *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.into());
+        }
+    }
+
+    pub(crate) fn discard(&self) {
+        *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// A bundle that could not be read.
@@ -52,10 +102,32 @@ impl Bundle {
     }
 
     fn new(specifier: ModuleSpecifier, source: impl Into<Arc<str>>) -> Bundle {
+        let source = source.into();
         Bundle {
             specifier,
-            source: source.into(),
+            code_cache: Arc::new(CodeCache::new(&source)),
+            source,
         }
+    }
+
+    /// The size of the module's code cache, once a first compile made it
+    /// (classic scripts have none).
+    pub fn code_cache_len(&self) -> usize {
+        let bytes = self
+            .code_cache
+            .bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        bytes.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// How many compiles were offered the code cache.
+    pub fn code_cache_uses(&self) -> u64 {
+        self.code_cache.offered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn code_cache(&self) -> &Arc<CodeCache> {
+        &self.code_cache
     }
 
     /// The URL the bundle is evaluated under (what stack traces show).

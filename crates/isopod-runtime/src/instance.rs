@@ -207,11 +207,12 @@ impl Instance {
                     .map_err(|e| InstanceError::Bundle(e.to_string()))
             })?,
             true => {
+                // Loaded through the loader, which hands over the source with
+                // the version's code cache.
                 let specifier = bundle.specifier().clone();
-                let source = bundle.source().to_string();
                 let id = self
                     .windowed(WindowKind::Startup, |runtime| {
-                        Box::pin(runtime.load_main_es_module_from_code(&specifier, source))
+                        Box::pin(runtime.load_main_es_module(&specifier))
                     })
                     .await
                     .map_err(|e| InstanceError::Bundle(e.to_string()))?;
@@ -230,6 +231,14 @@ impl Instance {
                         })
                         .await
                     })
+                })
+                .await
+                .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                // One more turn of the event loop hands the module's fresh
+                // code cache to the loader (deno_core queues it at compile).
+                poll_fn(|cx| match self.poll_event_loop(cx) {
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                    _ => Poll::Ready(Ok(())),
                 })
                 .await
                 .map_err(|e| InstanceError::Bundle(e.to_string()))?;
@@ -803,6 +812,46 @@ mod tests {
                     drop(instances.swap_remove(at));
                 }
             }
+        });
+    }
+
+    #[test]
+    fn a_version_compiles_once_and_later_instances_use_its_code_cache() {
+        on_local_thread(|| async {
+            let app = AppConfig::new("cached");
+            let body: String = (0..200)
+                .map(|i| format!("function f{i}(x) {{ return x * {i} + 1; }}\n"))
+                .collect();
+            let bundle = Bundle::from_source(
+                "cached.js",
+                format!(
+                    "{body}export default {{ fetch() {{ return new Response(String(f7(6))); }} }};"
+                ),
+            );
+            let mut first = Instance::blank(&app).unwrap();
+            first.load(&bundle, &app).await.unwrap();
+            assert!(
+                bundle.code_cache_len() > 0,
+                "the first compile made no code cache"
+            );
+            assert_eq!(bundle.code_cache_uses(), 0);
+            let mut second = Instance::blank(&app).unwrap();
+            second.load(&bundle.clone(), &app).await.unwrap();
+            assert_eq!(
+                bundle.code_cache_uses(),
+                1,
+                "the second instance was not offered the cache"
+            );
+            let handle = second.spawn();
+            let response = handle.dispatch(request("http://x/")).await.unwrap();
+            assert_eq!(body_text(response).await, "43");
+            // Another source is another cache.
+            let other = Bundle::from_source(
+                "cached.js",
+                "export default { fetch() { return new Response('o'); } };",
+            );
+            assert_eq!(other.code_cache_len(), 0);
+            drop(first);
         });
     }
 }

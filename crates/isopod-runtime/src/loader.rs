@@ -3,11 +3,13 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 
 use deno_core::error::ModuleLoaderError;
 use deno_core::{
-    ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSpecifier,
-    ResolutionKind,
+    ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader, ModuleSource,
+    ModuleSourceCode, ModuleSpecifier, ModuleType, ResolutionKind, SourceCodeCacheInfo,
 };
 use deno_error::JsErrorBox;
 
@@ -18,6 +20,7 @@ use crate::Bundle;
 #[derive(Default)]
 pub(crate) struct BundleLoader {
     main: RefCell<Option<ModuleSpecifier>>,
+    bundle: RefCell<Option<Bundle>>,
     /// The inline source map of a classic script (modules' inline maps are
     /// found by deno_core itself when the module is compiled).
     script_source_map: RefCell<Option<Vec<u8>>>,
@@ -26,6 +29,7 @@ pub(crate) struct BundleLoader {
 impl BundleLoader {
     pub(crate) fn set_bundle(&self, bundle: &Bundle) {
         *self.main.borrow_mut() = Some(bundle.specifier().clone());
+        *self.bundle.borrow_mut() = Some(bundle.clone());
         *self.script_source_map.borrow_mut() = inline_source_map(bundle.source());
     }
 
@@ -61,9 +65,55 @@ impl ModuleLoader for BundleLoader {
         _referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
-        ModuleLoadResponse::Sync(Err(JsErrorBox::type_error(format!(
-            "isopod bundles are self-contained: cannot load \"{specifier}\""
-        ))))
+        let bundle = self.bundle.borrow();
+        let Some(bundle) = bundle.as_ref().filter(|b| b.specifier() == specifier) else {
+            return ModuleLoadResponse::Sync(Err(JsErrorBox::type_error(format!(
+                "isopod bundles are self-contained: cannot load \"{specifier}\""
+            ))));
+        };
+        // The version's code cache, when an earlier compile made one: V8
+        // then skips parsing and compiling what it already did.
+        let cache = bundle.code_cache();
+        let code_cache = SourceCodeCacheInfo {
+            hash: cache.key,
+            data: cache
+                .take_for_compile()
+                .map(|bytes| Cow::Owned(bytes.to_vec())),
+        };
+        ModuleLoadResponse::Sync(Ok(ModuleSource::new(
+            ModuleType::JavaScript,
+            ModuleSourceCode::String(bundle.source().to_string().into()),
+            specifier,
+            Some(code_cache),
+        )))
+    }
+
+    fn code_cache_ready(
+        &self,
+        specifier: ModuleSpecifier,
+        hash: u64,
+        code_cache: &[u8],
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        if let Some(bundle) = self
+            .bundle
+            .borrow()
+            .as_ref()
+            .filter(|b| *b.specifier() == specifier)
+        {
+            bundle.code_cache().store(hash, code_cache);
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn purge_and_prevent_code_cache(&self, specifier: &str) {
+        if let Some(bundle) = self
+            .bundle
+            .borrow()
+            .as_ref()
+            .filter(|b| b.specifier().as_str() == specifier)
+        {
+            bundle.code_cache().discard();
+        }
     }
 
     /// The original sources named by a bundle's source map are never on
