@@ -419,6 +419,7 @@ impl LocalPool {
                     age_ms: instance.created.elapsed().as_millis() as u64,
                     requests_served: instance.served.get(),
                     in_flight: instance.handle.in_flight(),
+                    heap_used_bytes: instance.handle.heap_used(),
                 })
             })
             .collect()

@@ -220,4 +220,6 @@ pub struct InstanceRow {
     pub requests_served: u64,
     /// Requests not yet complete.
     pub in_flight: usize,
+    /// Bytes of V8 heap in use, as last sampled.
+    pub heap_used_bytes: usize,
 }

@@ -89,6 +89,9 @@ pub struct Instance {
     /// How long dispatches wait in this instance's queue (shared with its
     /// handles).
     queue_wait: Arc<QueueWait>,
+    /// The V8 heap in use, sampled by the driver (shared with its handles).
+    heap_used: Arc<AtomicUsize>,
+    heap_sampled: Option<std::time::Instant>,
     app: Arc<str>,
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
@@ -138,6 +141,8 @@ impl Instance {
             control_rx,
             loader,
             queue_wait: Arc::default(),
+            heap_used: Arc::default(),
+            heap_sampled: None,
             app: app.name.clone(),
             init: None,
             dispatcher: None,
@@ -369,6 +374,7 @@ impl Instance {
             next_id: Arc::new(AtomicU32::new(1)),
             in_flight: self.table.in_flight_counter(),
             queue_wait: self.queue_wait.clone(),
+            heap_used: self.heap_used.clone(),
             stopped,
         };
         tokio::task::spawn_local(async move {
@@ -554,8 +560,21 @@ impl Instance {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), deno_core::error::CoreError>> {
+        const HEAP_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+        let sample = self
+            .heap_sampled
+            .is_none_or(|at| at.elapsed() >= HEAP_SAMPLE_INTERVAL);
+        if sample {
+            self.heap_sampled = Some(std::time::Instant::now());
+        }
+        let heap_used = self.heap_used.clone();
         self.window(WindowKind::EventLoop, |runtime| {
-            runtime.poll_event_loop(cx, PollEventLoopOptions::default())
+            let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+            if sample {
+                let used = runtime.v8_isolate().get_heap_statistics().used_heap_size();
+                heap_used.store(used, Ordering::Relaxed);
+            }
+            polled
         })
     }
 
@@ -627,6 +646,7 @@ pub struct InstanceHandle {
     next_id: Arc<AtomicU32>,
     in_flight: Arc<AtomicUsize>,
     queue_wait: Arc<QueueWait>,
+    heap_used: Arc<AtomicUsize>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -676,6 +696,12 @@ impl InstanceHandle {
     /// thread cannot keep up.
     pub fn queue_wait(&self) -> Duration {
         Duration::from_micros(self.queue_wait.ewma_micros.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of V8 heap in use, as last sampled (at most every 100 ms while
+    /// the instance is working).
+    pub fn heap_used(&self) -> usize {
+        self.heap_used.load(Ordering::Relaxed)
     }
 
     /// Resolves once the instance has stopped: dropped, or buried in its

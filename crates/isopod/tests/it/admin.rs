@@ -202,6 +202,8 @@ async fn pool_statistics() {
         (row["app"].as_str(), row["requests_served"].as_u64()),
         (Some("count"), Some(5))
     );
+    // A live isolate's heap is at least a few hundred kilobytes.
+    assert!(row["heap_used_bytes"].as_u64().unwrap() > 100_000, "{row}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
