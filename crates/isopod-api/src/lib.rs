@@ -66,8 +66,6 @@ pub fn extensions() -> Vec<Extension> {
 pub struct IsolateOptions {
     /// The `User-Agent` sent by outbound `fetch`.
     pub user_agent: String,
-    /// Which hosts outbound `fetch` may reach.
-    pub net: NetPolicy,
 }
 
 /// The per-isolate arguments matching [`extensions`], for
@@ -88,15 +86,19 @@ pub fn extension_args(options: &IsolateOptions) -> Vec<ExtensionArguments> {
     ]
 }
 
-/// Puts the per-isolate host state into a fresh isolate's `OpState`: the
-/// [`Host`] that receives the bootstrap's calls and the network permissions
-/// that `fetch` checks.
-pub fn install_host_state(
+/// Puts the [`Host`] that receives the bootstrap's calls into a fresh
+/// isolate's `OpState`.
+pub fn install_host(state: &mut deno_core::OpState, host: std::rc::Rc<dyn Host>) {
+    state.put(host);
+}
+
+/// Sets the network permissions that `fetch` checks. Needed before tenant
+/// code runs (deno_fetch's op requires them); set when a bundle is loaded,
+/// since a blank isolate does not know its app yet.
+pub fn set_net_policy(
     state: &mut deno_core::OpState,
-    host: std::rc::Rc<dyn Host>,
     net: &NetPolicy,
 ) -> Result<(), PermissionError> {
-    state.put(host);
     state.put(net.permissions_container()?);
     Ok(())
 }

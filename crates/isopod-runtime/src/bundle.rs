@@ -3,18 +3,22 @@
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use deno_core::ModuleSpecifier;
 
-/// A bundle's source and identity, and the V8 code cache of its compiled
-/// module. Clones share the cache: every instance of a version reuses the
-/// cache its first compile made, and it goes away with the last clone.
+/// A bundle's source and identity, and what its first load learnt: whether
+/// it is a module, and the V8 code cache of its compiled module. Clones share
+/// these: every instance of a version reuses them, and they go away with the
+/// last clone.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     specifier: ModuleSpecifier,
     source: Arc<str>,
     code_cache: Arc<CodeCache>,
+    /// Whether it is an ES module (or a classic script), once an instance
+    /// has found out.
+    is_module: Arc<OnceLock<bool>>,
 }
 
 /// The V8 code cache of one bundle.
@@ -106,6 +110,7 @@ impl Bundle {
         Bundle {
             specifier,
             code_cache: Arc::new(CodeCache::new(&source)),
+            is_module: Arc::default(),
             source,
         }
     }
@@ -124,6 +129,10 @@ impl Bundle {
     /// How many compiles were offered the code cache.
     pub fn code_cache_uses(&self) -> u64 {
         self.code_cache.offered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_module(&self) -> &OnceLock<bool> {
+        &self.is_module
     }
 
     pub(crate) fn code_cache(&self) -> &Arc<CodeCache> {

@@ -148,27 +148,22 @@ impl Instance {
             dispatcher: None,
             runtime: ManuallyDrop::new(runtime),
         };
-        instance.bootstrap(app)?;
+        instance.bootstrap()?;
         Ok(instance)
     }
 
     /// Per-isolate state and the bootstrap's hand-over, before any tenant
     /// code: after this, no tenant-reachable name leads to an op.
-    fn bootstrap(&mut self, app: &AppConfig) -> Result<(), InstanceError> {
+    fn bootstrap(&mut self) -> Result<(), InstanceError> {
         let host = as_host(&self.table);
         let options = IsolateOptions {
             user_agent: "isopod".to_string(),
-            net: app.net.clone(),
         };
         let init = self.window(WindowKind::Startup, |runtime| {
             runtime
                 .lazy_init_extensions(isopod_api::extension_args(&options))
                 .map_err(|e| InstanceError::Create(e.to_string()))?;
-            isopod_api::install_host_state(
-                &mut runtime.op_state().borrow_mut(),
-                host,
-                &options.net,
-            )?;
+            isopod_api::install_host(&mut runtime.op_state().borrow_mut(), host);
             let init = runtime
                 .execute_script("isopod:bootstrap", "globalThis.__isopodInit()")
                 .map_err(|e| InstanceError::Create(e.to_string()))?;
@@ -198,13 +193,12 @@ impl Instance {
         // A blank instance may have been made before its app was known.
         self.app = app.name.clone();
         self.table.set_app(app.name.clone());
-        isopod_api::install_host_state(
-            &mut self.runtime.op_state().borrow_mut(),
-            as_host(&self.table),
-            &app.net,
-        )?;
+        isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
         self.loader.set_bundle(bundle);
-        let exported = match self.is_module(bundle) {
+        // Decided once per version (the bundle remembers), not per instance:
+        // finding out may parse the whole bundle.
+        let is_module = *bundle.is_module().get_or_init(|| self.is_module(bundle));
+        let exported = match is_module {
             false => self.window(WindowKind::Startup, |runtime| {
                 runtime
                     .execute_script(bundle.specifier().to_string(), bundle.source().to_string())
