@@ -30,6 +30,8 @@ struct Pooled {
     handle: InstanceHandle,
     created: Instant,
     served: Cell<u64>,
+    /// When it last took a request: the LRU order for eviction, and a
+    /// replica's idleness.
     last_used: Cell<Instant>,
     /// Off its app's home thread: counted in the version's replicas.
     replica: Option<Arc<AppVersion>>,
@@ -54,7 +56,6 @@ struct Slot {
     /// one instance and the rest wait for it.
     creating: tokio::sync::Mutex<()>,
     instance: RefCell<Option<Rc<Pooled>>>,
-    last_used: Cell<u64>,
 }
 
 type SlotKey = (Arc<str>, VersionId);
@@ -77,7 +78,6 @@ pub(crate) struct LocalPool {
     slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
     /// The newest deploy seen per app; older versions' slots are retired.
     current: RefCell<HashMap<Arc<str>, u64>>,
-    clock: Cell<u64>,
 }
 
 impl LocalPool {
@@ -99,7 +99,6 @@ impl LocalPool {
             max_concurrency: config.max_concurrency.max(1),
             slots: RefCell::new(HashMap::new()),
             current: RefCell::new(HashMap::new()),
-            clock: Cell::new(0),
         })
     }
 
@@ -160,7 +159,6 @@ impl LocalPool {
         version: &Arc<AppVersion>,
     ) -> Result<Rc<Pooled>, PoolError> {
         let slot = self.slot(version);
-        slot.last_used.set(self.tick());
         if let Some(instance) = slot.live_instance() {
             self.shared.record_hit();
             return Ok(instance);
@@ -201,7 +199,6 @@ impl LocalPool {
                     version: version.clone(),
                     creating: tokio::sync::Mutex::new(()),
                     instance: RefCell::new(None),
-                    last_used: Cell::new(0),
                 })
             })
             .clone()
@@ -348,7 +345,7 @@ impl LocalPool {
                     .as_ref()
                     .is_some_and(|i| i.handle.in_flight() == 0)
             })
-            .min_by_key(|slot| slot.last_used.get())
+            .min_by_key(|slot| slot.instance.borrow().as_ref().map(|i| i.last_used.get()))
             .cloned();
         let Some(victim) = victim else {
             // No idle instance: give up a spare instead, if there is one.
@@ -396,12 +393,6 @@ impl LocalPool {
             .borrow_mut()
             .retain(|(name, _), _| name.as_ref() != app);
         self.current.borrow_mut().remove(app);
-    }
-
-    fn tick(&self) -> u64 {
-        let now = self.clock.get() + 1;
-        self.clock.set(now);
-        now
     }
 
     /// This thread's live instances, for the stats.

@@ -60,10 +60,6 @@ impl CodeCache {
             *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.into());
         }
     }
-
-    pub(crate) fn discard(&self) {
-        *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
 }
 
 /// A bundle that could not be read.

@@ -86,6 +86,11 @@ impl RequestTable {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The app this instance serves.
+    pub(crate) fn app(&self) -> Arc<str> {
+        self.app.borrow().clone()
+    }
+
     /// Names the app in every later log record.
     pub(crate) fn set_app(&self, app: Arc<str>) {
         *self.app.borrow_mut() = app;

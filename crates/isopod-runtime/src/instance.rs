@@ -92,7 +92,6 @@ pub struct Instance {
     /// The V8 heap in use, sampled by the driver (shared with its handles).
     heap_used: Arc<AtomicUsize>,
     heap_sampled: Option<std::time::Instant>,
-    app: Arc<str>,
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
     dispatcher: Option<Dispatcher>,
@@ -106,9 +105,9 @@ struct Dispatcher {
 
 impl Instance {
     /// Creates an isolate from the startup snapshot, with the API surface
-    /// ready and no bundle. Costs milliseconds; see the pool's spares. The
-    /// app's name and network policy are set again by [`Instance::load`], so
-    /// a blank instance can serve any app.
+    /// ready and no bundle. Costs milliseconds; see the pool's spares.
+    /// [`Instance::load`] sets the app's name (again) and its network policy,
+    /// so a blank instance can serve any app.
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
         let cpu = Rc::new(CpuMeter::default());
         let hooks: Rc<dyn WindowHooks> = cpu.clone();
@@ -143,7 +142,6 @@ impl Instance {
             queue_wait: Arc::default(),
             heap_used: Arc::default(),
             heap_sampled: None,
-            app: app.name.clone(),
             init: None,
             dispatcher: None,
             runtime: ManuallyDrop::new(runtime),
@@ -191,7 +189,6 @@ impl Instance {
             .take()
             .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
         // A blank instance may have been made before its app was known.
-        self.app = app.name.clone();
         self.table.set_app(app.name.clone());
         isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
         self.loader.set_bundle(bundle);
@@ -434,7 +431,7 @@ impl Instance {
         })
         .await;
         if let Err(error) = outcome {
-            tracing::error!(app = %self.app, error = %error, "instance event loop failed; instance discarded");
+            tracing::error!(app = %self.table.app(), error = %error, "instance event loop failed; instance discarded");
         }
         self.table.fail_all(DispatchError::InstanceGone);
     }
@@ -853,6 +850,11 @@ mod tests {
             assert!(
                 bundle.code_cache_len() > 0,
                 "the first compile made no code cache"
+            );
+            assert_eq!(
+                bundle.is_module().get(),
+                Some(&true),
+                "the style was not remembered"
             );
             assert_eq!(bundle.code_cache_uses(), 0);
             let mut second = Instance::blank(&app).unwrap();

@@ -19,7 +19,6 @@ use crate::Bundle;
 /// its bundle when one is loaded.
 #[derive(Default)]
 pub(crate) struct BundleLoader {
-    main: RefCell<Option<ModuleSpecifier>>,
     bundle: RefCell<Option<Bundle>>,
     /// The inline source map of a classic script (modules' inline maps are
     /// found by deno_core itself when the module is compiled).
@@ -28,16 +27,17 @@ pub(crate) struct BundleLoader {
 
 impl BundleLoader {
     pub(crate) fn set_bundle(&self, bundle: &Bundle) {
-        *self.main.borrow_mut() = Some(bundle.specifier().clone());
         *self.bundle.borrow_mut() = Some(bundle.clone());
         *self.script_source_map.borrow_mut() = inline_source_map(bundle.source());
     }
 
-    fn is_main(&self, specifier: &str) -> bool {
-        self.main
+    /// The bundle, if `specifier` names it (a cheap clone).
+    fn main(&self, specifier: &str) -> Option<Bundle> {
+        self.bundle
             .borrow()
             .as_ref()
-            .is_some_and(|m| m.as_str() == specifier)
+            .filter(|b| b.specifier().as_str() == specifier)
+            .cloned()
     }
 }
 
@@ -48,10 +48,8 @@ impl ModuleLoader for BundleLoader {
         referrer: &str,
         _kind: ResolutionKind,
     ) -> Result<ModuleSpecifier, ModuleLoaderError> {
-        if self.is_main(specifier) {
-            if let Some(main) = self.main.borrow().as_ref() {
-                return Ok(main.clone());
-            }
+        if let Some(main) = self.main(specifier) {
+            return Ok(main.specifier().clone());
         }
         Err(JsErrorBox::type_error(format!(
             "isopod bundles are self-contained: cannot import \"{specifier}\" (from {referrer}); \
@@ -65,8 +63,7 @@ impl ModuleLoader for BundleLoader {
         _referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
-        let bundle = self.bundle.borrow();
-        let Some(bundle) = bundle.as_ref().filter(|b| b.specifier() == specifier) else {
+        let Some(bundle) = self.main(specifier.as_str()) else {
             return ModuleLoadResponse::Sync(Err(JsErrorBox::type_error(format!(
                 "isopod bundles are self-contained: cannot load \"{specifier}\""
             ))));
@@ -94,26 +91,10 @@ impl ModuleLoader for BundleLoader {
         hash: u64,
         code_cache: &[u8],
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        if let Some(bundle) = self
-            .bundle
-            .borrow()
-            .as_ref()
-            .filter(|b| *b.specifier() == specifier)
-        {
+        if let Some(bundle) = self.main(specifier.as_str()) {
             bundle.code_cache().store(hash, code_cache);
         }
         Box::pin(std::future::ready(()))
-    }
-
-    fn purge_and_prevent_code_cache(&self, specifier: &str) {
-        if let Some(bundle) = self
-            .bundle
-            .borrow()
-            .as_ref()
-            .filter(|b| b.specifier().as_str() == specifier)
-        {
-            bundle.code_cache().discard();
-        }
     }
 
     /// The original sources named by a bundle's source map are never on
@@ -123,9 +104,7 @@ impl ModuleLoader for BundleLoader {
     }
 
     fn get_source_map(&self, file_name: &str) -> Option<Cow<'_, [u8]>> {
-        if !self.is_main(file_name) {
-            return None;
-        }
+        self.main(file_name)?;
         self.script_source_map.borrow().clone().map(Cow::Owned)
     }
 }
