@@ -20,12 +20,13 @@
 #![deny(missing_docs)]
 
 mod local;
+mod memory;
 mod pool;
 mod stats;
 mod version;
 
 pub use pool::{Pool, PoolConfig, PoolThread, ThreadMain};
-pub use stats::{InstanceRow, PoolStats};
+pub use stats::{AppKills, InstanceRow, PoolStats};
 pub use version::{AppVersion, ExecutionMode, VersionId};
 
 /// Why the pool could not serve a request.
@@ -40,6 +41,9 @@ pub enum PoolError {
     /// Every instance is busy and the cap allows no new one.
     #[error("the pool is at its instance cap and every instance is busy")]
     AtCapacity,
+    /// The process is over its memory budget; no instance is created.
+    #[error("the process is over its memory budget")]
+    OverMemoryBudget,
     /// The pool has shut down.
     #[error("the pool has shut down")]
     ShutDown,

@@ -75,6 +75,11 @@ pub(crate) struct LocalPool {
     home_of: Box<dyn Fn(&str) -> usize>,
     replica_idle: std::time::Duration,
     max_concurrency: usize,
+    /// What spares are made for: the process's default limits.
+    spare_config: isopod_runtime::AppConfig,
+    memory_budget: u64,
+    /// The process is over its memory budget: misses are refused.
+    over_budget: Cell<bool>,
     slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
     /// The newest deploy seen per app; older versions' slots are retired.
     current: RefCell<HashMap<Arc<str>, u64>>,
@@ -97,6 +102,12 @@ impl LocalPool {
             home_of,
             replica_idle: config.replica_idle,
             max_concurrency: config.max_concurrency.max(1),
+            memory_budget: config.memory_budget,
+            over_budget: Cell::new(false),
+            spare_config: isopod_runtime::AppConfig {
+                limits: config.limits.clone(),
+                ..isopod_runtime::AppConfig::new("spare")
+            },
             slots: RefCell::new(HashMap::new()),
             current: RefCell::new(HashMap::new()),
         })
@@ -210,8 +221,16 @@ impl LocalPool {
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
     ) -> Result<(InstanceHandle, CapRelease), PoolError> {
+        if self.over_budget.get() {
+            return Err(PoolError::OverMemoryBudget);
+        }
         let started = Instant::now();
-        let blank = match self.take_spare() {
+        let spare_fits = version
+            .config
+            .limits
+            .same_isolate_shape(&self.spare_config.limits);
+        let spare = spare_fits.then(|| self.take_spare()).flatten();
+        let blank = match spare {
             Some(spare) => Ok(spare),
             None => {
                 while !self.shared.try_reserve() {
@@ -227,6 +246,9 @@ impl LocalPool {
         };
         let created = async {
             let mut instance = blank?;
+            instance.set_version(version.id.to_string());
+            let shared = self.shared.clone();
+            instance.set_kill_sink(Rc::new(move |event| shared.record_kill(event)));
             instance.load(&version.bundle, &version.config).await?;
             Ok::<_, isopod_runtime::InstanceError>(
                 instance.spawn_with_graveyard(self.graveyard.clone()),
@@ -272,7 +294,6 @@ impl LocalPool {
     /// and only under the cap.
     pub(crate) async fn refill_spares(self: Rc<Self>) {
         const SPARE_REFILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-        let spare_config = isopod_runtime::AppConfig::new("spare");
         loop {
             tokio::time::sleep(SPARE_REFILL_INTERVAL).await;
             if self.active.get() > 0 || self.spares.borrow().len() >= self.spares_wanted {
@@ -281,7 +302,7 @@ impl LocalPool {
             if !self.shared.try_reserve() {
                 continue;
             }
-            match self.new_blank(&spare_config) {
+            match self.new_blank(&self.spare_config) {
                 Ok(spare) => {
                     self.spares.borrow_mut().push(spare);
                     self.shared.spares_changed(true);
@@ -306,6 +327,43 @@ impl LocalPool {
             {
                 // One at a time: requests that arrive meanwhile go first.
                 tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Watches the process's resident memory against its budget: past 90 %
+    /// it evicts this thread's idle instances and spares, one per check,
+    /// least recently used first; past the budget it refuses misses until
+    /// memory is back under it. Runs for the thread's life.
+    pub(crate) async fn watch_memory(self: Rc<Self>) {
+        const CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+        let high_water = self.memory_budget / 10 * 9;
+        loop {
+            tokio::time::sleep(CHECK).await;
+            let Some(rss) = crate::memory::resident_bytes() else {
+                continue;
+            };
+            let over = rss > self.memory_budget;
+            if over != self.over_budget.replace(over) {
+                if over {
+                    tracing::warn!(
+                        rss_mib = rss >> 20,
+                        budget_mib = self.memory_budget >> 20,
+                        thread = self.thread,
+                        "over the memory budget: refusing new instances"
+                    );
+                } else {
+                    tracing::info!(
+                        rss_mib = rss >> 20,
+                        thread = self.thread,
+                        "back under the memory budget"
+                    );
+                }
+            }
+            if rss > high_water {
+                if let Some(stopped) = self.evict_one() {
+                    stopped.await;
+                }
             }
         }
     }

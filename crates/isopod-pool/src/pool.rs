@@ -40,6 +40,16 @@ pub struct PoolConfig {
     pub max_replicas: usize,
     /// A replica idle this long is retired; default 5 s.
     pub replica_idle: std::time::Duration,
+    /// The process's default limits. Spares are made with its heap sizes
+    /// and serve only apps whose heap sizes are the same (heap limits are
+    /// fixed when an isolate is created).
+    pub limits: isopod_runtime::Limits,
+    /// The process's resident-memory budget in bytes; default 75 % of the
+    /// machine's memory. Past 90 % of it each thread evicts its idle
+    /// instances (least recently used first); past all of it, misses are
+    /// refused ([`crate::PoolError::OverMemoryBudget`]) instead of growing
+    /// until the kernel kills the process.
+    pub memory_budget: u64,
 }
 
 impl Default for PoolConfig {
@@ -53,6 +63,8 @@ impl Default for PoolConfig {
             replica_queue_wait: std::time::Duration::from_millis(2),
             max_replicas: usize::MAX,
             replica_idle: std::time::Duration::from_secs(5),
+            limits: isopod_runtime::Limits::default(),
+            memory_budget: crate::memory::default_budget(),
         }
     }
 }
@@ -271,6 +283,12 @@ impl Pool {
     }
 
     /// Tells every thread that `app` is gone: its instances stop taking
+    /// Kills of `app`'s instances: counts per reason and the most recent
+    /// events.
+    pub fn kills(&self, app: &str) -> crate::AppKills {
+        self.inner.shared.kills(app)
+    }
+
     /// requests and are dropped once idle.
     pub fn removed(&self, app: &str) {
         for jobs in &self.inner.jobs {
@@ -335,6 +353,7 @@ fn worker_main(
         }
         tokio::task::spawn_local(local.clone().retire_idle_replicas());
         tokio::task::spawn_local(local.clone().reap());
+        tokio::task::spawn_local(local.clone().watch_memory());
         if let Some(main) = main {
             let thread = PoolThread {
                 index,

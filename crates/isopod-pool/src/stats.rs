@@ -1,8 +1,14 @@
 //! Pool-wide counters, shared by every worker thread.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use isopod_runtime::KillEvent;
+
+/// How many kill events are kept per app.
+const RECENT_KILLS: usize = 10;
 
 /// How many cold-start durations are kept for the percentiles.
 const COLD_START_WINDOW: usize = 1024;
@@ -22,6 +28,17 @@ pub(crate) struct Shared {
     cold_starts: Mutex<Durations>,
     /// Blank isolates made from the snapshot, spares or inline.
     blank_creations: Mutex<Durations>,
+    /// Kills per app.
+    kills: Mutex<HashMap<String, AppKills>>,
+}
+
+/// The kills of one app's instances.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AppKills {
+    /// Kills per reason (`cpu`, `memory`, …) since the process started.
+    pub by_reason: BTreeMap<&'static str, u64>,
+    /// The most recent kill events, newest last.
+    pub recent: VecDeque<KillEvent>,
 }
 
 /// The most recent `COLD_START_WINDOW` durations of one kind.
@@ -67,7 +84,27 @@ impl Shared {
             blanks_created: AtomicU64::new(0),
             cold_starts: Mutex::new(Durations::default()),
             blank_creations: Mutex::new(Durations::default()),
+            kills: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn record_kill(&self, event: &KillEvent) {
+        let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
+        let app = kills.entry(event.app.clone()).or_default();
+        *app.by_reason.entry(event.reason.as_str()).or_default() += 1;
+        if app.recent.len() == RECENT_KILLS {
+            app.recent.pop_front();
+        }
+        app.recent.push_back(event.clone());
+    }
+
+    pub(crate) fn kills(&self, app: &str) -> AppKills {
+        self.kills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Counts one more live instance, unless the cap is reached.

@@ -161,9 +161,15 @@ impl Body for ResponseBody {
 /// Reads a response stream's resource into `tx` until the stream ends, the
 /// receiver goes away (the client disconnected), or the stream fails. On an
 /// early end the resource is closed, which cancels the JavaScript stream.
+///
+/// A producer that sends nothing for `idle` is cut off: the client's
+/// response ends with an error and the handler's stream is cancelled as if
+/// the client had gone (so server-sent events live as long as they keep
+/// sending).
 pub(crate) async fn pump_stream(
     stream: Rc<dyn Resource>,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    idle: std::time::Duration,
     on_disconnect: impl FnOnce(),
 ) {
     const CHUNK: usize = 64 * 1024;
@@ -175,7 +181,18 @@ pub(crate) async fn pump_stream(
                 on_disconnect();
                 return;
             }
-            read = stream.clone().read(CHUNK) => read,
+            read = tokio::time::timeout(idle, stream.clone().read(CHUNK)) => read,
+        };
+        let Ok(read) = read else {
+            let message = format!(
+                "the streaming response sent nothing for {} ms; closed",
+                idle.as_millis()
+            );
+            tracing::warn!(target: "isopod::handler", "{message}");
+            let _ = tx.try_send(Err(message.into()));
+            stream.close();
+            on_disconnect();
+            return;
         };
         match read {
             Ok(view) if view.is_empty() => return,

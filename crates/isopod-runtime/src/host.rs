@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deno_core::ResourceId;
 use http::{HeaderName, HeaderValue, StatusCode};
 use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
+
+use crate::limits::KillReason;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{pump_stream, ResponseBody};
@@ -35,6 +38,11 @@ struct PendingRequest {
     script_done: bool,
     /// A streaming response body is still being sent.
     streaming: bool,
+    /// CPU charged to this request so far (see `enforcer.rs`).
+    cpu_used: Duration,
+    /// When its response (or failure) went out, or its client went away:
+    /// from then on only `waitUntil` work keeps it, for a bounded time.
+    answered_at: Option<Instant>,
 }
 
 /// The requests in flight on one instance. A request stays here until its
@@ -51,6 +59,8 @@ pub(crate) struct RequestTable {
     control: mpsc::UnboundedSender<Control>,
     /// The number of entries in `pending`, readable from any thread.
     in_flight: Arc<AtomicUsize>,
+    /// How long a streaming response may send nothing (the app's limit).
+    stream_idle_timeout: std::cell::Cell<Duration>,
     this: Weak<RequestTable>,
 }
 
@@ -62,6 +72,9 @@ impl RequestTable {
             released_bodies: RefCell::new(Vec::new()),
             control,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            stream_idle_timeout: std::cell::Cell::new(
+                crate::limits::Limits::default().stream_idle_timeout(),
+            ),
             this: this.clone(),
         })
     }
@@ -81,6 +94,8 @@ impl RequestTable {
                 body,
                 script_done: false,
                 streaming: false,
+                cpu_used: Duration::ZERO,
+                answered_at: None,
             },
         );
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +104,11 @@ impl RequestTable {
     /// The app this instance serves.
     pub(crate) fn app(&self) -> Arc<str> {
         self.app.borrow().clone()
+    }
+
+    /// Adopts the app's streaming idle timeout.
+    pub(crate) fn set_stream_idle_timeout(&self, idle: Duration) {
+        self.stream_idle_timeout.set(idle);
     }
 
     /// Names the app in every later log record.
@@ -125,10 +145,100 @@ impl RequestTable {
         }
     }
 
+    /// CPU charged to request `id` so far.
+    pub(crate) fn cpu_used(&self, id: u32) -> Duration {
+        self.pending
+            .borrow()
+            .get(&id)
+            .map_or(Duration::ZERO, |r| r.cpu_used)
+    }
+
+    /// Charges `spent` to request `id`.
+    pub(crate) fn charge(&self, id: u32, spent: Duration) {
+        if let Some(request) = self.pending.borrow_mut().get_mut(&id) {
+            request.cpu_used += spent;
+        }
+    }
+
+    /// Charges `spent` to every request in flight; false when there is none.
+    pub(crate) fn charge_all(&self, spent: Duration) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        for request in pending.values_mut() {
+            request.cpu_used += spent;
+        }
+        !pending.is_empty()
+    }
+
+    /// The request in flight with the most CPU charged, and that CPU.
+    pub(crate) fn most_charged(&self) -> Option<(u32, Duration)> {
+        self.pending
+            .borrow()
+            .iter()
+            .map(|(id, r)| (*id, r.cpu_used))
+            .max_by_key(|(_, used)| *used)
+    }
+
+    /// `METHOD /path` of request `id`, if it is in flight.
+    pub(crate) fn label_of(&self, id: u32) -> Option<Arc<str>> {
+        self.label(id)
+    }
+
     /// Requests not yet complete (response pending, or `waitUntil` work
     /// still running).
     pub(crate) fn in_flight(&self) -> usize {
         self.pending.borrow().len()
+    }
+
+    /// Answers every request in flight after a kill: `offender` with the
+    /// kill's own reason, the others as collateral; forgets them all.
+    /// Returns how many others were answered.
+    pub(crate) fn fail_killed(&self, reason: KillReason, offender: Option<u32>) -> usize {
+        self.in_flight.store(0, Ordering::Relaxed);
+        let mut collateral = 0;
+        for (id, mut request) in self.pending.borrow_mut().drain() {
+            let this_request = Some(id) == offender;
+            if !this_request {
+                collateral += 1;
+            }
+            if let Some(responder) = request.responder.take() {
+                let _ = responder.send(Err(DispatchError::Killed {
+                    reason,
+                    this_request,
+                }));
+            }
+        }
+        collateral
+    }
+
+    /// Forgets requests whose response went out more than `timeout` ago but
+    /// whose `waitUntil` work (or abandoned handler) has not settled.
+    /// Returns their labels, for the log.
+    pub(crate) fn expire_lingering(&self, timeout: Duration) -> Vec<Arc<str>> {
+        let mut expired = Vec::new();
+        let mut pending = self.pending.borrow_mut();
+        pending.retain(|_, request| {
+            let lingering = !request.streaming
+                && request
+                    .answered_at
+                    .is_some_and(|at| at.elapsed() >= timeout);
+            if lingering {
+                expired.push(request.label.clone());
+                if let Some(body) = request.body {
+                    self.released_bodies.borrow_mut().push(body);
+                }
+            }
+            !lingering
+        });
+        self.in_flight.store(pending.len(), Ordering::Relaxed);
+        expired
+    }
+
+    /// The client of request `id` went away before its response: from now
+    /// on it only lingers until the `waitUntil` timeout.
+    pub(crate) fn abandoned(&self, id: u32) {
+        if let Some(request) = self.pending.borrow_mut().get_mut(&id) {
+            request.answered_at.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Answers every request still waiting for a response with `error`, and
@@ -147,10 +257,10 @@ impl RequestTable {
     }
 
     fn take_responder(&self, id: u32) -> Option<Responder> {
-        self.pending
-            .borrow_mut()
-            .get_mut(&id)
-            .and_then(|r| r.responder.take())
+        self.pending.borrow_mut().get_mut(&id).and_then(|r| {
+            r.answered_at = Some(Instant::now());
+            r.responder.take()
+        })
     }
 
     fn build_response(&self, id: u32, response: HostResponse) -> OutgoingResponse {
@@ -182,8 +292,9 @@ impl RequestTable {
                 if let Some(request) = self.pending.borrow_mut().get_mut(&id) {
                     request.streaming = true;
                 }
+                let idle = self.stream_idle_timeout.get();
                 tokio::task::spawn_local(async move {
-                    pump_stream(stream, tx, || {
+                    pump_stream(stream, tx, idle, || {
                         let _ = control.send(Control::Abort(id));
                     })
                     .await;

@@ -31,12 +31,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::RequestBodyResource;
 use crate::bundle::Bundle;
+use crate::enforcer::LimitEnforcer;
 use crate::graveyard::Graveyard;
 use crate::host::{as_host, Control, RequestTable, Responder};
+use crate::limits::{KillEvent, KillReason, Limits};
 use crate::loader::BundleLoader;
+use crate::memory::MemoryBudget;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
-use crate::window::{CpuMeter, Window, WindowHooks, WindowKind};
+use crate::watchdog::{Termination, WatchSlot};
+use crate::window::{Window, WindowHooks, WindowKind};
+
+/// Told of every kill of an instance, on the instance's thread, after the
+/// event has been logged (the pool counts kills per app with it).
+pub type KillSink = Rc<dyn Fn(&KillEvent)>;
 
 /// What an instance needs to know about the app it serves.
 #[derive(Debug, Clone)]
@@ -47,15 +55,19 @@ pub struct AppConfig {
     pub vars: Vec<(String, String)>,
     /// Which hosts outbound `fetch` may reach.
     pub net: NetPolicy,
+    /// CPU, memory, time and size budgets.
+    pub limits: Limits,
 }
 
 impl AppConfig {
-    /// An app with no variables, allowed to fetch any host.
+    /// An app with no variables, the default network policy and the
+    /// default limits.
     pub fn new(name: impl Into<Arc<str>>) -> AppConfig {
         AppConfig {
             name: name.into(),
             vars: Vec::new(),
-            net: NetPolicy::AllowAll,
+            net: NetPolicy::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -82,7 +94,14 @@ pub struct Instance {
     /// `OwnedIsolate` inside the runtime moves with it; the isolate does not).
     isolate: v8::UnsafeRawIsolatePtr,
     hooks: Rc<dyn WindowHooks>,
-    cpu: Rc<CpuMeter>,
+    enforcer: Rc<LimitEnforcer>,
+    /// The app's limits, as loaded.
+    limits: Limits,
+    memory: Arc<MemoryBudget>,
+    heap_high_water: usize,
+    /// The version label kill events carry.
+    version: Arc<str>,
+    kill_sink: Option<KillSink>,
     table: Rc<RequestTable>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     loader: Rc<BundleLoader>,
@@ -108,14 +127,21 @@ impl Instance {
     /// ready and no bundle. Costs milliseconds; see the pool's spares.
     /// [`Instance::load`] sets the app's name (again) and its network policy,
     /// so a blank instance can serve any app.
+    ///
+    /// The heap limits of `app.limits` are fixed here, for the isolate's
+    /// life; the CPU budgets are taken again at load.
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
-        let cpu = Rc::new(CpuMeter::default());
-        let hooks: Rc<dyn WindowHooks> = cpu.clone();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let table = RequestTable::new(app.name.clone(), control_tx);
         let loader = Rc::new(BundleLoader::default());
+        let heap_used = Arc::new(AtomicUsize::new(0));
+        let memory = MemoryBudget::for_heap_max(app.limits.heap_max_bytes(), heap_used.clone());
+        let create_params = v8::CreateParams::default()
+            .heap_limits(app.limits.heap_initial_bytes(), app.limits.heap_max_bytes())
+            .array_buffer_allocator(memory.allocator().make_shared());
 
         let mut runtime = JsRuntime::try_new(RuntimeOptions {
+            create_params: Some(create_params),
             startup_snapshot: Some(SNAPSHOT),
             residual_lazy_js_sources: RESIDUAL_LAZY_JS,
             residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
@@ -124,6 +150,31 @@ impl Instance {
             ..Default::default()
         })
         .map_err(|e| InstanceError::Create(e.to_string()))?;
+        let slot = WatchSlot::register(runtime.v8_isolate().thread_safe_handle());
+        crate::watchdog::remember_context(&slot, runtime.main_context());
+        let heap_slot = slot.clone();
+        // SAFETY: used only inside the callback, which V8 calls on this
+        // isolate's thread while the isolate is alive.
+        let heap_isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            // SAFETY: see above; a non-owning view to read statistics.
+            let mut isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(heap_isolate) };
+            let used = isolate.get_heap_statistics().used_heap_size();
+            if used < current / 2 {
+                // V8 also calls this when ArrayBuffer memory presses on the
+                // limit (its last-resort GC before refusing a buffer); the
+                // allocator bounds that, and the refusal becomes a
+                // RangeError. A little room, and no kill.
+                return current.saturating_add(current / 4);
+            }
+            // The heap itself is at its limit. V8 would abort the process:
+            // terminate the script instead and give V8 the room to get
+            // there.
+            heap_slot.terminate_here(KillReason::Memory);
+            current.saturating_mul(2)
+        });
+        let enforcer = Rc::new(LimitEnforcer::new(slot, table.clone(), &app.limits));
+        let hooks: Rc<dyn WindowHooks> = enforcer.clone();
         // SAFETY: the pointer is only used while `runtime` (and so the
         // isolate) is alive: `Drop` releases the runtime last.
         let isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
@@ -135,12 +186,17 @@ impl Instance {
         let mut instance = Instance {
             isolate,
             hooks,
-            cpu,
+            enforcer,
+            limits: app.limits.clone(),
+            memory,
+            heap_high_water: 0,
+            version: Arc::from(""),
+            kill_sink: None,
             table,
             control_rx,
             loader,
             queue_wait: Arc::default(),
-            heap_used: Arc::default(),
+            heap_used,
             heap_sampled: None,
             init: None,
             dispatcher: None,
@@ -183,7 +239,36 @@ impl Instance {
     /// Evaluates `bundle` in this blank instance and wires its handler. A
     /// bundle that fails to compile, throws at top level or has no handler
     /// is refused with a message naming `file:line:column`.
+    ///
+    /// Top-level code runs under the app's startup CPU budget; past it, or
+    /// past the memory limit, the load fails and the instance is unusable.
     pub async fn load(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
+        self.enforcer.set_limits(&app.limits);
+        self.table
+            .set_stream_idle_timeout(app.limits.stream_idle_timeout());
+        self.limits = app.limits.clone();
+        let loaded = self.load_bundle(bundle, app).await;
+        match self.termination() {
+            None => loaded,
+            Some(termination) => {
+                let event = self.kill(termination);
+                Err(InstanceError::Bundle(match event.reason {
+                    KillReason::Memory => format!(
+                        "the bundle's top-level code exceeded the memory limit of {} MiB ({})",
+                        self.limits.heap_max_mb,
+                        bundle.specifier()
+                    ),
+                    _ => format!(
+                        "the bundle's top-level code exceeded its startup CPU budget of {} ms ({})",
+                        self.limits.startup_cpu_ms,
+                        bundle.specifier()
+                    ),
+                }))
+            }
+        }
+    }
+
+    async fn load_bundle(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
         let init = self
             .init
             .take()
@@ -370,10 +455,12 @@ impl Instance {
         };
         tokio::task::spawn_local(async move {
             let mut instance = self;
-            instance.drive(rx).await;
+            let killed = instance.drive(rx).await;
             match graveyard {
-                Some(graveyard) => graveyard.bury(instance),
-                None => drop(instance),
+                // A killed isolate may hold its whole memory budget: it is
+                // returned now rather than when the thread is next idle.
+                Some(graveyard) if !killed => graveyard.bury(instance),
+                _ => drop(instance),
             }
             let _ = stopped_tx.send(true);
         });
@@ -390,11 +477,89 @@ impl Instance {
     /// CPU time spent inside this instance's windows so far (until it is
     /// spawned; afterwards its driver owns it).
     pub fn cpu_time(&self) -> Duration {
-        self.cpu.total()
+        self.enforcer.total()
     }
 
-    async fn drive(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// Names the version in kill events.
+    pub fn set_version(&mut self, version: impl Into<Arc<str>>) {
+        self.version = version.into();
+    }
+
+    /// Tells `sink` of every kill of this instance.
+    pub fn set_kill_sink(&mut self, sink: KillSink) {
+        self.kill_sink = Some(sink);
+    }
+
+    /// How the isolate was terminated by a limit, if it was.
+    fn termination(&self) -> Option<Termination> {
+        self.enforcer.slot().termination()
+    }
+
+    /// Answers every request in flight after a kill, and logs and reports
+    /// the kill event. The instance must be discarded afterwards.
+    fn kill(&mut self, termination: Termination) -> KillEvent {
+        let reason = termination.reason;
+        let (offender, cpu) = match reason {
+            KillReason::StartupCpu => (None, self.enforcer.startup_used()),
+            KillReason::BackgroundCpu => (None, self.enforcer.background_used()),
+            KillReason::Cpu | KillReason::Memory => self
+                .table
+                .most_charged()
+                .map_or((None, Duration::ZERO), |(id, cpu)| (Some(id), cpu)),
+        };
+        let label = offender.and_then(|id| self.table.label_of(id));
+        let (method, path) = label
+            .as_deref()
+            .and_then(|l| l.split_once(' '))
+            .map_or((String::new(), String::new()), |(m, p)| {
+                (m.to_string(), p.to_string())
+            });
+        let heap_now = self.window(WindowKind::Other, |runtime| {
+            runtime.v8_isolate().get_heap_statistics().used_heap_size()
+        });
+        let heap_high_water = self.heap_high_water.max(heap_now);
+        let collateral = self.table.fail_killed(reason, offender);
+        let event = KillEvent {
+            app: self.table.app().to_string(),
+            version: self.version.to_string(),
+            reason,
+            method,
+            path,
+            cpu_ms: cpu.as_secs_f64() * 1000.0,
+            heap_high_water_bytes: heap_high_water,
+            stack: termination.stack,
+            collateral_requests: collateral,
+        };
+        tracing::error!(
+            target: "isopod::kill",
+            app = %event.app,
+            version = %event.version,
+            method = %event.method,
+            path = %event.path,
+            reason = event.reason.as_str(),
+            cpu_ms = event.cpu_ms,
+            heap_high_water_bytes = event.heap_high_water_bytes,
+            stack = event.stack.as_deref().unwrap_or(""),
+            collateral_requests = event.collateral_requests,
+            "instance killed: {}; {} other request(s) in flight on it answered 503",
+            event.reason.describe(),
+            event.collateral_requests,
+        );
+        if let Some(sink) = &self.kill_sink {
+            sink(&event);
+        }
+        event
+    }
+
+    /// Serves requests until every handle is gone and nothing is in flight,
+    /// the event loop fails, or a limit kills the isolate (then returns
+    /// true).
+    async fn drive(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> bool {
+        const LINGER_CHECK: Duration = Duration::from_millis(500);
         let mut handles_gone = false;
+        let wait_until_timeout = self.limits.wait_until_timeout();
+        let mut linger_check = tokio::time::interval(LINGER_CHECK);
+        linger_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = poll_fn(|cx| {
             // Everything already queued is dispatched before the event loop
             // runs, so one poll serves a whole batch.
@@ -413,27 +578,53 @@ impl Instance {
                     Poll::Ready(None) => handles_gone = true,
                     Poll::Pending => break,
                 }
+                if let Some(termination) = self.termination() {
+                    return Poll::Ready(Stop::Killed(termination));
+                }
             }
             while let Poll::Ready(Some(control)) = self.control_rx.poll_recv(cx) {
                 match control {
                     Control::Abort(id) => self.abort(id),
                 }
             }
+            if linger_check.poll_tick(cx).is_ready() {
+                for label in self.table.expire_lingering(wait_until_timeout) {
+                    tracing::warn!(
+                        target: "isopod::handler",
+                        app = %self.table.app(),
+                        request = %label,
+                        "waitUntil work (or an abandoned handler) still unsettled {} ms after the response; no longer waited for",
+                        wait_until_timeout.as_millis()
+                    );
+                }
+            }
             let polled = self.poll_event_loop(cx);
             self.release_bodies();
+            if let Some(termination) = self.termination() {
+                return Poll::Ready(Stop::Killed(termination));
+            }
             match polled {
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => Poll::Ready(Stop::Failed(error)),
                 Poll::Ready(Ok(())) if handles_gone && self.table.in_flight() == 0 => {
-                    Poll::Ready(Ok(()))
+                    Poll::Ready(Stop::Done)
                 }
                 _ => Poll::Pending,
             }
         })
         .await;
-        if let Err(error) = outcome {
-            tracing::error!(app = %self.table.app(), error = %error, "instance event loop failed; instance discarded");
-        }
+        let killed = match outcome {
+            Stop::Done => false,
+            Stop::Failed(error) => {
+                tracing::error!(app = %self.table.app(), error = %error, "instance event loop failed; instance discarded");
+                false
+            }
+            Stop::Killed(termination) => {
+                self.kill(termination);
+                true
+            }
+        };
         self.table.fail_all(DispatchError::InstanceGone);
+        killed
     }
 
     fn dispatch(&mut self, id: u32, request: IncomingRequest, responder: Responder) {
@@ -461,7 +652,7 @@ impl Instance {
         });
         self.table.insert(id, label.clone(), responder, body_rid);
         let table = self.table.clone();
-        self.window(WindowKind::Dispatch, |runtime| {
+        self.window(WindowKind::Dispatch(id), |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
             let dispatch = v8::Local::new(scope, &dispatch);
@@ -504,10 +695,14 @@ impl Instance {
                 )
                 .is_none()
             {
+                if scope.is_execution_terminating() {
+                    // A limit stopped it; the driver answers as a kill.
+                    return;
+                }
                 let detail = scope
                     .exception()
                     .map(|e| e.to_rust_string_lossy(scope))
-                    .unwrap_or_else(|| "execution terminated".into());
+                    .unwrap_or_else(|| "the dispatcher failed".into());
                 isopod_api::Host::fail(&*table, id, isopod_api::FailureKind::Threw, detail);
                 isopod_api::Host::done(&*table, id);
             }
@@ -533,6 +728,7 @@ impl Instance {
     }
 
     fn abort(&mut self, id: u32) {
+        self.table.abandoned(id);
         let Some(dispatcher) = &self.dispatcher else {
             return;
         };
@@ -559,14 +755,40 @@ impl Instance {
             self.heap_sampled = Some(std::time::Instant::now());
         }
         let heap_used = self.heap_used.clone();
-        self.window(WindowKind::EventLoop, |runtime| {
+        let heap_max = self.limits.heap_max_bytes();
+        let (polled, sampled) = self.window(WindowKind::EventLoop, |runtime| {
             let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
-            if sample {
-                let used = runtime.v8_isolate().get_heap_statistics().used_heap_size();
+            let sampled = sample.then(|| {
+                let stats = runtime.v8_isolate().get_heap_statistics();
+                (stats.used_heap_size(), stats.external_memory())
+            });
+            (polled, sampled)
+        });
+        if let Some((used, external)) = sampled {
+            heap_used.store(used, Ordering::Relaxed);
+            self.heap_high_water = self.heap_high_water.max(used);
+            // Buffers made by ops and WebAssembly memories bypass the
+            // ArrayBuffer allocator; V8's external-memory figure sees them.
+            let memory = self.memory.clone();
+            let over = move |used: usize, external: usize| {
+                used.saturating_add(external.max(memory.array_buffer_bytes())) > heap_max
+            };
+            if over(used, external) {
+                // Garbage counts until it is collected: collect it before
+                // deciding (rare: only an isolate at its budget pays).
+                let (used, external) = self.window(WindowKind::Other, |runtime| {
+                    let isolate = runtime.v8_isolate();
+                    isolate.low_memory_notification();
+                    let stats = isolate.get_heap_statistics();
+                    (stats.used_heap_size(), stats.external_memory())
+                });
                 heap_used.store(used, Ordering::Relaxed);
+                if over(used, external) {
+                    self.enforcer.slot().terminate_here(KillReason::Memory);
+                }
             }
-            polled
-        })
+        }
+        polled
     }
 
     /// Runs `work` inside one window on this instance's isolate.
@@ -610,10 +832,21 @@ impl Drop for Instance {
         unsafe { self.runtime.v8_isolate().enter() };
         self.init = None;
         self.dispatcher = None;
+        crate::watchdog::forget_context(self.enforcer.slot());
         // SAFETY: dropped exactly once, here; the exit matching the enter
         // above is done by `OwnedIsolate::drop`.
         unsafe { ManuallyDrop::drop(&mut self.runtime) };
     }
+}
+
+/// Why a driver stopped.
+enum Stop {
+    /// Every handle is gone and nothing is in flight.
+    Done,
+    /// The event loop failed.
+    Failed(deno_core::error::CoreError),
+    /// A limit terminated the isolate.
+    Killed(Termination),
 }
 
 enum Command {

@@ -17,21 +17,26 @@
 
 mod body;
 mod bundle;
+mod enforcer;
 mod graveyard;
 mod host;
 mod instance;
+mod limits;
 mod loader;
+mod memory;
 mod platform;
 mod request;
 mod snapshot;
+mod watchdog;
 mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
 pub use graveyard::Graveyard;
-pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, Terminator};
+pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink, Terminator};
 pub use isopod_api::NetPolicy;
+pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};
 pub use platform::init_v8;
 pub use request::{DispatchError, IncomingRequest, OutgoingResponse};
 pub use snapshot::snapshot_size;
-pub use window::{thread_cpu_time, CpuMeter, WindowHooks, WindowKind};
+pub use window::{thread_cpu_time, WindowHooks, WindowKind};

@@ -10,6 +10,11 @@ use std::sync::Once;
 pub fn init_v8() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
+        // A WebAssembly memory may not outgrow the default heap budget
+        // (pages of 64 KiB). The flag is process-wide; an app with a smaller
+        // heap limit is held to it by the driver's external-memory check.
+        let wasm_pages = crate::Limits::default().heap_max_bytes() / (64 * 1024);
+        deno_core::v8::V8::set_flags_from_string(&format!("--wasm-max-mem-pages={wasm_pages}"));
         if let Ok(flags) = std::env::var("ISOPOD_V8_FLAGS") {
             deno_core::v8::V8::set_flags_from_string(&flags);
         }

@@ -40,6 +40,15 @@ pub enum DispatchError {
         /// What it returned instead.
         detail: String,
     },
+    /// A limit cut the instance off; the isolate is gone.
+    #[error("{}", if *this_request { reason.describe() } else { "the app's instance was stopped by a limit another request broke" })]
+    Killed {
+        /// Which limit.
+        reason: crate::limits::KillReason,
+        /// Whether this request broke it (otherwise it was in flight on the
+        /// same isolate).
+        this_request: bool,
+    },
     /// The instance stopped (its event loop failed, or it was shut down)
     /// before the request was answered.
     #[error("the instance stopped before answering")]

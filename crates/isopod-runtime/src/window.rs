@@ -18,49 +18,21 @@ use deno_core::v8;
 pub enum WindowKind {
     /// Creating or loading the isolate: extension set-up, bundle evaluation.
     Startup,
-    /// Handing a request to the JavaScript dispatcher.
-    Dispatch,
+    /// Handing the request with this id to the JavaScript dispatcher.
+    Dispatch(u32),
     /// One poll of the isolate's event loop.
     EventLoop,
     /// Anything else (abort signals, teardown).
     Other,
 }
 
-/// Called at the entry and exit of every window of one instance. The limits
-/// machinery hangs CPU accounting and deadlines here.
+/// Called at the entry and exit of every window of one instance. The limit
+/// enforcer (`enforcer.rs`) hangs CPU accounting and deadlines here.
 pub trait WindowHooks {
     /// The isolate has just been entered.
     fn entered(&self, kind: WindowKind);
     /// The work is done; the isolate is about to be exited.
     fn exiting(&self, kind: WindowKind);
-}
-
-/// The default hooks: the instance's on-CPU time inside V8, read from the
-/// thread's CPU clock at entry and exit.
-#[derive(Debug, Default)]
-pub struct CpuMeter {
-    started: std::cell::Cell<Option<Duration>>,
-    total: std::cell::Cell<Duration>,
-}
-
-impl CpuMeter {
-    /// CPU time spent inside this instance's windows so far.
-    pub fn total(&self) -> Duration {
-        self.total.get()
-    }
-}
-
-impl WindowHooks for CpuMeter {
-    fn entered(&self, _kind: WindowKind) {
-        self.started.set(Some(thread_cpu_time()));
-    }
-
-    fn exiting(&self, _kind: WindowKind) {
-        if let Some(start) = self.started.take() {
-            self.total
-                .set(self.total.get() + thread_cpu_time().saturating_sub(start));
-        }
-    }
 }
 
 /// The calling thread's CPU time.

@@ -6,7 +6,7 @@
 //! - `PUT /apps/NAME`: deploy or hot-swap. The body is a bare bundle, or (with
 //!   `content-type: application/json`) a manifest `{ "bundle": "…",
 //!   "routes": [{ "host": "…", "path": "…" }], "vars": {…}, "mode": "pooled" |
-//!   "isolate-per-request" }`. The bundle is evaluated in a scratch isolate
+//!   "isolate-per-request", "limits": { "cpu_ms": 50, … } }`. The bundle is evaluated in a scratch isolate
 //!   under the startup budget first; a broken one answers 400 with the error
 //!   and its file:line, and the running version keeps serving.
 //! - `GET /apps`, `GET /apps/NAME`, `DELETE /apps/NAME`.
@@ -22,14 +22,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use isopod_pool::{AppVersion, ExecutionMode, Pool};
-use isopod_runtime::{AppConfig, Bundle, NetPolicy};
+use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::registry::{Deployed, Registry};
 use crate::routing::{HostPattern, Route};
-use crate::server::{check_bundle, STARTUP_BUDGET};
+use crate::server::check_bundle;
 
 /// The largest bundle or manifest `PUT /apps/NAME` accepts.
 const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
@@ -39,6 +39,8 @@ pub(crate) struct Admin {
     pub(crate) token: Arc<str>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) pool: Arc<Pool>,
+    /// The process's default limits, which a manifest's `limits` override.
+    pub(crate) default_limits: Limits,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -99,7 +101,7 @@ impl Admin {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, ["apps"]) => self.list(),
-            (Method::GET, ["apps", name]) => self.show(name),
+            (Method::GET, ["apps", name]) => self.show(name).await,
             (Method::PUT, ["apps", name]) => {
                 let name = name.to_string();
                 self.deploy(&name, request).await
@@ -134,11 +136,30 @@ impl Admin {
         reply(StatusCode::OK, json!({ "apps": apps }))
     }
 
-    fn show(&self, name: &str) -> AdminResponse {
-        match self.registry.snapshot().app(name) {
-            Some(deployed) => reply(StatusCode::OK, describe(deployed)),
-            None => error(StatusCode::NOT_FOUND, &format!("no app named '{name}'")),
-        }
+    /// The app as deployed, with its limits, what its instances use now,
+    /// and its recent kills.
+    async fn show(&self, name: &str) -> AdminResponse {
+        let Some(deployed) = self.registry.snapshot().app(name).cloned() else {
+            return error(StatusCode::NOT_FOUND, &format!("no app named '{name}'"));
+        };
+        let mut described = describe(&deployed);
+        let rows: Vec<_> = self
+            .pool
+            .stats()
+            .await
+            .instances
+            .into_iter()
+            .filter(|row| row.app == name)
+            .collect();
+        described["limits"] = json!(deployed.version.config.limits);
+        described["usage"] = json!({
+            "instances": rows.len(),
+            "in_flight": rows.iter().map(|r| r.in_flight).sum::<usize>(),
+            "heap_used_bytes": rows.iter().map(|r| r.heap_used_bytes).sum::<usize>(),
+            "requests_served": rows.iter().map(|r| r.requests_served).sum::<u64>(),
+        });
+        described["kills"] = json!(self.pool.kills(name));
+        reply(StatusCode::OK, described)
     }
 
     fn remove(&self, name: &str) -> AdminResponse {
@@ -188,16 +209,20 @@ impl Admin {
             Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
         };
         let previous = self.registry.snapshot().app(name).cloned();
+        let limits = match manifest.limits.over(&self.default_limits) {
+            Ok(limits) => limits,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason.to_string()),
+        };
         let config = AppConfig {
             name: Arc::from(name),
             vars: manifest.vars.into_iter().collect(),
             net: NetPolicy::AllowAll,
+            limits,
         };
         let bundle = Bundle::from_source(&format!("{name}.js"), manifest.bundle);
         let checked = {
             let (config, bundle) = (config.clone(), bundle.clone());
-            tokio::task::spawn_blocking(move || check_bundle(&config, &bundle, STARTUP_BUDGET))
-                .await
+            tokio::task::spawn_blocking(move || check_bundle(&config, &bundle)).await
         };
         match checked {
             Ok(Ok(())) => {}
@@ -210,12 +235,12 @@ impl Admin {
             }
         }
         let version = AppVersion::new(config, bundle, manifest.mode);
-        self.registry.deploy(Deployed {
-            version: version.clone(),
+        self.registry.deploy(Deployed::new(
+            version.clone(),
             routes,
             // An app's own port is bound at start-up, from the config file.
-            port: previous.as_ref().and_then(|p| p.port),
-        });
+            previous.as_ref().and_then(|p| p.port),
+        ));
         self.pool.deployed(&version);
         tracing::info!(app = name, version = %version.id, "deployed");
         let status = if previous.is_some() {
@@ -240,6 +265,9 @@ struct Manifest {
     vars: BTreeMap<String, String>,
     #[serde(default)]
     mode: ExecutionMode,
+    /// Overrides of the process's default limits.
+    #[serde(default)]
+    limits: LimitOverrides,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +302,7 @@ fn parse_manifest(body: &[u8], is_json: bool) -> Result<Manifest, String> {
         routes: Vec::new(),
         vars: BTreeMap::new(),
         mode: ExecutionMode::Pooled,
+        limits: LimitOverrides::default(),
     })
 }
 

@@ -14,9 +14,16 @@
 //!   `file:line:column`.
 //! - The handler sees an absolute `request.url` built from the `Host` header
 //!   (a request without one is answered 400), and no hop-by-hop headers.
+//! - Request hygiene is enforced before any tenant code runs: a request
+//!   head must arrive within 10 s and fit 32 KiB and 100 header lines (431
+//!   otherwise), a body may not exceed the app's `max_request_body_mb` (413),
+//!   and an app's concurrent requests are capped (queue, then 503).
+//! - Every answer isopod gives itself (4xx, 503, 504) carries a one-line
+//!   reason in a `text/plain` body.
 #![deny(missing_docs)]
 
 mod admin;
+mod admission;
 mod http_semantics;
 mod listener;
 mod registry;
@@ -24,7 +31,8 @@ mod routing;
 mod server;
 mod service;
 
+pub use admission::Admission;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
-pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError, STARTUP_BUDGET};
+pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError};

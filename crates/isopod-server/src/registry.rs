@@ -20,6 +20,22 @@ pub struct Deployed {
     pub routes: Vec<Route>,
     /// A listen port of its own, if any.
     pub port: Option<u16>,
+    /// How many of its requests are served at once.
+    pub admission: crate::admission::Admission,
+}
+
+impl Deployed {
+    /// A deployment of `version`, its admission sized by its limits.
+    pub fn new(version: Arc<AppVersion>, routes: Vec<Route>, port: Option<u16>) -> Deployed {
+        let admission =
+            crate::admission::Admission::new(version.config.limits.max_concurrent_requests);
+        Deployed {
+            version,
+            routes,
+            port,
+            admission,
+        }
+    }
 }
 
 /// A consistent view of every deployed app.

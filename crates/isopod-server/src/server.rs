@@ -4,7 +4,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -108,14 +107,13 @@ impl Server {
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
         isopod_runtime::init_v8();
         for app in &config.apps {
-            check_bundle(&app.config, &app.bundle, STARTUP_BUDGET).map_err(|error| {
-                ServerError::App {
-                    app: app.config.name.to_string(),
-                    error,
-                }
+            check_bundle(&app.config, &app.bundle).map_err(|error| ServerError::App {
+                app: app.config.name.to_string(),
+                error,
             })?;
         }
         let threads = config.pool.threads.max(1);
+        let default_limits = config.pool.limits.clone();
 
         // Every thread gets one socket per listen address (SO_REUSEPORT).
         let mut per_thread: Vec<ThreadListeners> = (0..threads).map(|_| Vec::new()).collect();
@@ -138,11 +136,11 @@ impl Server {
                     per_thread[thread].push((listener, Some(app.config.name.clone())));
                 }
             }
-            registry.deploy(Deployed {
-                version: AppVersion::new(app.config, app.bundle, app.mode),
-                routes: app.routes,
-                port: app.port,
-            });
+            registry.deploy(Deployed::new(
+                AppVersion::new(app.config, app.bundle, app.mode),
+                app.routes,
+                app.port,
+            ));
         }
 
         let listeners = Arc::new(Mutex::new(
@@ -186,6 +184,7 @@ impl Server {
                         token: admin.token.into(),
                         registry: registry.clone(),
                         pool: pool.clone(),
+                        default_limits,
                     },
                 )
                 .map_err(|error| ServerError::Listen { addr, error })?;
@@ -232,17 +231,12 @@ impl Server {
     }
 }
 
-/// How long a bundle's top-level code may run when it is checked.
-pub const STARTUP_BUDGET: Duration = Duration::from_millis(400);
-
 /// Evaluates a bundle in a scratch isolate on a scratch thread, so a broken
-/// bundle is refused before anything serves it. Top-level code that runs
-/// past `budget` is terminated (the watchdog only signals the isolate).
-pub(crate) fn check_bundle(
-    config: &AppConfig,
-    bundle: &Bundle,
-    budget: Duration,
-) -> Result<(), InstanceError> {
+/// bundle is refused before anything serves it. Top-level code runs under
+/// the app's startup CPU budget and heap limit, as in every instance: past
+/// them the process's watchdog terminates it (it only signals the isolate)
+/// and the bundle is refused.
+pub(crate) fn check_bundle(config: &AppConfig, bundle: &Bundle) -> Result<(), InstanceError> {
     let config = config.clone();
     let bundle = bundle.clone();
     let outcome = std::thread::scope(|scope| {
@@ -255,34 +249,23 @@ pub(crate) fn check_bundle(
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async {
                     let mut instance = Instance::blank(&config)?;
-                    let terminator = instance.terminator();
-                    let (finished, finished_rx) = std::sync::mpsc::channel::<()>();
-                    let watchdog = std::thread::spawn(move || {
-                        let overran = matches!(
-                            finished_rx.recv_timeout(budget),
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                        );
-                        if overran {
-                            terminator.terminate();
-                        }
-                        overran
-                    });
-                    let loaded = instance.load(&bundle, &config).await;
-                    let _ = finished.send(());
-                    if watchdog.join().unwrap_or(false) {
-                        return Err(InstanceError::Bundle(format!(
-                            "the bundle's top-level code did not finish within its startup budget of {} ms ({})",
-                            budget.as_millis(),
-                            bundle.specifier()
-                        )));
-                    }
-                    loaded
+                    instance.load(&bundle, &config).await
                 })
             })
             .join()
     });
     outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
 }
+
+/// How long a client may take to send a request head (slow-client
+/// protection).
+const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Header lines in one request; more are answered 431.
+const MAX_HEADER_LINES: usize = 100;
+
+/// The largest request head hyper buffers; a bigger one is answered 431.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {
     let mut loops = Vec::new();
@@ -322,6 +305,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, connection: Rc<Connectio
                 hyper::service::service_fn(move |request| handle(connection.clone(), request));
             let served = http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+                .max_headers(MAX_HEADER_LINES)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = served.await {
                 tracing::debug!(%error, "connection ended with an error");

@@ -54,10 +54,53 @@ pub(crate) async fn handle(
             "Not Found: no app is routed for this host and path",
         ));
     };
+    let deployed = deployed.clone();
     let version = deployed.version.clone();
+    let limits = &version.config.limits;
+    let max_body = limits.max_request_body_bytes();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Ok(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "Payload Too Large: a request body is at most {} MiB for this app",
+                limits.max_request_body_mb
+            ),
+        ));
+    }
+    let timeout = limits.response_timeout();
+    let _turn = match deployed.admission.admit(timeout).await {
+        Ok(permit) => permit,
+        Err(refused) => {
+            tracing::warn!(app = %version.app(), ?refused, "request refused by the app's concurrency cap");
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "Service Unavailable: the app already serves {} requests at once and as many wait",
+                    deployed.admission.limit()
+                ),
+            ));
+        }
+    };
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let body = (!body.is_end_stream()).then(|| body.map_err(Into::into).boxed());
+    // A chunked body past the cap fails the handler's read of it.
+    let body = (!body.is_end_stream()).then(|| {
+        let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
+        http_body_util::Limited::new(body, cap)
+            .map_err(|error| -> isopod_runtime::BoxError {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    "the request body exceeds the app's size limit".into()
+                } else {
+                    error
+                }
+            })
+            .boxed()
+    });
     let incoming = IncomingRequest {
         method: parts.method,
         url,
@@ -66,7 +109,20 @@ pub(crate) async fn handle(
         received,
     };
 
-    let response = match connection.thread.dispatch(&version, incoming).await {
+    let dispatched = tokio::time::timeout(timeout, connection.thread.dispatch(&version, incoming));
+    let Ok(dispatched) = dispatched.await else {
+        // Dropping the dispatch aborts the request's signal; its instance
+        // keeps it only until the `waitUntil` bound.
+        tracing::warn!(target: "isopod::handler", app = %version.app(), timeout_ms = timeout.as_millis() as u64, "no response before the response timeout; answered 504");
+        return Ok(text(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "Gateway Timeout: the app did not respond within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    let response = match dispatched {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut());
             response
@@ -78,6 +134,10 @@ pub(crate) async fn handle(
                 "Service Unavailable: the app could not be started",
             )
         }
+        Err(PoolError::OverMemoryBudget) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the server is over its memory budget and starts no new instance",
+        ),
         Err(PoolError::AtCapacity) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: every instance is busy and the pool is at its cap",
@@ -93,6 +153,10 @@ pub(crate) async fn handle(
         Err(PoolError::Dispatch(DispatchError::NotAResponse { detail })) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("Internal Server Error: {detail}"),
+        ),
+        Err(PoolError::Dispatch(error @ DispatchError::Killed { .. })) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("Service Unavailable: {error}"),
         ),
         Err(PoolError::Dispatch(DispatchError::InstanceGone)) => text(
             StatusCode::SERVICE_UNAVAILABLE,

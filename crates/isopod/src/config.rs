@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
-use isopod_runtime::{AppConfig, Bundle, NetPolicy};
+use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
 use isopod_server::{
     AdminConfig, AppManifest, ExecutionMode, HostPattern, PoolConfig, Route, ServerConfig,
 };
@@ -30,6 +30,10 @@ struct ConfigFile {
     replica_idle_ms: Option<u64>,
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
+    memory_budget_mb: Option<u64>,
+    /// The process's default limits (each app may override them).
+    #[serde(default)]
+    limits: LimitOverrides,
     #[serde(default)]
     apps: Vec<AppEntry>,
 }
@@ -46,6 +50,8 @@ struct AppEntry {
     routes: Vec<RouteEntry>,
     #[serde(default)]
     vars: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitOverrides,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,9 +72,10 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     let file: ConfigFile = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid config", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
+    let limits = process_limits(&file.limits)?;
     let mut apps = Vec::new();
     for app in file.apps {
-        apps.push(manifest(app, base)?);
+        apps.push(manifest(app, base, &limits)?);
     }
     let defaults = PoolConfig::default();
     let mut config = ServerConfig {
@@ -87,6 +94,10 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
             replica_idle: file
                 .replica_idle_ms
                 .map_or(defaults.replica_idle, std::time::Duration::from_millis),
+            limits,
+            memory_budget: file
+                .memory_budget_mb
+                .map_or(defaults.memory_budget, |mb| mb << 20),
         },
         apps,
         admin: None,
@@ -111,7 +122,35 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-fn manifest(app: AppEntry, base: &Path) -> anyhow::Result<AppManifest> {
+/// `KEY=VALUE` pairs (from the command line) as limit overrides; keys are
+/// those of a manifest's `limits` table, values integers.
+pub fn limit_overrides(pairs: &[(String, String)]) -> anyhow::Result<LimitOverrides> {
+    let mut table = toml::Table::new();
+    for (key, value) in pairs {
+        let value: i64 = value
+            .parse()
+            .map_err(|_| anyhow!("--limit {key}={value}: the value must be an integer"))?;
+        table.insert(key.clone(), toml::Value::Integer(value));
+    }
+    LimitOverrides::deserialize(toml::Value::Table(table)).context("--limit")
+}
+
+/// The process's default limits: the built-in defaults, then the config
+/// file's `[limits]`, then `ISOLATE_HEAP_INITIAL_MB` / `ISOLATE_HEAP_MAX_MB`.
+pub fn process_limits(file: &LimitOverrides) -> anyhow::Result<Limits> {
+    let mut overrides = file.clone();
+    if let Some(initial) = env_parsed("ISOLATE_HEAP_INITIAL_MB")? {
+        overrides.heap_initial_mb = Some(initial);
+    }
+    if let Some(max) = env_parsed("ISOLATE_HEAP_MAX_MB")? {
+        overrides.heap_max_mb = Some(max);
+    }
+    overrides
+        .over(&Limits::default())
+        .context("the process's default limits")
+}
+
+fn manifest(app: AppEntry, base: &Path, defaults: &Limits) -> anyhow::Result<AppManifest> {
     if app.name.is_empty()
         || !app
             .name
@@ -145,6 +184,10 @@ fn manifest(app: AppEntry, base: &Path) -> anyhow::Result<AppManifest> {
             name: Arc::from(app.name.as_str()),
             vars: app.vars.into_iter().collect(),
             net: NetPolicy::AllowAll,
+            limits: app
+                .limits
+                .over(defaults)
+                .with_context(|| format!("app '{}'", app.name))?,
         },
         bundle,
         mode: app.mode,
@@ -181,6 +224,9 @@ fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
     }
     if let Some(max) = env_parsed("ISOLATE_POOL_SIZE")? {
         config.pool.max_instances = max;
+    }
+    if let Some(mb) = env_parsed::<u64>("ISOPOD_MEMORY_BUDGET_MB")? {
+        config.pool.memory_budget = mb << 20;
     }
     Ok(())
 }

@@ -73,6 +73,10 @@ struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "ISOPOD_THREADS")]
     threads: Option<usize>,
+    /// A limit for the app, as KEY=VALUE with a key of the manifest's
+    /// `limits` table (for example `cpu_ms=200`); repeat for more.
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = parse_var)]
+    limits: Vec<(String, String)>,
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -123,11 +127,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or_else(|| "app".to_string(), |s| s.to_string_lossy().into_owned())
     });
     let threads = args.threads.unwrap_or_else(config::default_threads);
+    let limits = config::process_limits(&config::limit_overrides(&args.limits)?)?;
     let mut app = AppManifest::new(
         AppConfig {
             name: Arc::from(name.as_str()),
             vars: args.vars,
             net: NetPolicy::AllowAll,
+            limits: limits.clone(),
         },
         bundle,
     );
@@ -139,6 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             threads,
             // One app: a spare would only cost memory.
             spares_per_thread: 0,
+            limits,
             ..PoolConfig::default()
         },
         apps: vec![app],

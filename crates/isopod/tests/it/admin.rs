@@ -150,7 +150,10 @@ async fn a_broken_bundle_is_refused_with_file_and_line_and_the_old_version_keeps
         .await;
     assert_eq!(status, 400);
     assert!(
-        body["error"].as_str().unwrap().contains("startup budget"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("startup CPU budget of 400 ms"),
         "{body}"
     );
 

@@ -7,6 +7,7 @@ mod errors;
 mod fetch;
 mod http_semantics;
 mod isolation;
+mod limits;
 mod logging;
 mod probe;
 mod serve;
