@@ -18,6 +18,7 @@ const {
   ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
+  PromiseReject,
   PromiseResolve,
   SafeMap,
   SafePromiseAllSettled,
@@ -144,6 +145,25 @@ function setInterval(callback, delay = 0, ...args) {
 }
 
 // ---------------------------------------------------------------------------
+// Subrequests: each request may call fetch() at most `subrequestLimit` times
+// (the app's `limits.subrequests`, set by `init`). The count lives on the
+// request's context object, which follows the handler's continuations.
+let subrequestLimit = 50;
+const { fetch: limitedFetch } = {
+  fetch(input, init = undefined) {
+    const context = currentRequest();
+    if (context !== NO_REQUEST && ++context.subrequests > subrequestLimit) {
+      return PromiseReject(
+        new TypeError(
+          `too many subrequests: a request may call fetch() at most ${subrequestLimit} times`,
+        ),
+      );
+    }
+    return fetch.fetch(input, init);
+  },
+};
+
+// ---------------------------------------------------------------------------
 // Service-worker style: the global scope is an EventTarget that receives
 // `fetch` events.
 const globalEvents = new event.EventTarget();
@@ -230,7 +250,7 @@ const getterOnly = (get) => ({ get, enumerable: true, configurable: true });
 
 ObjectDefineProperties(globalThis, {
   // Fetch
-  fetch: enumerable(fetch.fetch),
+  fetch: enumerable(limitedFetch),
   Request: nonEnumerable(request.Request),
   Response: nonEnumerable(response.Response),
   Headers: nonEnumerable(headers.Headers),
@@ -366,7 +386,7 @@ function createDispatcher(handler, env) {
     );
     const req = request.fromInnerRequest(inner, "immutable");
     const waitUntil = [];
-    const context = { [kRequestContext]: true, id, label };
+    const context = { [kRequestContext]: true, id, label, subrequests: 0 };
     inFlight.set(id, { req, context });
     const previous = enterRequest(context);
     let result;
@@ -504,8 +524,9 @@ function serviceWorkerHandler() {
 
 // Called by the runtime right after the bundle is evaluated, once per
 // isolate. `exported` is the module's default export, or undefined for a
-// service-worker script.
-function init(exported, env) {
+// service-worker script; `limits` holds the budgets enforced in JavaScript.
+function init(exported, env, limits) {
+  subrequestLimit = limits.subrequests;
   let handler;
   if (exported !== undefined && exported !== null) {
     if (typeof exported.fetch !== "function") {

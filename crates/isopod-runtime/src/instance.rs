@@ -333,6 +333,7 @@ impl Instance {
         };
 
         let vars = app.vars.clone();
+        let subrequests = app.limits.subrequests;
         let dispatcher = self.window(WindowKind::Startup, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
@@ -357,7 +358,12 @@ impl Instance {
             }
             let init = v8::Local::new(scope, &init);
             let undefined = v8::undefined(scope).into();
-            let Some(pair) = init.call(scope, undefined, &[exported, env.into()]) else {
+            let limits = v8::Object::new(scope);
+            let key = v8::String::new(scope, "subrequests").unwrap();
+            let value = v8::Integer::new_from_unsigned(scope, subrequests);
+            limits.set(scope, key.into(), value.into());
+            let Some(pair) = init.call(scope, undefined, &[exported, env.into(), limits.into()])
+            else {
                 let message = scope
                     .exception()
                     .map(|e| e.to_rust_string_lossy(scope))

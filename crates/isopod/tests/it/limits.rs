@@ -378,3 +378,23 @@ async fn webassembly_runs_with_its_memory_capped() {
     let (status, _, body) = isopod.get("/").await;
     assert_eq!((status, body.as_str()), (200, "object RangeError"));
 }
+
+#[tokio::test]
+async fn a_request_may_make_only_its_quota_of_subrequests() {
+    // The first three fetches fail for their own reasons (nothing listens
+    // on loopback port 1, or the address policy refuses it); the fourth and
+    // fifth are refused by the quota before any connection is tried.
+    let bundle = crate::support::temp_bundle(
+        "subrequests.js",
+        "export default { async fetch() {\n  const out = [];\n  for (let i = 0; i < 5; i++) {\n    try { await fetch('http://127.0.0.1:1/'); out.push('ok'); } catch (e) { out.push(e.message.startsWith('too many subrequests') ? 'quota' : 'other'); }\n  }\n  return new Response(out.join(','));\n} };",
+    );
+    let isopod = Isopod::start(&bundle, &["--limit", "subrequests=3"]);
+    let (status, _, body) = isopod.get("/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "other,other,other,quota,quota")
+    );
+    // The quota is per request.
+    let (_, _, body) = isopod.get("/").await;
+    assert_eq!(body, "other,other,other,quota,quota");
+}
