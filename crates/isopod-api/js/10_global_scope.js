@@ -17,6 +17,7 @@ const {
   ObjectDefineProperties,
   ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeCatch,
   PromisePrototypeThen,
   PromiseResolve,
   SafeMap,
@@ -24,6 +25,7 @@ const {
   StringPrototypeEndsWith,
   StringPrototypeSlice,
   TypeError,
+  TypeErrorPrototype,
 } = primordials;
 
 const {
@@ -33,6 +35,7 @@ const {
   op_isopod_fail,
   op_isopod_done,
   op_isopod_uncaught,
+  op_isopod_fetch_refusal,
 } = core.ops;
 
 const load = (specifier) => core.loadExtScript(specifier);
@@ -115,6 +118,39 @@ for (
     (msg) => new domException.DOMException(msg, name),
   );
 }
+
+// ---------------------------------------------------------------------------
+// Outbound fetch policy (isopod_api's permissions.rs). deno refuses a fetch
+// in one of two places: before the request (core's NotCapable permission
+// error naming the host) or while connecting (a TypeError "fetch failed"
+// whose cause carries deno's or isopod's resolver's refusal). Both reach the
+// tenant as a TypeError saying what was refused and why, e.g. "fetch to
+// 127.0.0.1:9000 refused: loopback addresses are not reachable from isopod
+// apps"; the reason is worked out in Rust, which knows the app's policy.
+function explainRefusal(error) {
+  if (ObjectPrototypeIsPrototypeOf(core.NotCapablePrototype, error)) {
+    const text = `${error.message}`;
+    throw new TypeError(op_isopod_fetch_refusal(text) ?? text);
+  }
+  if (ObjectPrototypeIsPrototypeOf(TypeErrorPrototype, error)) {
+    const cause = error.cause;
+    if (cause !== null && typeof cause === "object") {
+      const text = cause.message;
+      const message = typeof text === "string"
+        ? op_isopod_fetch_refusal(text)
+        : null;
+      if (message !== null) {
+        throw new TypeError(message);
+      }
+    }
+  }
+  throw error;
+}
+const isopodFetch = {
+  fetch(input, init = undefined) {
+    return PromisePrototypeCatch(fetch.fetch(input, init), explainRefusal);
+  },
+}.fetch;
 
 // deno_core already put its `queueMicrotask` (V8's, with exceptions routed
 // to the report callback below) on the global object.
@@ -230,7 +266,7 @@ const getterOnly = (get) => ({ get, enumerable: true, configurable: true });
 
 ObjectDefineProperties(globalThis, {
   // Fetch
-  fetch: enumerable(fetch.fetch),
+  fetch: enumerable(isopodFetch),
   Request: nonEnumerable(request.Request),
   Response: nonEnumerable(response.Response),
   Headers: nonEnumerable(headers.Headers),

@@ -50,12 +50,12 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// An app with no variables, allowed to fetch any host.
+    /// An app with no variables, whose `fetch` reaches public addresses only.
     pub fn new(name: impl Into<Arc<str>>) -> AppConfig {
         AppConfig {
             name: name.into(),
             vars: Vec::new(),
-            net: NetPolicy::AllowAll,
+            net: NetPolicy::default(),
         }
     }
 }

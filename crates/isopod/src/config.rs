@@ -46,6 +46,9 @@ struct AppEntry {
     routes: Vec<RouteEntry>,
     #[serde(default)]
     vars: BTreeMap<String, String>,
+    /// Non-public hosts and ranges the app's `fetch` may reach.
+    #[serde(default)]
+    allow_net: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,11 +143,12 @@ fn manifest(app: AppEntry, base: &Path) -> anyhow::Result<AppManifest> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let net = NetPolicy::allowing(&app.allow_net).with_context(|| format!("app '{}'", app.name))?;
     Ok(AppManifest {
         config: AppConfig {
             name: Arc::from(app.name.as_str()),
             vars: app.vars.into_iter().collect(),
-            net: NetPolicy::AllowAll,
+            net,
         },
         bundle,
         mode: app.mode,
@@ -212,6 +216,7 @@ mode = "isolate-per-request"
 port = 9999
 routes = [{ host = "*.example.com", path = "/api" }]
 vars = { K = "v" }
+allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
 "#,
         )
         .unwrap();
@@ -225,6 +230,21 @@ vars = { K = "v" }
             Some(HostPattern::Wildcard(".example.com".into()))
         );
         assert_eq!(app.config.vars, vec![("K".to_string(), "v".to_string())]);
+        assert_eq!(
+            app.config.net.allowed(),
+            ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
+        );
+
+        std::fs::write(
+            dir.join("bad-net.toml"),
+            "[[apps]]\nname = \"a\"\nbundle = \"a.js\"\nallow_net = [\"http://x\"]\n",
+        )
+        .unwrap();
+        let error = load(&dir.join("bad-net.toml")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("invalid allow_net entry 'http://x'"),
+            "{error:#}"
+        );
 
         std::fs::write(
             dir.join("bad.toml"),

@@ -73,6 +73,14 @@ struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "ISOPOD_THREADS")]
     threads: Option<usize>,
+    /// Non-public hosts the bundle's `fetch` may reach, comma-separated:
+    /// `host`, `host:port`, `*.domain`, an IP, `ip:port`, `[v6]:port` or a
+    /// CIDR range (for example `127.0.0.1:9000,10.1.0.0/16,api.internal`).
+    /// Public addresses are always reachable; loopback, private, link-local
+    /// and other reserved ranges, this machine's own addresses and isopod's
+    /// own listeners are not unless listed (the listeners never are).
+    #[arg(long = "allow-net", value_name = "HOST", value_delimiter = ',')]
+    allow_net: Vec<String>,
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -123,11 +131,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or_else(|| "app".to_string(), |s| s.to_string_lossy().into_owned())
     });
     let threads = args.threads.unwrap_or_else(config::default_threads);
+    let net = NetPolicy::allowing(&args.allow_net).context("--allow-net")?;
     let mut app = AppManifest::new(
         AppConfig {
             name: Arc::from(name.as_str()),
             vars: args.vars,
-            net: NetPolicy::AllowAll,
+            net,
         },
         bundle,
     );

@@ -10,5 +10,6 @@ mod isolation;
 mod logging;
 mod probe;
 mod serve;
+mod ssrf;
 mod streaming;
 mod support;
