@@ -19,10 +19,12 @@
 #![deny(missing_docs)]
 
 pub mod address;
+mod clock;
 mod host;
 mod permissions;
 
 pub use address::{classify, ReservedRange};
+pub use clock::advance_clock;
 pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody, UncaughtKind};
 pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};
 
@@ -39,6 +41,7 @@ deno_core::extension!(
         host::op_isopod_done,
         host::op_isopod_uncaught,
         permissions::op_isopod_fetch_refusal,
+        clock::op_isopod_clock,
     ],
     esm_entry_point = "ext:isopod_api/10_global_scope.js",
     esm = [
@@ -49,6 +52,7 @@ deno_core::extension!(
     lazy_loaded_js = [
         dir "js",
         "ext:deno_net/02_tls.js" = "01_tls_stub.js",
+        "02_captured_ops.js",
     ],
 );
 

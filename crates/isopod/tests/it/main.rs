@@ -6,6 +6,7 @@ mod bundles;
 mod errors;
 mod fetch;
 mod http_semantics;
+mod hygiene;
 mod isolation;
 mod logging;
 mod probe;
