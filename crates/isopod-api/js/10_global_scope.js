@@ -34,6 +34,7 @@ const {
   SafeWeakMap,
   StringPrototypeEndsWith,
   StringPrototypeSlice,
+  StringPrototypeToUpperCase,
   TypedArrayPrototypeGetBuffer,
   TypedArrayPrototypeGetByteOffset,
   TypeError,
@@ -205,6 +206,82 @@ const isopodFetch = {
     return PromisePrototypeCatch(fetch.fetch(input, init), explainRefusal);
   },
 }.fetch;
+
+// ---------------------------------------------------------------------------
+// WebCrypto bounds. PBKDF2's cost is its iteration count, which deno leaves
+// unbounded: capped at workerd's 100,000, refused past that with a
+// NotSupportedError before any work is done.
+//
+// The algorithm dictionary is read here once and handed on with its `name`
+// (and for PBKDF2 its `iterations`) fixed as own data properties, so a
+// getter cannot show this check one value and deno another. The
+// conversions are deno's: `name` to a string, `iterations` to a number and
+// then to an unsigned 32-bit integer (so 2**32 + 5 counts as 5, as it does
+// for deno).
+const PBKDF2_MAX_ITERATIONS = 100_000;
+function boundedAlgorithm(algorithm) {
+  if (
+    algorithm === null ||
+    (typeof algorithm !== "object" && typeof algorithm !== "function")
+  ) {
+    return algorithm;
+  }
+  const name = algorithm.name;
+  if (name === undefined) {
+    return { __proto__: algorithm, name };
+  }
+  const nameString = `${name}`;
+  if (StringPrototypeToUpperCase(nameString) !== "PBKDF2") {
+    return { __proto__: algorithm, name: nameString };
+  }
+  const rawIterations = algorithm.iterations;
+  if (rawIterations === undefined) {
+    return { __proto__: algorithm, name: nameString, iterations: undefined };
+  }
+  const iterations = (+rawIterations) >>> 0;
+  if (iterations > PBKDF2_MAX_ITERATIONS) {
+    throw new domException.DOMException(
+      `PBKDF2 with more than ${PBKDF2_MAX_ITERATIONS} iterations is not supported (${iterations} requested)`,
+      "NotSupportedError",
+    );
+  }
+  return { __proto__: algorithm, name: nameString, iterations };
+}
+{
+  const proto = crypto.SubtleCrypto.prototype;
+  const deriveBits = proto.deriveBits;
+  const deriveKey = proto.deriveKey;
+  const bounded = {
+    async deriveBits(algorithm, baseKey, length = undefined) {
+      return await FunctionPrototypeCall(
+        deriveBits,
+        this,
+        boundedAlgorithm(algorithm),
+        baseKey,
+        length,
+      );
+    },
+    async deriveKey(algorithm, baseKey, derivedKeyType, extractable, usages) {
+      return await FunctionPrototypeCall(
+        deriveKey,
+        this,
+        boundedAlgorithm(algorithm),
+        baseKey,
+        derivedKeyType,
+        extractable,
+        usages,
+      );
+    },
+  };
+  for (const name of ["deriveBits", "deriveKey"]) {
+    ObjectDefineProperty(proto, name, {
+      value: bounded[name],
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+}
 
 // deno_core already put its `queueMicrotask` (V8's, with exceptions routed
 // to the report callback below) on the global object.

@@ -1,5 +1,6 @@
-//! Spectre hygiene, as workerd has it: the clock does not advance while
-//! JavaScript runs, and there is no shared memory to build a timer from.
+//! Spectre hygiene and WebCrypto bounds, as workerd has them: the clock does
+//! not advance while JavaScript runs, there is no shared memory to build a
+//! timer from, and PBKDF2 is capped at 100,000 iterations.
 //!
 //! Nothing here measures time: only whether the clock moved. The clock is
 //! set each time the host enters the isolate (a dispatch, one turn of the
@@ -134,6 +135,55 @@ async fn there_is_no_shared_memory_and_no_blocking_wait() {
             "wait": "undefined",
             "waitAsync": "undefined",
             "atomicsStillAdd": 5,
+        })
+    );
+}
+
+#[tokio::test]
+async fn pbkdf2_is_capped_at_100000_iterations() {
+    let bundle = temp_bundle(
+        "pbkdf2.js",
+        "async function derive(iterations, how) {\n\
+           const key = await crypto.subtle.importKey('raw', new TextEncoder().encode('password'), 'PBKDF2', false, ['deriveBits', 'deriveKey']);\n\
+           const algorithm = { name: 'PBKDF2', hash: 'SHA-256', salt: new Uint8Array(16), iterations };\n\
+           try {\n\
+             if (how === 'bits') return (await crypto.subtle.deriveBits(algorithm, key, 256)).byteLength;\n\
+             const derived = await crypto.subtle.deriveKey(algorithm, key, { name: 'AES-GCM', length: 256 }, true, ['encrypt']);\n\
+             return derived.algorithm.length;\n\
+           } catch (error) {\n\
+             return [error.constructor.name, error.name, error.message];\n\
+           }\n\
+         }\n\
+         export default { async fetch() {\n\
+           let flips = 0;\n\
+           const sneaky = { name: 'PBKDF2', hash: 'SHA-256', salt: new Uint8Array(16), get iterations() { return flips++ === 0 ? 1000 : 200000; } };\n\
+           const key = await crypto.subtle.importKey('raw', new TextEncoder().encode('password'), 'PBKDF2', false, ['deriveBits']);\n\
+           await crypto.subtle.deriveBits(sneaky, key, 256);\n\
+           return Response.json({\n\
+             bits100k: await derive(100000, 'bits'),\n\
+             bits200k: await derive(200000, 'bits'),\n\
+             key200k: await derive(200000, 'key'),\n\
+             key1k: await derive(1000, 'key'),\n\
+             iterationsReadOnce: flips,\n\
+             lengths: [crypto.subtle.deriveBits.length, crypto.subtle.deriveKey.length],\n\
+           });\n\
+         } };\n",
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    let refused = json!([
+        "DOMException",
+        "NotSupportedError",
+        "PBKDF2 with more than 100000 iterations is not supported (200000 requested)"
+    ]);
+    assert_eq!(
+        isopod.get_json("/").await,
+        json!({
+            "bits100k": 32,
+            "bits200k": refused,
+            "key200k": refused,
+            "key1k": 256,
+            "iterationsReadOnce": 1,
+            "lengths": [2, 5],
         })
     );
 }
