@@ -12,19 +12,35 @@ import { core, primordials } from "ext:core/mod.js";
 import "ext:isopod_api/00_stubs.js";
 
 const {
+  ArrayBuffer,
   ArrayPrototypePush,
+  Date: OriginalDate,
+  DateNow,
+  DatePrototypeToString,
+  Float64Array,
+  FunctionPrototypeCall,
+  MathFloor,
   ObjectDefineProperty,
   ObjectDefineProperties,
   ObjectFreeze,
+  ObjectGetOwnPropertyDescriptor,
   ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeCatch,
   PromisePrototypeThen,
   PromiseReject,
   PromiseResolve,
+  ReflectConstruct,
   SafeMap,
   SafePromiseAllSettled,
+  SafeWeakMap,
   StringPrototypeEndsWith,
   StringPrototypeSlice,
+  StringPrototypeToUpperCase,
+  TypedArrayPrototypeGetBuffer,
+  TypedArrayPrototypeGetByteOffset,
   TypeError,
+  TypeErrorPrototype,
+  Uint32Array,
 } = primordials;
 
 const {
@@ -34,9 +50,51 @@ const {
   op_isopod_fail,
   op_isopod_done,
   op_isopod_uncaught,
+  op_isopod_fetch_refusal,
+  op_isopod_clock,
 } = core.ops;
 
+// ---------------------------------------------------------------------------
+// The coarse clock (Spectre hygiene, as workerd does it): time does not
+// advance while JavaScript runs. `clock` is a Float64Array [wall ms,
+// monotonic ms] over a buffer the host rewrites each time it enters the
+// isolate (isopod_api's clock.rs); reading it costs no op call. Everything
+// that tells the time reads it: Date, performance (now, mark, measure,
+// timeOrigin) and Intl.DateTimeFormat's "now". `null` until __isopodInit
+// registers the isolate's buffer (at snapshot time there is none).
+let clock = null;
+let monotonicOrigin = 0;
+const wallNow = () => clock === null ? DateNow() : clock[0];
+const monotonicNow = () => clock === null ? 0 : clock[1] - monotonicOrigin;
+
+// deno's performance module fills an 8-byte buffer with (seconds,
+// nanoseconds) through op_now and op_time_origin, taken from the ops its
+// `__bootstrap` carries when it is loaded. It is first loaded below, so
+// replacing the two ops there first makes all of it (now(), mark(),
+// measure(), timeOrigin) read the coarse clock.
+let timeBuffer = null;
+let timeWords = null;
+function writeTime(buffer, ms) {
+  if (buffer !== timeBuffer) {
+    timeBuffer = buffer;
+    timeWords = new Uint32Array(
+      TypedArrayPrototypeGetBuffer(buffer),
+      TypedArrayPrototypeGetByteOffset(buffer),
+      2,
+    );
+  }
+  const seconds = MathFloor(ms / 1000);
+  timeWords[0] = seconds;
+  timeWords[1] = (ms - seconds * 1000) * 1e6;
+}
 const load = (specifier) => core.loadExtScript(specifier);
+
+{
+  const { ops } = load("ext:isopod_api/02_captured_ops.js");
+  ops.op_now = (buffer) => writeTime(buffer, monotonicNow());
+  ops.op_time_origin = (buffer) =>
+    writeTime(buffer, wallNow() - monotonicNow());
+}
 
 const url = load("ext:deno_web/00_url.js");
 const urlPattern = load("ext:deno_web/01_urlpattern.js");
@@ -117,6 +175,115 @@ for (
   );
 }
 
+// ---------------------------------------------------------------------------
+// Outbound fetch policy (isopod_api's permissions.rs). deno refuses a fetch
+// in one of two places: before the request (core's NotCapable permission
+// error naming the host) or while connecting (a TypeError "fetch failed"
+// whose cause carries deno's or isopod's resolver's refusal). Both reach the
+// tenant as a TypeError saying what was refused and why, e.g. "fetch to
+// 127.0.0.1:9000 refused: loopback addresses are not reachable from isopod
+// apps"; the reason is worked out in Rust, which knows the app's policy.
+function explainRefusal(error) {
+  if (ObjectPrototypeIsPrototypeOf(core.NotCapablePrototype, error)) {
+    const text = `${error.message}`;
+    throw new TypeError(op_isopod_fetch_refusal(text) ?? text);
+  }
+  if (ObjectPrototypeIsPrototypeOf(TypeErrorPrototype, error)) {
+    const cause = error.cause;
+    if (cause !== null && typeof cause === "object") {
+      const text = cause.message;
+      const message = typeof text === "string"
+        ? op_isopod_fetch_refusal(text)
+        : null;
+      if (message !== null) {
+        throw new TypeError(message);
+      }
+    }
+  }
+  throw error;
+}
+const isopodFetch = {
+  fetch(input, init = undefined) {
+    return PromisePrototypeCatch(fetch.fetch(input, init), explainRefusal);
+  },
+}.fetch;
+
+// ---------------------------------------------------------------------------
+// WebCrypto bounds. PBKDF2's cost is its iteration count, which deno leaves
+// unbounded: capped at workerd's 100,000, refused past that with a
+// NotSupportedError before any work is done.
+//
+// The algorithm dictionary is read here once and handed on with its `name`
+// (and for PBKDF2 its `iterations`) fixed as own data properties, so a
+// getter cannot show this check one value and deno another. The
+// conversions are deno's: `name` to a string, `iterations` to a number and
+// then to an unsigned 32-bit integer (so 2**32 + 5 counts as 5, as it does
+// for deno).
+const PBKDF2_MAX_ITERATIONS = 100_000;
+function boundedAlgorithm(algorithm) {
+  if (
+    algorithm === null ||
+    (typeof algorithm !== "object" && typeof algorithm !== "function")
+  ) {
+    return algorithm;
+  }
+  const name = algorithm.name;
+  if (name === undefined) {
+    return { __proto__: algorithm, name };
+  }
+  const nameString = `${name}`;
+  if (StringPrototypeToUpperCase(nameString) !== "PBKDF2") {
+    return { __proto__: algorithm, name: nameString };
+  }
+  const rawIterations = algorithm.iterations;
+  if (rawIterations === undefined) {
+    return { __proto__: algorithm, name: nameString, iterations: undefined };
+  }
+  const iterations = (+rawIterations) >>> 0;
+  if (iterations > PBKDF2_MAX_ITERATIONS) {
+    throw new domException.DOMException(
+      `PBKDF2 with more than ${PBKDF2_MAX_ITERATIONS} iterations is not supported (${iterations} requested)`,
+      "NotSupportedError",
+    );
+  }
+  return { __proto__: algorithm, name: nameString, iterations };
+}
+{
+  const proto = crypto.SubtleCrypto.prototype;
+  const deriveBits = proto.deriveBits;
+  const deriveKey = proto.deriveKey;
+  const bounded = {
+    async deriveBits(algorithm, baseKey, length = undefined) {
+      return await FunctionPrototypeCall(
+        deriveBits,
+        this,
+        boundedAlgorithm(algorithm),
+        baseKey,
+        length,
+      );
+    },
+    async deriveKey(algorithm, baseKey, derivedKeyType, extractable, usages) {
+      return await FunctionPrototypeCall(
+        deriveKey,
+        this,
+        boundedAlgorithm(algorithm),
+        baseKey,
+        derivedKeyType,
+        extractable,
+        usages,
+      );
+    },
+  };
+  for (const name of ["deriveBits", "deriveKey"]) {
+    ObjectDefineProperty(proto, name, {
+      value: bounded[name],
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+}
+
 // deno_core already put its `queueMicrotask` (V8's, with exceptions routed
 // to the report callback below) on the global object.
 const queueMicrotask = globalThis.queueMicrotask;
@@ -159,7 +326,7 @@ const { fetch: limitedFetch } = {
         ),
       );
     }
-    return fetch.fetch(input, init);
+    return isopodFetch(input, init);
   },
 };
 
@@ -332,6 +499,90 @@ ObjectDefineProperties(globalThis, {
   self: getterOnly(() => globalThis),
 });
 event.saveGlobalThisReference(globalThis);
+
+// ---------------------------------------------------------------------------
+// Date on the coarse clock. `Date.now()`, `new Date()` and `Date()` read it;
+// everything else is V8's Date: `new Date(ms)`, `Date.parse`, `Date.UTC`, the
+// prototype (so `instanceof Date` and subclasses work) and its methods.
+function Date(year, monthIndex, day, hours, minutes, seconds, ms) {
+  if (new.target === undefined) {
+    return DatePrototypeToString(new OriginalDate(wallNow()));
+  }
+  if (arguments.length === 0) {
+    return ReflectConstruct(OriginalDate, [wallNow()], new.target);
+  }
+  return ReflectConstruct(OriginalDate, arguments, new.target);
+}
+ObjectDefineProperties(Date, {
+  prototype: {
+    value: OriginalDate.prototype,
+    writable: false,
+    enumerable: false,
+    configurable: false,
+  },
+  now: nonEnumerable({ now: () => wallNow() }.now),
+  parse: nonEnumerable(OriginalDate.parse),
+  UTC: nonEnumerable(OriginalDate.UTC),
+});
+ObjectDefineProperty(
+  OriginalDate.prototype,
+  "constructor",
+  nonEnumerable(Date),
+);
+ObjectDefineProperty(globalThis, "Date", nonEnumerable(Date));
+
+// Intl.DateTimeFormat formats "now" when given no date; V8 reads its own
+// clock for that, so "now" is supplied from the coarse clock instead.
+{
+  const proto = Intl.DateTimeFormat.prototype;
+  const formatGetter = ObjectGetOwnPropertyDescriptor(proto, "format").get;
+  const formatToParts = proto.formatToParts;
+  const formats = new SafeWeakMap();
+  ObjectDefineProperty(proto, "format", {
+    get: ObjectGetOwnPropertyDescriptor({
+      get format() {
+        const format = FunctionPrototypeCall(formatGetter, this);
+        let coarse = formats.get(format);
+        if (coarse === undefined) {
+          coarse = (date) => format(date === undefined ? wallNow() : date);
+          formats.set(format, coarse);
+        }
+        return coarse;
+      },
+    }, "format").get,
+    enumerable: false,
+    configurable: true,
+  });
+  ObjectDefineProperty(
+    proto,
+    "formatToParts",
+    nonEnumerable({
+      formatToParts(date) {
+        return FunctionPrototypeCall(
+          formatToParts,
+          this,
+          date === undefined ? wallNow() : date,
+        );
+      },
+    }.formatToParts),
+  );
+}
+
+// No shared memory: SharedArrayBuffer is not a global and Atomics cannot
+// block (wait) or wait asynchronously (waitAsync), as on workerd. Done in
+// JavaScript rather than with V8's --enable-sharedarraybuffer-per-context:
+// that flag is process-wide, would have to match between the snapshot build
+// and every run (and the code cache's flag key), and a shared
+// WebAssembly.Memory yields SharedArrayBuffer objects either way; without
+// threads shared memory is no timer, and without Atomics.wait it cannot
+// block the thread. V8 installs the SharedArrayBuffer global again on every
+// context it makes from the snapshot, so this runs per isolate, from
+// __isopodInit.
+function removeSharedMemory() {
+  delete globalThis.SharedArrayBuffer;
+  delete Atomics.wait;
+  delete Atomics.waitAsync;
+}
 
 // ---------------------------------------------------------------------------
 const UNCAUGHT_REJECTION = 0;
@@ -551,9 +802,15 @@ function init(exported, env, limits) {
 ObjectDefineProperty(globalThis, "__isopodInit", {
   value: () => {
     delete globalThis.__isopodInit;
-    // Per isolate, not per snapshot: performance.timeOrigin is this
+    // Per isolate, not per snapshot: this isolate's clock buffer, which the
+    // host rewrites at every window entry, and performance.timeOrigin, this
     // isolate's birth.
+    const clockBuffer = new ArrayBuffer(16);
+    op_isopod_clock(clockBuffer);
+    clock = new Float64Array(clockBuffer);
+    monotonicOrigin = clock[1];
     performance.setTimeOrigin();
+    removeSharedMemory();
     delete globalThis.Deno;
     delete globalThis.__bootstrap;
     return init;

@@ -18,11 +18,15 @@
 //!   object before the tenant's bundle is evaluated.
 #![deny(missing_docs)]
 
+pub mod address;
+mod clock;
 mod host;
 mod permissions;
 
+pub use address::{classify, ReservedRange};
+pub use clock::advance_clock;
 pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody, UncaughtKind};
-pub use permissions::{NetPolicy, PermissionError};
+pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};
 
 use deno_core::{Extension, ExtensionArguments};
 
@@ -36,6 +40,8 @@ deno_core::extension!(
         host::op_isopod_fail,
         host::op_isopod_done,
         host::op_isopod_uncaught,
+        permissions::op_isopod_fetch_refusal,
+        clock::op_isopod_clock,
     ],
     esm_entry_point = "ext:isopod_api/10_global_scope.js",
     esm = [
@@ -46,6 +52,7 @@ deno_core::extension!(
     lazy_loaded_js = [
         dir "js",
         "ext:deno_net/02_tls.js" = "01_tls_stub.js",
+        "02_captured_ops.js",
     ],
 );
 
@@ -92,13 +99,27 @@ pub fn install_host(state: &mut deno_core::OpState, host: std::rc::Rc<dyn Host>)
     state.put(host);
 }
 
-/// Sets the network permissions that `fetch` checks. Needed before tenant
-/// code runs (deno_fetch's op requires them); set when a bundle is loaded,
-/// since a blank isolate does not know its app yet.
+/// Sets where `fetch` may go: the permission container deno_fetch checks,
+/// the resolver it resolves host names with, and what the refusal messages
+/// need (see [`NetPolicy`] for how these divide the work). Needed before
+/// tenant code runs (deno_fetch's op requires a container); set when a
+/// bundle is loaded, since a blank isolate does not know its app yet.
+///
+/// Any HTTP client already cached in the isolate is dropped, so no
+/// connection is made under an older policy. Entries are checked when the
+/// policy is made ([`NetPolicy::allowing`]), so this does not fail today.
 pub fn set_net_policy(
     state: &mut deno_core::OpState,
     net: &NetPolicy,
 ) -> Result<(), PermissionError> {
-    state.put(net.permissions_container()?);
+    let compiled = net.compiled();
+    if let Some(options) = state.try_borrow_mut::<deno_fetch::Options>() {
+        options.resolver = deno_fetch::dns::Resolver::custom(std::sync::Arc::new(
+            permissions::PolicyResolver(compiled.clone()),
+        ));
+    }
+    let _ = state.try_take::<deno_fetch::Client>();
+    state.put(compiled.container.clone());
+    state.put(compiled);
     Ok(())
 }

@@ -60,8 +60,8 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// An app with no variables, the default network policy and the
-    /// default limits.
+    /// An app with no variables, whose `fetch` reaches public addresses
+    /// only, with the default limits.
     pub fn new(name: impl Into<Arc<str>>) -> AppConfig {
         AppConfig {
             name: name.into(),

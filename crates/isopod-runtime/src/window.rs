@@ -7,6 +7,7 @@
 //! exits the isolate — also on early return and on panic (the guard's drop
 //! does the exit). Nothing that holds a V8 handle or scope outlives a window,
 //! so every `.await` sees the thread's isolate stack as it was before.
+//! Entering a window is also what advances the clock tenant code reads.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -73,6 +74,9 @@ impl<'h> Window<'h> {
         let isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate) };
         // SAFETY: as above.
         unsafe { isolate.enter() };
+        // Time moves only here, between windows: JavaScript sees one
+        // instant for the whole window (isopod_api's coarse clock).
+        isopod_api::advance_clock(&isolate);
         hooks.entered(kind);
         Window {
             isolate,

@@ -7,6 +7,10 @@
 //!   `content-type: application/json`) a manifest `{ "bundle": "…",
 //!   "routes": [{ "host": "…", "path": "…" }], "vars": {…}, "mode": "pooled" |
 //!   "isolate-per-request", "limits": { "cpu_ms": 50, … } }`. The bundle is evaluated in a scratch isolate
+//!   "isolate-per-request", "allow_net": ["127.0.0.1:9000", "10.1.0.0/16",
+//!   "api.internal"] }` (`allow_net`: the non-public hosts and ranges the
+//!   app's `fetch` may reach besides public addresses; a bad entry is a
+//!   400). The bundle is evaluated in a scratch isolate
 //!   under the startup budget first; a broken one answers 400 with the error
 //!   and its file:line, and the running version keeps serving.
 //! - `GET /apps`, `GET /apps/NAME`, `DELETE /apps/NAME`.
@@ -208,6 +212,10 @@ impl Admin {
             Ok(routes) => routes,
             Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
         };
+        let net = match NetPolicy::allowing(&manifest.allow_net) {
+            Ok(net) => net,
+            Err(refused) => return error(StatusCode::BAD_REQUEST, &refused.to_string()),
+        };
         let previous = self.registry.snapshot().app(name).cloned();
         let limits = match manifest.limits.over(&self.default_limits) {
             Ok(limits) => limits,
@@ -216,8 +224,8 @@ impl Admin {
         let config = AppConfig {
             name: Arc::from(name),
             vars: manifest.vars.into_iter().collect(),
-            net: NetPolicy::AllowAll,
             limits,
+            net,
         };
         let bundle = Bundle::from_source(&format!("{name}.js"), manifest.bundle);
         let checked = {
@@ -268,6 +276,8 @@ struct Manifest {
     /// Overrides of the process's default limits.
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default)]
+    allow_net: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +313,7 @@ fn parse_manifest(body: &[u8], is_json: bool) -> Result<Manifest, String> {
         vars: BTreeMap::new(),
         mode: ExecutionMode::Pooled,
         limits: LimitOverrides::default(),
+        allow_net: Vec::new(),
     })
 }
 
@@ -328,6 +339,7 @@ fn describe(deployed: &Deployed) -> Value {
         "routes": routes,
         "port": deployed.port,
         "vars": version.config.vars.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "allow_net": version.config.net.allowed(),
     })
 }
 

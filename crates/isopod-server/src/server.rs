@@ -129,9 +129,11 @@ impl Server {
             per_thread[thread].push((listener, None));
         }
         let registry = Arc::new(Registry::default());
+        let mut own_listeners = vec![local_addr];
         for app in config.apps {
             if let Some(port) = app.port {
                 let sockets = bind(SocketAddr::new(config.listen.ip(), port))?;
+                own_listeners.extend(sockets.first().and_then(|s| s.local_addr().ok()));
                 for (thread, listener) in sockets.into_iter().enumerate() {
                     per_thread[thread].push((listener, Some(app.config.name.clone())));
                 }
@@ -142,6 +144,15 @@ impl Server {
                 app.port,
             ));
         }
+
+        // Bound before any app can serve, so that all of isopod's own
+        // listeners are unreachable from apps from their first request on.
+        let admin = match config.admin {
+            Some(admin) => Some((bind_admin(admin.listen)?, admin.token)),
+            None => None,
+        };
+        own_listeners.extend(admin.as_ref().map(|((_, addr), _)| *addr));
+        isopod_runtime::deny_own_listeners(&own_listeners);
 
         let listeners = Arc::new(Mutex::new(
             per_thread.into_iter().map(Some).collect::<Vec<_>>(),
@@ -164,24 +175,12 @@ impl Server {
             Some(main),
         )?;
         let pool = Arc::new(pool);
-        let admin_addr = match config.admin {
-            Some(admin) => {
-                let listener =
-                    TcpListener::bind(admin.listen).map_err(|error| ServerError::Listen {
-                        addr: admin.listen,
-                        error,
-                    })?;
-                let addr = listener.local_addr().map_err(|error| ServerError::Listen {
-                    addr: admin.listen,
-                    error,
-                })?;
-                listener
-                    .set_nonblocking(true)
-                    .map_err(|error| ServerError::Listen { addr, error })?;
+        let admin_addr = match admin {
+            Some(((listener, addr), token)) => {
                 crate::admin::spawn(
                     listener,
                     crate::admin::Admin {
-                        token: admin.token.into(),
+                        token: token.into(),
                         registry: registry.clone(),
                         pool: pool.clone(),
                         default_limits,
@@ -229,6 +228,22 @@ impl Server {
     pub fn shutdown(self) {
         self.pool.shutdown();
     }
+}
+
+/// Binds the admin listener (non-blocking, for the admin thread's runtime).
+fn bind_admin(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(listen).map_err(|error| ServerError::Listen {
+        addr: listen,
+        error,
+    })?;
+    let addr = listener.local_addr().map_err(|error| ServerError::Listen {
+        addr: listen,
+        error,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| ServerError::Listen { addr, error })?;
+    Ok((listener, addr))
 }
 
 /// Evaluates a bundle in a scratch isolate on a scratch thread, so a broken

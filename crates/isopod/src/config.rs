@@ -52,6 +52,9 @@ struct AppEntry {
     vars: BTreeMap<String, String>,
     #[serde(default)]
     limits: LimitOverrides,
+    /// Non-public hosts and ranges the app's `fetch` may reach.
+    #[serde(default)]
+    allow_net: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,15 +182,16 @@ fn manifest(app: AppEntry, base: &Path, defaults: &Limits) -> anyhow::Result<App
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let net = NetPolicy::allowing(&app.allow_net).with_context(|| format!("app '{}'", app.name))?;
     Ok(AppManifest {
         config: AppConfig {
             name: Arc::from(app.name.as_str()),
             vars: app.vars.into_iter().collect(),
-            net: NetPolicy::AllowAll,
             limits: app
                 .limits
                 .over(defaults)
                 .with_context(|| format!("app '{}'", app.name))?,
+            net,
         },
         bundle,
         mode: app.mode,
@@ -258,6 +262,7 @@ mode = "isolate-per-request"
 port = 9999
 routes = [{ host = "*.example.com", path = "/api" }]
 vars = { K = "v" }
+allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
 "#,
         )
         .unwrap();
@@ -271,6 +276,21 @@ vars = { K = "v" }
             Some(HostPattern::Wildcard(".example.com".into()))
         );
         assert_eq!(app.config.vars, vec![("K".to_string(), "v".to_string())]);
+        assert_eq!(
+            app.config.net.allowed(),
+            ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
+        );
+
+        std::fs::write(
+            dir.join("bad-net.toml"),
+            "[[apps]]\nname = \"a\"\nbundle = \"a.js\"\nallow_net = [\"http://x\"]\n",
+        )
+        .unwrap();
+        let error = load(&dir.join("bad-net.toml")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("invalid allow_net entry 'http://x'"),
+            "{error:#}"
+        );
 
         std::fs::write(
             dir.join("bad.toml"),

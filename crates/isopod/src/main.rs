@@ -77,6 +77,14 @@ struct RunArgs {
     /// `limits` table (for example `cpu_ms=200`); repeat for more.
     #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = parse_var)]
     limits: Vec<(String, String)>,
+    /// Non-public hosts the bundle's `fetch` may reach, comma-separated:
+    /// `host`, `host:port`, `*.domain`, an IP, `ip:port`, `[v6]:port` or a
+    /// CIDR range (for example `127.0.0.1:9000,10.1.0.0/16,api.internal`).
+    /// Public addresses are always reachable; loopback, private, link-local
+    /// and other reserved ranges, this machine's own addresses and isopod's
+    /// own listeners are not unless listed (the listeners never are).
+    #[arg(long = "allow-net", value_name = "HOST", value_delimiter = ',')]
+    allow_net: Vec<String>,
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -128,12 +136,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let threads = args.threads.unwrap_or_else(config::default_threads);
     let limits = config::process_limits(&config::limit_overrides(&args.limits)?)?;
+    let net = NetPolicy::allowing(&args.allow_net).context("--allow-net")?;
     let mut app = AppManifest::new(
         AppConfig {
             name: Arc::from(name.as_str()),
             vars: args.vars,
-            net: NetPolicy::AllowAll,
             limits: limits.clone(),
+            net,
         },
         bundle,
     );

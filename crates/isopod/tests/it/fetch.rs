@@ -1,5 +1,6 @@
 //! Outbound `fetch` against a real HTTP server on loopback, streaming both
-//! ways.
+//! ways. Loopback is reserved, so each test allow-lists its upstream's
+//! address and port (`--allow-net`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -104,7 +105,12 @@ async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
     let upstream = start_upstream().await;
     let isopod = Isopod::start(
         &proxy_bundle(),
-        &["--var", &format!("UPSTREAM=http://{upstream}")],
+        &[
+            "--var",
+            &format!("UPSTREAM=http://{upstream}"),
+            "--allow-net",
+            &upstream.to_string(),
+        ],
     );
     let json = isopod.get_json("/json").await;
     assert_eq!(json["status"], 200);
@@ -121,7 +127,12 @@ async fn fetch_streams_responses_and_request_bodies() {
     let upstream = start_upstream().await;
     let isopod = Isopod::start(
         &proxy_bundle(),
-        &["--var", &format!("UPSTREAM=http://{upstream}")],
+        &[
+            "--var",
+            &format!("UPSTREAM=http://{upstream}"),
+            "--allow-net",
+            &upstream.to_string(),
+        ],
     );
 
     // Download: the upstream's first part reaches the client long before its last.

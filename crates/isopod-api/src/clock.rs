@@ -1,0 +1,71 @@
+//! The coarse clock tenant code reads: `Date.now()`, `new Date()`,
+//! `performance.now()` and friends.
+//!
+//! Spectre hygiene, as workerd does it: time does not advance while
+//! JavaScript runs. The host sets the clock when it enters the isolate (each
+//! window: a request dispatch, one poll of the event loop), so a busy loop,
+//! or a chain of microtasks, sees one instant however long it runs, and time
+//! moves only between I/O events and timer turns. A tenant cannot build a
+//! fine timer from it, and a repeated measurement measures nothing.
+//!
+//! Design, for a cost of nothing per read and next to nothing per window:
+//! the bootstrap hands each isolate's clock buffer (16 bytes: wall-clock and
+//! monotonic milliseconds, as two `f64`s) to [`op_isopod_clock`], which
+//! keeps its backing store in an isolate slot; [`advance_clock`], called at
+//! every window entry, writes the current time into it; JavaScript reads the
+//! `Float64Array` over it, with no op call. Both values are whole
+//! milliseconds.
+
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use deno_core::{op2, v8};
+
+/// The clock buffer's backing store, kept alive by the isolate.
+struct ClockSlot(v8::SharedRef<v8::BackingStore>);
+
+/// The size of the clock buffer: two `f64`s.
+const CLOCK_BYTES: usize = 16;
+
+/// Sets the isolate's clock to now. Called by the host at every window
+/// entry; does nothing for an isolate whose bootstrap has not registered a
+/// clock (a snapshot being made).
+pub fn advance_clock(isolate: &v8::Isolate) {
+    if let Some(ClockSlot(store)) = isolate.get_slot::<ClockSlot>() {
+        write_now(store);
+    }
+}
+
+fn write_now(store: &v8::BackingStore) {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64);
+    let monotonic = BASE.get_or_init(Instant::now).elapsed().as_millis() as f64;
+    let mut bytes = [0u8; CLOCK_BYTES];
+    bytes[..8].copy_from_slice(&wall.to_ne_bytes());
+    bytes[8..].copy_from_slice(&monotonic.to_ne_bytes());
+    // The store is exactly CLOCK_BYTES long (checked at registration).
+    for (cell, byte) in store.iter().zip(bytes) {
+        cell.set(byte);
+    }
+}
+
+/// Registers `buffer` (a fresh 16-byte `ArrayBuffer`, kept by the
+/// bootstrap's closures) as this isolate's clock and sets it to now. Called
+/// once per isolate, so not worth a fast path.
+#[op2(nofast)]
+pub fn op_isopod_clock(
+    scope: &mut v8::PinScope<'_, '_>,
+    buffer: v8::Local<v8::ArrayBuffer>,
+) -> Result<(), deno_error::JsErrorBox> {
+    let store = buffer.get_backing_store();
+    if store.byte_length() != CLOCK_BYTES || store.is_shared() {
+        return Err(deno_error::JsErrorBox::type_error(
+            "the clock buffer must be a 16-byte ArrayBuffer",
+        ));
+    }
+    write_now(&store);
+    scope.set_slot(ClockSlot(store));
+    Ok(())
+}
