@@ -43,10 +43,16 @@ fn assert_same(label: &str, expected: &Value, got: &Value) {
 #[tokio::test]
 async fn every_global_behaves_as_on_workerd() {
     // RSA key generation in an unoptimised test build takes tens of
-    // seconds: more than the default time to response headers.
+    // seconds, and one request runs every case: more than the default time
+    // to response headers and CPU per request.
     let isopod = Isopod::start(
         &fixture("probe.js"),
-        &["--limit", "response_timeout_ms=300000"],
+        &[
+            "--limit",
+            "response_timeout_ms=300000",
+            "--limit",
+            "cpu_ms=60000",
+        ],
     );
     let got = isopod.get_json("/").await;
     assert_same("isopod vs recorded workerd", &recorded(), &got);
