@@ -12,8 +12,6 @@ use bytes::Bytes;
 use deno_core::ResourceId;
 use http::{HeaderName, HeaderValue, StatusCode};
 use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
-
-use crate::limits::KillReason;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{pump_stream, ResponseBody};
@@ -178,36 +176,10 @@ impl RequestTable {
             .max_by_key(|(_, used)| *used)
     }
 
-    /// `METHOD /path` of request `id`, if it is in flight.
-    pub(crate) fn label_of(&self, id: u32) -> Option<Arc<str>> {
-        self.label(id)
-    }
-
     /// Requests not yet complete (response pending, or `waitUntil` work
     /// still running).
     pub(crate) fn in_flight(&self) -> usize {
         self.pending.borrow().len()
-    }
-
-    /// Answers every request in flight after a kill: `offender` with the
-    /// kill's own reason, the others as collateral; forgets them all.
-    /// Returns how many others were answered.
-    pub(crate) fn fail_killed(&self, reason: KillReason, offender: Option<u32>) -> usize {
-        self.in_flight.store(0, Ordering::Relaxed);
-        let mut collateral = 0;
-        for (id, mut request) in self.pending.borrow_mut().drain() {
-            let this_request = Some(id) == offender;
-            if !this_request {
-                collateral += 1;
-            }
-            if let Some(responder) = request.responder.take() {
-                let _ = responder.send(Err(DispatchError::Killed {
-                    reason,
-                    this_request,
-                }));
-            }
-        }
-        collateral
     }
 
     /// Forgets requests whose response went out more than `timeout` ago but
@@ -241,18 +213,20 @@ impl RequestTable {
         }
     }
 
-    /// Answers every request still waiting for a response with `error`, and
-    /// forgets them all (the instance is going away).
-    pub(crate) fn fail_all(&self, error: DispatchError) {
+    /// Answers every request still waiting for a response with
+    /// `error_for(its id)`, and forgets them all (the instance is going
+    /// away).
+    pub(crate) fn fail_all(&self, error_for: impl Fn(u32) -> DispatchError) {
         self.in_flight.store(0, Ordering::Relaxed);
-        for (_, mut request) in self.pending.borrow_mut().drain() {
+        for (id, mut request) in self.pending.borrow_mut().drain() {
             if let Some(responder) = request.responder.take() {
-                let _ = responder.send(Err(error.clone()));
+                let _ = responder.send(Err(error_for(id)));
             }
         }
     }
 
-    fn label(&self, id: u32) -> Option<Arc<str>> {
+    /// `METHOD /path` of request `id`, if it is in flight.
+    pub(crate) fn label(&self, id: u32) -> Option<Arc<str>> {
         self.pending.borrow().get(&id).map(|r| r.label.clone())
     }
 

@@ -40,7 +40,7 @@ use crate::memory::MemoryBudget;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
 use crate::watchdog::{Termination, WatchSlot};
-use crate::window::{Window, WindowHooks, WindowKind};
+use crate::window::{Window, WindowKind};
 
 /// Told of every kill of an instance, on the instance's thread, after the
 /// event has been logged (the pool counts kills per app with it).
@@ -93,7 +93,7 @@ pub struct Instance {
     /// The isolate owned by `runtime`, as a stable raw pointer (the
     /// `OwnedIsolate` inside the runtime moves with it; the isolate does not).
     isolate: v8::UnsafeRawIsolatePtr,
-    hooks: Rc<dyn WindowHooks>,
+    /// The window hooks: CPU accounting and deadlines.
     enforcer: Rc<LimitEnforcer>,
     /// The app's limits, as loaded.
     limits: Limits,
@@ -174,7 +174,6 @@ impl Instance {
             current.saturating_mul(2)
         });
         let enforcer = Rc::new(LimitEnforcer::new(slot, table.clone(), &app.limits));
-        let hooks: Rc<dyn WindowHooks> = enforcer.clone();
         // SAFETY: the pointer is only used while `runtime` (and so the
         // isolate) is alive: `Drop` releases the runtime last.
         let isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
@@ -185,7 +184,6 @@ impl Instance {
 
         let mut instance = Instance {
             isolate,
-            hooks,
             enforcer,
             limits: app.limits.clone(),
             memory,
@@ -473,13 +471,6 @@ impl Instance {
         handle
     }
 
-    /// A handle that stops whatever JavaScript this isolate is running, from
-    /// any thread, without entering the isolate. The instance is unusable
-    /// afterwards: discard it.
-    pub fn terminator(&mut self) -> Terminator {
-        Terminator(self.runtime.v8_isolate().thread_safe_handle())
-    }
-
     /// CPU time spent inside this instance's windows so far (until it is
     /// spawned; afterwards its driver owns it).
     pub fn cpu_time(&self) -> Duration {
@@ -513,7 +504,7 @@ impl Instance {
                 .most_charged()
                 .map_or((None, Duration::ZERO), |(id, cpu)| (Some(id), cpu)),
         };
-        let label = offender.and_then(|id| self.table.label_of(id));
+        let label = offender.and_then(|id| self.table.label(id));
         let (method, path) = label
             .as_deref()
             .and_then(|l| l.split_once(' '))
@@ -524,7 +515,11 @@ impl Instance {
             runtime.v8_isolate().get_heap_statistics().used_heap_size()
         });
         let heap_high_water = self.heap_high_water.max(heap_now);
-        let collateral = self.table.fail_killed(reason, offender);
+        let collateral = self.table.in_flight() - usize::from(offender.is_some());
+        self.table.fail_all(|id| DispatchError::Killed {
+            reason,
+            this_request: Some(id) == offender,
+        });
         let event = KillEvent {
             app: self.table.app().to_string(),
             version: self.version.to_string(),
@@ -593,7 +588,10 @@ impl Instance {
                     Control::Abort(id) => self.abort(id),
                 }
             }
-            if linger_check.poll_tick(cx).is_ready() {
+            // Only an instance with requests in flight has anything to
+            // expire: an idle one is not woken for it. The interval is
+            // polled until it is pending, so its next tick wakes the driver.
+            while self.table.in_flight() > 0 && linger_check.poll_tick(cx).is_ready() {
                 for label in self.table.expire_lingering(wait_until_timeout) {
                     tracing::warn!(
                         target: "isopod::handler",
@@ -629,7 +627,7 @@ impl Instance {
                 true
             }
         };
-        self.table.fail_all(DispatchError::InstanceGone);
+        self.table.fail_all(|_| DispatchError::InstanceGone);
         killed
     }
 
@@ -801,7 +799,7 @@ impl Instance {
     fn window<R>(&mut self, kind: WindowKind, work: impl FnOnce(&mut JsRuntime) -> R) -> R {
         // SAFETY: `self.isolate` is the live isolate of `self.runtime`, owned
         // by this thread; the window ends before this function returns.
-        let _window = unsafe { Window::enter(self.isolate, &self.hooks, kind) };
+        let _window = unsafe { Window::enter(self.isolate, &*self.enforcer, kind) };
         work(&mut self.runtime)
     }
 
@@ -813,16 +811,16 @@ impl Instance {
         make: impl FnOnce(&'a mut JsRuntime) -> std::pin::Pin<Box<dyn Future<Output = T> + 'a>>,
     ) -> T {
         let isolate = self.isolate;
-        let hooks = self.hooks.clone();
+        let hooks = self.enforcer.clone();
         let mut future = {
             // SAFETY: creating the future may touch V8 (some deno_core
             // methods start work eagerly), so it is created inside a window.
-            let _window = unsafe { Window::enter(isolate, &hooks, kind) };
+            let _window = unsafe { Window::enter(isolate, &*hooks, kind) };
             make(&mut self.runtime)
         };
         poll_fn(|cx| {
             // SAFETY: the isolate outlives this future (it borrows `self`).
-            let _window = unsafe { Window::enter(isolate, &hooks, kind) };
+            let _window = unsafe { Window::enter(isolate, &*hooks, kind) };
             future.as_mut().poll(cx)
         })
         .await
@@ -1114,17 +1112,5 @@ mod tests {
             assert_eq!(other.code_cache_len(), 0);
             drop(first);
         });
-    }
-}
-
-/// Stops an isolate's JavaScript from another thread (a watchdog's only
-/// power: it never enters the isolate).
-#[derive(Clone)]
-pub struct Terminator(v8::IsolateHandle);
-
-impl Terminator {
-    /// Terminates the running script; returns false if the isolate is gone.
-    pub fn terminate(&self) -> bool {
-        self.0.terminate_execution()
     }
 }

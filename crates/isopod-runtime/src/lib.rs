@@ -33,7 +33,7 @@ mod window;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
 pub use graveyard::Graveyard;
-pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink, Terminator};
+pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink};
 pub use isopod_api::{deny_own_listeners, NetPolicy, PermissionError};
 pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};
 pub use platform::init_v8;

@@ -9,7 +9,6 @@
 //! so every `.await` sees the thread's isolate stack as it was before.
 //! Entering a window is also what advances the clock tenant code reads.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use deno_core::v8;
@@ -54,7 +53,7 @@ pub fn thread_cpu_time() -> Duration {
 /// An entered isolate; exiting happens on drop.
 pub(crate) struct Window<'h> {
     isolate: v8::Isolate,
-    hooks: &'h Rc<dyn WindowHooks>,
+    hooks: &'h dyn WindowHooks,
     kind: WindowKind,
 }
 
@@ -66,7 +65,7 @@ impl<'h> Window<'h> {
     /// outlives the window.
     pub(crate) unsafe fn enter(
         isolate: v8::UnsafeRawIsolatePtr,
-        hooks: &'h Rc<dyn WindowHooks>,
+        hooks: &'h dyn WindowHooks,
         kind: WindowKind,
     ) -> Window<'h> {
         // SAFETY: the caller guarantees the isolate is live and ours; this

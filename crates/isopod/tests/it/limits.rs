@@ -171,6 +171,28 @@ async fn hostile_tenants_are_cut_off_and_the_neighbour_keeps_being_served() {
     let (status, _, body) = isopod.get_host("never.localhost", "/").await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("did not respond"), "{body}");
+    // The abandoned handler is forgotten once its waitUntil bound (1 s)
+    // has passed: the instance has nothing in flight any more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, app) = isopod
+            .admin("GET", "/apps/never", Some(ADMIN_TOKEN), None)
+            .await;
+        if app["usage"]["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned request is still in flight: {app}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    isopod.wait_for_log("the lingering-request warning", |r| {
+        r["app"] == "never"
+            && r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no longer waited for"))
+    });
 
     // A stray rejection is logged; the request is answered.
     let (status, _, body) = isopod.get_host("stray.localhost", "/").await;
