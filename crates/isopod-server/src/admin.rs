@@ -16,7 +16,6 @@
 //! - `GET /apps`, `GET /apps/NAME`, `DELETE /apps/NAME`.
 //! - `GET /admin/pool`: the pool's statistics.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -25,14 +24,15 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use isopod_pool::{AppVersion, ExecutionMode, Pool};
-use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
+use isopod_pool::{AppVersion, Pool};
+use isopod_runtime::{Bundle, Limits};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::manifest::{check_app_name, AppSettings};
 use crate::registry::{Deployed, Registry};
-use crate::routing::{HostPattern, Route};
+use crate::routing::HostPattern;
 use crate::server::check_bundle;
 
 /// The largest bundle or manifest `PUT /apps/NAME` accepts.
@@ -177,15 +177,8 @@ impl Admin {
     }
 
     async fn deploy(&self, name: &str, request: Request<Incoming>) -> AdminResponse {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "an app name is letters, digits, '-' or '_'",
-            );
+        if let Err(refused) = check_app_name(name) {
+            return error(StatusCode::BAD_REQUEST, &refused.to_string());
         }
         let is_json = request
             .headers()
@@ -204,30 +197,17 @@ impl Admin {
                 )
             }
         };
-        let manifest = match parse_manifest(&body, is_json) {
+        let (source, settings) = match parse_body(&body, is_json) {
+            Ok(parsed) => parsed,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
+        let bundle = Bundle::from_source(&format!("{name}.js"), source);
+        let manifest = match settings.into_manifest(name, bundle, &self.default_limits) {
             Ok(manifest) => manifest,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
-        };
-        let routes = match manifest.routes() {
-            Ok(routes) => routes,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
-        };
-        let net = match NetPolicy::allowing(&manifest.allow_net) {
-            Ok(net) => net,
             Err(refused) => return error(StatusCode::BAD_REQUEST, &refused.to_string()),
         };
         let previous = self.registry.snapshot().app(name).cloned();
-        let limits = match manifest.limits.over(&self.default_limits) {
-            Ok(limits) => limits,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason.to_string()),
-        };
-        let config = AppConfig {
-            name: Arc::from(name),
-            vars: manifest.vars.into_iter().collect(),
-            limits,
-            net,
-        };
-        let bundle = Bundle::from_source(&format!("{name}.js"), manifest.bundle);
+        let (config, bundle) = (manifest.config, manifest.bundle);
         let checked = {
             let (config, bundle) = (config.clone(), bundle.clone());
             tokio::task::spawn_blocking(move || check_bundle(&config, &bundle)).await
@@ -245,7 +225,7 @@ impl Admin {
         let version = AppVersion::new(config, bundle, manifest.mode);
         self.registry.deploy(Deployed::new(
             version.clone(),
-            routes,
+            manifest.routes,
             // An app's own port is bound at start-up, from the config file.
             previous.as_ref().and_then(|p| p.port),
         ));
@@ -263,58 +243,24 @@ impl Admin {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Manifest {
-    bundle: String,
-    #[serde(default)]
-    routes: Vec<RouteEntry>,
-    #[serde(default)]
-    vars: BTreeMap<String, String>,
-    #[serde(default)]
-    mode: ExecutionMode,
-    /// Overrides of the process's default limits.
-    #[serde(default)]
-    limits: LimitOverrides,
-    #[serde(default)]
-    allow_net: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteEntry {
-    host: Option<String>,
-    path: Option<String>,
-}
-
-impl Manifest {
-    fn routes(&self) -> Result<Vec<Route>, String> {
-        self.routes
-            .iter()
-            .map(|r| {
-                Ok(Route {
-                    host: r.host.as_deref().map(HostPattern::parse).transpose()?,
-                    path: r.path.clone(),
-                })
-            })
-            .collect()
+/// A deploy's body: a bare bundle, or a JSON manifest `{"bundle": …}` with
+/// the [`AppSettings`] keys beside it.
+fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings), String> {
+    if !is_json {
+        let source = String::from_utf8(body.to_vec())
+            .map_err(|_| "the bundle is not UTF-8 text".to_string())?;
+        return Ok((source, AppSettings::default()));
     }
-}
-
-fn parse_manifest(body: &[u8], is_json: bool) -> Result<Manifest, String> {
-    if is_json {
-        return serde_json::from_slice(body).map_err(|e| format!("invalid manifest: {e}"));
-    }
-    let bundle =
-        String::from_utf8(body.to_vec()).map_err(|_| "the bundle is not UTF-8 text".to_string())?;
-    Ok(Manifest {
-        bundle,
-        routes: Vec::new(),
-        vars: BTreeMap::new(),
-        mode: ExecutionMode::Pooled,
-        limits: LimitOverrides::default(),
-        allow_net: Vec::new(),
-    })
+    let invalid = |e: &dyn std::fmt::Display| format!("invalid manifest: {e}");
+    let mut manifest: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| invalid(&e))?;
+    let source = match manifest.remove("bundle") {
+        Some(Value::String(source)) => source,
+        Some(_) => return Err(invalid(&"`bundle` must be a string")),
+        None => return Err(invalid(&"missing field `bundle`")),
+    };
+    let settings = AppSettings::deserialize(Value::Object(manifest)).map_err(|e| invalid(&e))?;
+    Ok((source, settings))
 }
 
 fn describe(deployed: &Deployed) -> Value {

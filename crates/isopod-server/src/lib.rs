@@ -26,6 +26,7 @@ mod admin;
 mod admission;
 mod http_semantics;
 mod listener;
+mod manifest;
 mod registry;
 mod routing;
 mod server;
@@ -33,6 +34,7 @@ mod service;
 
 pub use admission::Admission;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
+pub use manifest::{check_app_name, AppSettings, ManifestError, RouteSpec};
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
 pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError};

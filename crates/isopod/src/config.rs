@@ -3,16 +3,12 @@
 //! Every environment variable isopod reads overrides the config key it names
 //! (see the table in README.md).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
-use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
-use isopod_server::{
-    AdminConfig, AppManifest, ExecutionMode, HostPattern, PoolConfig, Route, ServerConfig,
-};
+use isopod_runtime::{Bundle, LimitOverrides, Limits};
+use isopod_server::{AdminConfig, AppManifest, AppSettings, PoolConfig, ServerConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -35,33 +31,16 @@ struct ConfigFile {
     #[serde(default)]
     limits: LimitOverrides,
     #[serde(default)]
-    apps: Vec<AppEntry>,
+    apps: Vec<toml::Table>,
 }
 
+/// An `[[apps]]` entry's own keys; the rest are the [`AppSettings`] every
+/// manifest shares.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppEntry {
+struct AppIdentity {
     name: String,
     bundle: PathBuf,
-    #[serde(default)]
-    mode: ExecutionMode,
     port: Option<u16>,
-    #[serde(default)]
-    routes: Vec<RouteEntry>,
-    #[serde(default)]
-    vars: BTreeMap<String, String>,
-    #[serde(default)]
-    limits: LimitOverrides,
-    /// Non-public hosts and ranges the app's `fetch` may reach.
-    #[serde(default)]
-    allow_net: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteEntry {
-    host: Option<String>,
-    path: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -153,51 +132,19 @@ pub fn process_limits(file: &LimitOverrides) -> anyhow::Result<Limits> {
         .context("the process's default limits")
 }
 
-fn manifest(app: AppEntry, base: &Path, defaults: &Limits) -> anyhow::Result<AppManifest> {
-    if app.name.is_empty()
-        || !app
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(anyhow!(
-            "app name '{}' must be letters, digits, '-' or '_'",
-            app.name
-        ));
-    }
-    let bundle_path = base.join(&app.bundle);
-    let bundle = Bundle::from_file(&bundle_path).with_context(|| format!("app '{}'", app.name))?;
-    let routes = app
-        .routes
+fn manifest(mut entry: toml::Table, base: &Path, defaults: &Limits) -> anyhow::Result<AppManifest> {
+    let identity: toml::Table = ["name", "bundle", "port"]
         .into_iter()
-        .map(|r| {
-            Ok(Route {
-                host: r
-                    .host
-                    .as_deref()
-                    .map(HostPattern::parse)
-                    .transpose()
-                    .map_err(|e| anyhow!("app '{}': {e}", app.name))?,
-                path: r.path,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let net = NetPolicy::allowing(&app.allow_net).with_context(|| format!("app '{}'", app.name))?;
-    Ok(AppManifest {
-        config: AppConfig {
-            name: Arc::from(app.name.as_str()),
-            vars: app.vars.into_iter().collect(),
-            limits: app
-                .limits
-                .over(defaults)
-                .with_context(|| format!("app '{}'", app.name))?,
-            net,
-        },
-        bundle,
-        mode: app.mode,
-        routes,
-        port: app.port,
-    })
+        .filter_map(|key| entry.remove(key).map(|value| (key.to_string(), value)))
+        .collect();
+    let AppIdentity { name, bundle, port } =
+        AppIdentity::deserialize(toml::Value::Table(identity)).context("an [[apps]] entry")?;
+    let settings = AppSettings::deserialize(toml::Value::Table(entry))
+        .with_context(|| format!("app '{name}'"))?;
+    let bundle = Bundle::from_file(&base.join(&bundle)).with_context(|| format!("app '{name}'"))?;
+    let mut manifest = settings.into_manifest(&name, bundle, defaults)?;
+    manifest.port = port;
+    Ok(manifest)
 }
 
 /// One worker thread per core.
@@ -238,6 +185,7 @@ fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isopod_server::{ExecutionMode, HostPattern};
 
     #[test]
     fn a_config_file_describes_apps_and_routes() {

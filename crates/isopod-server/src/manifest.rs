@@ -1,0 +1,124 @@
+//! An app's settings as an operator writes them, in `isopod.toml` or in the
+//! body of an admin `PUT /apps/NAME`, and their one conversion into an
+//! [`AppManifest`]: both sources go through here, so they accept the same
+//! keys and refuse the same mistakes with the same words.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isopod_pool::ExecutionMode;
+use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
+use serde::Deserialize;
+
+use crate::routing::{HostPattern, Route};
+use crate::server::AppManifest;
+
+/// What a manifest may say about an app besides its name, its bundle and
+/// its own port (which each source carries in its own way).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// Where it answers; none means `NAME.localhost`.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// The handler's `env`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Pooled (default) or isolate-per-request.
+    #[serde(default)]
+    pub mode: ExecutionMode,
+    /// Overrides of the process's default limits.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Non-public hosts and ranges the app's `fetch` may reach.
+    #[serde(default)]
+    pub allow_net: Vec<String>,
+}
+
+/// A route as written: a host pattern and/or a path prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// An exact host, or `*.domain`.
+    pub host: Option<String>,
+    /// A path prefix.
+    pub path: Option<String>,
+}
+
+/// A manifest that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("app '{app}': {reason}")]
+pub struct ManifestError {
+    app: String,
+    reason: String,
+}
+
+impl ManifestError {
+    fn new(app: &str, reason: impl ToString) -> ManifestError {
+        ManifestError {
+            app: app.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// An app name is letters, digits, `-` or `_` (it becomes a host label).
+pub fn check_app_name(name: &str) -> Result<(), ManifestError> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ManifestError::new(
+            name,
+            "an app name is letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+impl AppSettings {
+    /// The app `name` running `bundle` with these settings, its limits laid
+    /// over `defaults`. Its own port, if any, is the caller's to set.
+    pub fn into_manifest(
+        self,
+        name: &str,
+        bundle: Bundle,
+        defaults: &Limits,
+    ) -> Result<AppManifest, ManifestError> {
+        check_app_name(name)?;
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|route| {
+                Ok(Route {
+                    host: route
+                        .host
+                        .as_deref()
+                        .map(HostPattern::parse)
+                        .transpose()
+                        .map_err(|reason| ManifestError::new(name, reason))?,
+                    path: route.path,
+                })
+            })
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        let net = NetPolicy::allowing(&self.allow_net).map_err(|e| ManifestError::new(name, e))?;
+        let limits = self
+            .limits
+            .over(defaults)
+            .map_err(|e| ManifestError::new(name, e))?;
+        Ok(AppManifest {
+            config: AppConfig {
+                name: Arc::from(name),
+                vars: self.vars.into_iter().collect(),
+                net,
+                limits,
+            },
+            bundle,
+            mode: self.mode,
+            routes,
+            port: None,
+        })
+    }
+}
