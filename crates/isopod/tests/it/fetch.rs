@@ -100,10 +100,9 @@ fn proxy_bundle() -> std::path::PathBuf {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
-    let upstream = start_upstream().await;
-    let isopod = Isopod::start(
+/// `isopod run` on the proxy bundle, allowed to reach `upstream` only.
+fn proxy_to(upstream: SocketAddr) -> Isopod {
+    Isopod::start(
         &proxy_bundle(),
         &[
             "--var",
@@ -111,7 +110,12 @@ async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
             "--allow-net",
             &upstream.to_string(),
         ],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
+    let isopod = proxy_to(start_upstream().await);
     let json = isopod.get_json("/json").await;
     assert_eq!(json["status"], 200);
     assert_eq!(json["body"]["upstream"], true);
@@ -124,16 +128,7 @@ async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_streams_responses_and_request_bodies() {
-    let upstream = start_upstream().await;
-    let isopod = Isopod::start(
-        &proxy_bundle(),
-        &[
-            "--var",
-            &format!("UPSTREAM=http://{upstream}"),
-            "--allow-net",
-            &upstream.to_string(),
-        ],
-    );
+    let isopod = proxy_to(start_upstream().await);
 
     // Download: the upstream's first part reaches the client long before its last.
     let request = http::Request::get("/slow")
