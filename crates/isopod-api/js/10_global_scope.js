@@ -24,11 +24,13 @@ const {
   ObjectDefineProperties,
   ObjectFreeze,
   ObjectGetOwnPropertyDescriptor,
+  ObjectGetOwnPropertyNames,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeCatch,
   PromisePrototypeThen,
   PromiseReject,
   PromiseResolve,
+  ReflectApply,
   ReflectConstruct,
   SafeMap,
   SafePromiseAllSettled,
@@ -52,6 +54,8 @@ const {
   op_isopod_uncaught,
   op_isopod_fetch_refusal,
   op_isopod_clock,
+  op_isopod_in_crypto_pool,
+  op_void_async_deferred,
 } = core.ops;
 
 // ---------------------------------------------------------------------------
@@ -209,18 +213,72 @@ const isopodFetch = {
 }.fetch;
 
 // ---------------------------------------------------------------------------
-// WebCrypto bounds. PBKDF2's cost is its iteration count, which deno leaves
-// unbounded: capped at workerd's 100,000, refused past that with a
-// NotSupportedError before any work is done.
+// WebCrypto: cost bounds, and where the work runs.
+//
+// Once started, an operation runs to completion on its thread: it cannot be
+// interrupted, only charged for afterwards. So the parameters that set an
+// operation's cost, which deno leaves unbounded, are capped, and refused
+// past the cap with a NotSupportedError before any work is done: PBKDF2's
+// iterations at workerd's 100,000; Argon2's memory at 64 MiB (65,536 KiB)
+// and its passes at 10; generated RSA moduli at 4,096 bits.
 //
 // The algorithm dictionary is read here once and handed on with its `name`
-// (and for PBKDF2 its `iterations`) fixed as own data properties, so a
-// getter cannot show this check one value and deno another. The
-// conversions are deno's: `name` to a string, `iterations` to a number and
-// then to an unsigned 32-bit integer (so 2**32 + 5 counts as 5, as it does
-// for deno).
-const PBKDF2_MAX_ITERATIONS = 100_000;
-function boundedAlgorithm(algorithm) {
+// (and each bounded member) fixed as own data properties, so a getter
+// cannot show this check one value and deno another. The conversions are
+// deno's: `name` to a string, a bounded member to a number and then to an
+// unsigned 32-bit integer (so 2**32 + 5 counts as 5, as it does for deno).
+const costBound = (member, max, refusal) => ({ member, max, refusal });
+const ARGON2_BOUNDS = [
+  costBound(
+    "memory",
+    65_536,
+    (kib) =>
+      `Argon2 with more than 65536 KiB of memory is not supported (${kib} requested)`,
+  ),
+  costBound(
+    "passes",
+    10,
+    (passes) =>
+      `Argon2 with more than 10 passes is not supported (${passes} requested)`,
+  ),
+];
+const DERIVE_BOUNDS = {
+  __proto__: null,
+  PBKDF2: [
+    costBound(
+      "iterations",
+      100_000,
+      (iterations) =>
+        `PBKDF2 with more than 100000 iterations is not supported (${iterations} requested)`,
+    ),
+  ],
+  ARGON2I: ARGON2_BOUNDS,
+  ARGON2D: ARGON2_BOUNDS,
+  ARGON2ID: ARGON2_BOUNDS,
+};
+const RSA_KEYGEN_BOUNDS = [
+  costBound(
+    "modulusLength",
+    4096,
+    (bits) =>
+      `RSA keys longer than 4096 bits are not generated (${bits} requested)`,
+  ),
+];
+const KEYGEN_BOUNDS = {
+  __proto__: null,
+  "RSASSA-PKCS1-V1_5": RSA_KEYGEN_BOUNDS,
+  "RSA-PSS": RSA_KEYGEN_BOUNDS,
+  "RSA-OAEP": RSA_KEYGEN_BOUNDS,
+};
+function definedOwn(object, member, value) {
+  ObjectDefineProperty(object, member, {
+    value,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+}
+function boundedAlgorithm(algorithm, boundsByName) {
   if (
     algorithm === null ||
     (typeof algorithm !== "object" && typeof algorithm !== "function")
@@ -232,32 +290,37 @@ function boundedAlgorithm(algorithm) {
     return { __proto__: algorithm, name };
   }
   const nameString = `${name}`;
-  if (StringPrototypeToUpperCase(nameString) !== "PBKDF2") {
-    return { __proto__: algorithm, name: nameString };
+  const bounded = { __proto__: algorithm, name: nameString };
+  const bounds = boundsByName[StringPrototypeToUpperCase(nameString)];
+  if (bounds === undefined) {
+    return bounded;
   }
-  const rawIterations = algorithm.iterations;
-  if (rawIterations === undefined) {
-    return { __proto__: algorithm, name: nameString, iterations: undefined };
+  for (let i = 0; i < bounds.length; i++) {
+    const { member, max, refusal } = bounds[i];
+    const raw = algorithm[member];
+    if (raw === undefined) {
+      definedOwn(bounded, member, undefined);
+      continue;
+    }
+    const value = (+raw) >>> 0;
+    if (value > max) {
+      throw new domException.DOMException(refusal(value), "NotSupportedError");
+    }
+    definedOwn(bounded, member, value);
   }
-  const iterations = (+rawIterations) >>> 0;
-  if (iterations > PBKDF2_MAX_ITERATIONS) {
-    throw new domException.DOMException(
-      `PBKDF2 with more than ${PBKDF2_MAX_ITERATIONS} iterations is not supported (${iterations} requested)`,
-      "NotSupportedError",
-    );
-  }
-  return { __proto__: algorithm, name: nameString, iterations };
+  return bounded;
 }
 {
   const proto = crypto.SubtleCrypto.prototype;
   const deriveBits = proto.deriveBits;
   const deriveKey = proto.deriveKey;
+  const generateKey = proto.generateKey;
   const bounded = {
     async deriveBits(algorithm, baseKey, length = undefined) {
       return await FunctionPrototypeCall(
         deriveBits,
         this,
-        boundedAlgorithm(algorithm),
+        boundedAlgorithm(algorithm, DERIVE_BOUNDS),
         baseKey,
         length,
       );
@@ -266,21 +329,71 @@ function boundedAlgorithm(algorithm) {
       return await FunctionPrototypeCall(
         deriveKey,
         this,
-        boundedAlgorithm(algorithm),
+        boundedAlgorithm(algorithm, DERIVE_BOUNDS),
         baseKey,
         derivedKeyType,
         extractable,
         usages,
       );
     },
+    async generateKey(algorithm, extractable, usages) {
+      return await FunctionPrototypeCall(
+        generateKey,
+        this,
+        boundedAlgorithm(algorithm, KEYGEN_BOUNDS),
+        extractable,
+        usages,
+      );
+    },
   };
-  for (const name of ["deriveBits", "deriveKey"]) {
+  for (const name of ["deriveBits", "deriveKey", "generateKey"]) {
     ObjectDefineProperty(proto, name, {
       value: bounded[name],
       writable: true,
       enumerable: true,
       configurable: true,
     });
+  }
+
+  // Every method then runs with the isolate's own crypto thread as the
+  // place deno's `spawn_blocking` sends work to (isopod_api's crypto.rs):
+  // one thread per isolate bounds the work, and the host charges its CPU
+  // to the isolate's requests. Name and `length` are the method's own.
+  //
+  // deno's op driver spawns its polling task onto whichever tokio runtime
+  // is current when the isolate's first async op goes pending; that must
+  // be the isolate's own thread's, not the crypto pool's (which nothing
+  // drives), so one async op is made pending before the first crypto call.
+  let opDriverStarted = false;
+  const inCryptoPool = (call) => {
+    if (!opDriverStarted) {
+      opDriverStarted = true;
+      op_void_async_deferred();
+    }
+    return op_isopod_in_crypto_pool(call);
+  };
+  const names = ObjectGetOwnPropertyNames(proto);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    const descriptor = ObjectGetOwnPropertyDescriptor(proto, name);
+    if (name === "constructor" || typeof descriptor.value !== "function") {
+      continue;
+    }
+    const method = descriptor.value;
+    const wrapped = {
+      [name](...args) {
+        try {
+          return inCryptoPool(() => ReflectApply(method, this, args));
+        } catch (error) {
+          return PromiseReject(error);
+        }
+      },
+    }[name];
+    ObjectDefineProperty(wrapped, "length", {
+      value: method.length,
+      configurable: true,
+    });
+    ObjectDefineProperty(proto, name, { ...descriptor, value: wrapped });
   }
 }
 

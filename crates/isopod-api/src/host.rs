@@ -94,6 +94,11 @@ pub trait Host {
     /// a callback (timer, microtask) with nobody to catch it, caused while
     /// serving `request` (empty when outside any request).
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String);
+    /// The tokio runtime whose blocking pool runs this isolate's
+    /// `crypto.subtle` work (deno_crypto spawns it with `spawn_blocking`).
+    /// The host gives each isolate its own, to bound that work and to
+    /// charge its CPU to the isolate's requests.
+    fn crypto_runtime(&self) -> std::io::Result<tokio::runtime::Handle>;
 }
 
 fn host(state: &OpState) -> Rc<dyn Host> {

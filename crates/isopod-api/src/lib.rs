@@ -20,6 +20,7 @@
 
 pub mod address;
 mod clock;
+mod crypto;
 mod host;
 mod permissions;
 
@@ -42,6 +43,7 @@ deno_core::extension!(
         host::op_isopod_uncaught,
         permissions::op_isopod_fetch_refusal,
         clock::op_isopod_clock,
+        crypto::op_isopod_in_crypto_pool,
     ],
     esm_entry_point = "ext:isopod_api/10_global_scope.js",
     esm = [

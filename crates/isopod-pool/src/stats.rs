@@ -198,6 +198,8 @@ impl Shared {
             blank_creation_p50_ms: blank_p50,
             blank_creation_p99_ms: blank_p99,
             instances_per_thread: per_thread,
+            cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
+            cpu_clock_read_ns: isopod_runtime::cpu_clock_read_cost().as_nanos() as u64,
             instances,
         }
     }
@@ -236,6 +238,11 @@ pub struct PoolStats {
     pub blank_creation_p99_ms: Option<f64>,
     /// Pooled instances per worker thread.
     pub instances_per_thread: Vec<usize>,
+    /// Thread CPU-clock reads the limit enforcer has made so far; divided
+    /// by the requests served in the same interval, the reads per request.
+    pub cpu_clock_reads: u64,
+    /// What one such read costs on this machine (measured once).
+    pub cpu_clock_read_ns: u64,
     /// One row per live pooled instance.
     pub instances: Vec<InstanceRow>,
 }

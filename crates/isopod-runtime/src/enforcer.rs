@@ -18,17 +18,28 @@
 //!   requests) is charged to the instance's background account, which a
 //!   new dispatch resets; it has the same budget as one request;
 //! - start-up windows (bundle evaluation) are charged to the start-up
-//!   budget.
+//!   budget;
+//! - CPU spent off the isolate's thread, by the instance's crypto thread
+//!   (`crypto_pool.rs`), is read at each window's entry and charged like an
+//!   event-loop window's: to every request in flight (or to start-up, or to
+//!   the background account). A crypto operation cannot be interrupted, so
+//!   it is charged once it has run; the operations' costs are capped so
+//!   that one cannot run long (the bootstrap's WebCrypto bounds).
+//!
+//! A window entered with its budget already spent (what was just charged
+//! for crypto, or CPU a short window used past the watchdog's tick) is
+//! terminated at once, before any JavaScript runs in it.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cpu_clock;
 use crate::host::RequestTable;
 use crate::limits::{KillReason, Limits};
 use crate::watchdog::WatchSlot;
-use crate::window::{thread_cpu_time, WindowHooks, WindowKind};
+use crate::window::{WindowHooks, WindowKind};
 
 pub(crate) struct LimitEnforcer {
     slot: Arc<WatchSlot>,
@@ -84,8 +95,9 @@ impl LimitEnforcer {
 
 impl WindowHooks for LimitEnforcer {
     fn entered(&self, kind: WindowKind) {
-        let now = thread_cpu_time();
+        let now = cpu_clock::entry_reading();
         self.entered_at.set(now);
+        self.charge_shared(kind, self.table.crypto().take_uncharged());
         let cpu = self.cpu.get();
         let (used, budget, reason) = match kind {
             WindowKind::Startup => (
@@ -102,21 +114,36 @@ impl WindowHooks for LimitEnforcer {
                 None => (self.background_used.get(), cpu, KillReason::BackgroundCpu),
             },
         };
-        self.slot.arm(now, budget.saturating_sub(used), reason);
+        if used >= budget {
+            self.slot.terminate_here(reason);
+            return;
+        }
+        self.slot.arm(now, budget - used, reason);
     }
 
     fn exiting(&self, kind: WindowKind) {
         self.slot.disarm();
-        let spent = thread_cpu_time().saturating_sub(self.entered_at.get());
+        let spent = cpu_clock::exit_reading().saturating_sub(self.entered_at.get());
         self.total.set(self.total.get() + spent);
         match kind {
-            WindowKind::Startup => self.startup_used.set(self.startup_used.get() + spent),
             WindowKind::Dispatch(id) => self.table.charge(id, spent),
-            WindowKind::EventLoop | WindowKind::Other => {
-                if !self.table.charge_all(spent) {
-                    self.background_used.set(self.background_used.get() + spent);
-                }
-            }
+            _ => self.charge_shared(kind, spent),
+        }
+    }
+}
+
+impl LimitEnforcer {
+    /// Charges CPU that may have served any request in flight: to start-up
+    /// during start-up, else to every request in flight, else to the
+    /// background account.
+    fn charge_shared(&self, kind: WindowKind, spent: Duration) {
+        if spent.is_zero() {
+            return;
+        }
+        if kind == WindowKind::Startup {
+            self.startup_used.set(self.startup_used.get() + spent);
+        } else if !self.table.charge_all(spent) {
+            self.background_used.set(self.background_used.get() + spent);
         }
     }
 }

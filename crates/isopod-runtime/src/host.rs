@@ -1,5 +1,6 @@
 //! The runtime's side of the host interface: requests in flight on one
-//! instance, and where their responses, failures and log records go.
+//! instance, and where their responses, failures, log records and
+//! WebCrypto work go.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{pump_stream, ResponseBody};
+use crate::crypto_pool::CryptoPool;
 use crate::request::{DispatchError, OutgoingResponse};
 
 pub(crate) type Responder = oneshot::Sender<Result<OutgoingResponse, DispatchError>>;
@@ -59,6 +61,8 @@ pub(crate) struct RequestTable {
     in_flight: Arc<AtomicUsize>,
     /// How long a streaming response may send nothing (the app's limit).
     stream_idle_timeout: std::cell::Cell<Duration>,
+    /// Where the requests' `crypto.subtle` work runs, and what it cost.
+    crypto: CryptoPool,
     this: Weak<RequestTable>,
 }
 
@@ -73,6 +77,7 @@ impl RequestTable {
             stream_idle_timeout: std::cell::Cell::new(
                 crate::limits::Limits::default().stream_idle_timeout(),
             ),
+            crypto: CryptoPool::default(),
             this: this.clone(),
         })
     }
@@ -165,6 +170,11 @@ impl RequestTable {
             request.cpu_used += spent;
         }
         !pending.is_empty()
+    }
+
+    /// The instance's crypto thread (see `crypto_pool.rs`).
+    pub(crate) fn crypto(&self) -> &CryptoPool {
+        &self.crypto
     }
 
     /// The request in flight with the most CPU charged, and that CPU.
@@ -331,6 +341,10 @@ impl Host for RequestTable {
 
     fn done(&self, id: u32) {
         self.progress(id, |r| r.script_done = true);
+    }
+
+    fn crypto_runtime(&self) -> std::io::Result<tokio::runtime::Handle> {
+        self.crypto.handle()
     }
 
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {

@@ -17,6 +17,8 @@
 
 mod body;
 mod bundle;
+mod cpu_clock;
+mod crypto_pool;
 mod enforcer;
 mod graveyard;
 mod host;
@@ -32,6 +34,7 @@ mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
+pub use cpu_clock::{cpu_clock_read_cost, cpu_clock_reads, thread_cpu_time};
 pub use graveyard::Graveyard;
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink};
 pub use isopod_api::{deny_own_listeners, NetPolicy, PermissionError};
@@ -39,4 +42,4 @@ pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};
 pub use platform::init_v8;
 pub use request::{DispatchError, IncomingRequest, OutgoingResponse};
 pub use snapshot::snapshot_size;
-pub use window::{thread_cpu_time, WindowHooks, WindowKind};
+pub use window::{WindowHooks, WindowKind};

@@ -260,6 +260,9 @@ pub struct KillEvent {
     /// CPU the offending request (or start-up, or background work) had
     /// used, in ms.
     pub cpu_ms: f64,
+    /// CPU the instance's crypto thread had spent in all, in ms: part of
+    /// what was charged to its requests, spent off the isolate's thread.
+    pub crypto_cpu_ms: f64,
     /// The highest V8 heap use seen on the instance, in bytes.
     pub heap_high_water_bytes: usize,
     /// The JavaScript stack when the watchdog interrupted it, innermost

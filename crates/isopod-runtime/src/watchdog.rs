@@ -63,7 +63,7 @@ impl WatchSlot {
     pub(crate) fn register(handle: v8::IsolateHandle) -> Arc<WatchSlot> {
         let slot = Arc::new(WatchSlot {
             handle,
-            clock: current_thread_clock(),
+            clock: crate::cpu_clock::current_thread_clock(),
             cpu_deadline_ns: AtomicU64::new(0),
             reason: AtomicU8::new(KillReason::Cpu as u8),
             next_check_ns: AtomicU64::new(0),
@@ -122,7 +122,7 @@ impl WatchSlot {
         if deadline == 0 || now_ns < self.next_check_ns.load(Ordering::Relaxed) {
             return;
         }
-        let cpu = thread_clock_ns(self.clock);
+        let cpu = nanos(crate::cpu_clock::read(self.clock));
         if cpu < deadline {
             self.next_check_ns
                 .store(now_ns + (deadline - cpu), Ordering::Relaxed);
@@ -154,7 +154,7 @@ unsafe extern "C" fn on_interrupt(isolate: v8::UnsafeRawIsolatePtr, data: *mut c
     let deadline = slot.cpu_deadline_ns.load(Ordering::Acquire);
     // On this thread the window state is exact: a request from a window
     // that has ended, or one whose budget was renewed, is stale.
-    if deadline == 0 || nanos(crate::window::thread_cpu_time()) < deadline {
+    if deadline == 0 || nanos(crate::cpu_clock::thread_cpu_time()) < deadline {
         return;
     }
     let reason = KillReason::from_u8(slot.reason.load(Ordering::Relaxed));
@@ -270,33 +270,4 @@ fn watchdog() -> &'static Watchdog {
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The calling thread's CPU clock id, readable from other threads.
-fn current_thread_clock() -> libc::clockid_t {
-    let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
-    // SAFETY: `pthread_self` is always valid for the calling thread and
-    // `clock` is a valid out-pointer.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-    if rc != 0 {
-        // Falls back to the process clock: coarser (all threads' CPU), but
-        // never slower than the thread's, so no deadline is missed.
-        return libc::CLOCK_PROCESS_CPUTIME_ID;
-    }
-    clock
-}
-
-fn thread_clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; a clock of a thread that has
-    // exited makes the call fail, which reads as "no CPU used".
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
 }

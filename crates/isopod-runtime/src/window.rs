@@ -9,8 +9,6 @@
 //! so every `.await` sees the thread's isolate stack as it was before.
 //! Entering a window is also what advances the clock tenant code reads.
 
-use std::time::Duration;
-
 use deno_core::v8;
 
 /// What a window is doing, for the hooks' accounting.
@@ -33,21 +31,6 @@ pub trait WindowHooks {
     fn entered(&self, kind: WindowKind);
     /// The work is done; the isolate is about to be exited.
     fn exiting(&self, kind: WindowKind);
-}
-
-/// The calling thread's CPU time.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID
-    // is supported on every Linux isopod runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// An entered isolate; exiting happens on drop.

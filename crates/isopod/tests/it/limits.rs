@@ -43,6 +43,10 @@ const HOSTILE: &[(&str, &str)] = &[
         "export default { fetch() { Promise.reject(new Error('stray')); return new Response('answered'); } };",
     ),
     (
+        "crypto-burner",
+        "export default { async fetch() {\n  const key = await crypto.subtle.importKey('raw', new Uint8Array(16), 'PBKDF2', false, ['deriveBits']);\n  for (;;) await crypto.subtle.deriveBits({ name: 'PBKDF2', hash: 'SHA-256', salt: new Uint8Array(16), iterations: 100000 }, key, 256);\n} };",
+    ),
+    (
         "polluter",
         "export default { fetch() { const R = Response; Object.prototype.polluted = 'yes'; Array.prototype.map = () => 'hijacked'; globalThis.Response = null; return new R(({}).polluted); } };",
     ),
@@ -193,6 +197,16 @@ async fn hostile_tenants_are_cut_off_and_the_neighbour_keeps_being_served() {
                 .as_str()
                 .is_some_and(|m| m.contains("no longer waited for"))
     });
+
+    // WebCrypto work runs off the isolate's thread, each operation within
+    // the cost caps; its CPU is charged back to the request all the same.
+    let (status, _, body) = isopod.get_host("crypto-burner.localhost", "/derive").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("CPU time limit"), "{body}");
+    let event = kill_event(&isopod, "crypto-burner", "cpu");
+    assert_eq!(event["path"], "/derive");
+    assert!(event["cpu_ms"].as_f64().unwrap() >= 50.0, "{event}");
+    assert!(event["crypto_cpu_ms"].as_f64().unwrap() >= 40.0, "{event}");
 
     // A stray rejection is logged; the request is answered.
     let (status, _, body) = isopod.get_host("stray.localhost", "/").await;
