@@ -667,13 +667,30 @@ impl deno_fetch::dns::Resolve for PolicyResolver {
         let compiled = self.0.clone();
         Box::pin(async move {
             let host = name.as_str();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+            // RFC 6761: `localhost` and every name under it are loopback,
+            // whatever DNS would say; they are never looked up, so asking
+            // sends no packet.
+            let addresses: Vec<SocketAddr> = if is_localhost_name(host) {
+                vec![
+                    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+                ]
+            } else {
+                tokio::net::lookup_host((host, 0)).await?.collect()
+            };
             compiled
                 .screen(host, addresses.iter().map(SocketAddr::ip))
                 .map_err(|refusal| io::Error::new(io::ErrorKind::PermissionDenied, refusal))?;
             Ok(addresses.into_iter())
         })
     }
+}
+
+/// `localhost` or a name under it (`app.localhost`), in any case, with or
+/// without the root's trailing dot.
+fn is_localhost_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// Rewrites the text of a failed fetch's error into the reason it was
@@ -1169,6 +1186,45 @@ mod tests {
             Some("fetch to api.internal:443 refused: allow_net admits api.internal only on port 8443")
         );
         assert_eq!(compiled.refusal_message("connection reset by peer"), None);
+    }
+
+    /// Names under `localhost` never reach DNS: the resolver answers
+    /// loopback itself (RFC 6761), and the connection check refuses that
+    /// unless allowed. The names used here have no DNS record, so a lookup
+    /// would have failed rather than answered loopback.
+    #[tokio::test]
+    async fn names_under_localhost_are_loopback_without_a_lookup() {
+        use deno_fetch::dns::Resolve;
+        use std::str::FromStr;
+        type Name = hyper_util::client::legacy::connect::dns::Name;
+        let compiled = policy(&[]);
+        for host in [
+            "localhost",
+            "app.localhost",
+            "A.B.LocalHost",
+            "x.isopod-test.localhost.",
+        ] {
+            assert!(is_localhost_name(host), "{host}");
+            let answered: Vec<IpAddr> = PolicyResolver(compiled.clone())
+                .resolve(Name::from_str(host).unwrap())
+                .await
+                .unwrap_or_else(|error| panic!("{host}: {error}"))
+                .map(|address| address.ip())
+                .collect();
+            assert_eq!(
+                answered,
+                [
+                    "127.0.0.1".parse::<IpAddr>().unwrap(),
+                    "::1".parse().unwrap()
+                ],
+                "{host}"
+            );
+            let url = format!("http://{host}/");
+            assert!(!reachable(&compiled, &url, &["127.0.0.1", "::1"]), "{host}");
+        }
+        for host in ["localhost.example", "notlocalhost", "localhost-app.example"] {
+            assert!(!is_localhost_name(host), "{host}");
+        }
     }
 
     #[test]

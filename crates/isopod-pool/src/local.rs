@@ -248,7 +248,11 @@ impl LocalPool {
             let mut instance = blank?;
             instance.set_version(version.id.to_string());
             let shared = self.shared.clone();
-            instance.set_kill_sink(Rc::new(move |event| shared.record_kill(event)));
+            let killed = version.clone();
+            instance.set_kill_sink(Rc::new(move |event| {
+                killed.load.killed();
+                shared.record_kill(event)
+            }));
             instance.load(&version.bundle, &version.config).await?;
             Ok::<_, isopod_runtime::InstanceError>(
                 instance.spawn_with_graveyard(self.graveyard.clone()),
@@ -459,7 +463,12 @@ impl LocalPool {
             .borrow()
             .values()
             .filter_map(|slot| {
+                // A killed (or failed) instance is gone, even before the next
+                // request clears its slot.
                 let instance = slot.instance.borrow().clone()?;
+                if instance.handle.is_closed() {
+                    return None;
+                }
                 Some(InstanceRow {
                     replica: instance.replica.is_some(),
                     app: slot.version.app().to_string(),

@@ -93,13 +93,36 @@ enum Job {
 /// way to reach each worker thread.
 struct Inner {
     shared: Arc<Shared>,
+    /// One per worker thread, then the quarantine thread's (the last).
     jobs: Vec<mpsc::UnboundedSender<Job>>,
     config: PoolConfig,
 }
 
 impl Inner {
+    /// Worker threads: the ones apps are homed on (and, in a server, the
+    /// ones that accept connections).
+    fn workers(&self) -> usize {
+        self.jobs.len() - 1
+    }
+
+    /// The quarantine thread's index.
+    fn quarantine(&self) -> usize {
+        self.jobs.len() - 1
+    }
+
     fn home_thread(&self, app: &str) -> usize {
-        (fnv1a(app.as_bytes()) % self.jobs.len() as u64) as usize
+        (fnv1a(app.as_bytes()) % self.workers() as u64) as usize
+    }
+
+    /// Where `version` is served from a thread that has no say: the
+    /// quarantine thread for a version recently killed by a limit, else
+    /// its home.
+    fn placement(&self, version: &AppVersion) -> usize {
+        if version.load.quarantined() {
+            self.quarantine()
+        } else {
+            self.home_thread(version.app())
+        }
     }
 
     async fn dispatch_on(
@@ -143,11 +166,20 @@ impl PoolThread {
     /// `version` or is the app's home thread; otherwise hands it to the
     /// home thread. A cross-thread hop costs more than a small handler's
     /// whole JavaScript call, so the local case takes no channel.
+    ///
+    /// A version recently killed by a limit is served on the quarantine
+    /// thread instead, which accepts no connections and runs at a lower
+    /// priority: its runaway windows then hold up no other app's requests
+    /// and no connection's I/O (see ARCHITECTURE.md, "Quarantine").
     pub async fn dispatch(
         &self,
         version: &Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
+        if version.load.quarantined() {
+            let quarantine = self.inner.quarantine();
+            return self.inner.dispatch_on(quarantine, version, request).await;
+        }
         let home = self.inner.home_thread(version.app());
         if home == self.index || self.local.has_warm(version) || self.should_replicate(version) {
             self.local.dispatch(version.clone(), request).await
@@ -167,7 +199,7 @@ impl PoolThread {
             && version.load.home_queue_wait_us.load(Ordering::Relaxed)
                 >= config.replica_queue_wait.as_micros() as u64
             && version.load.replicas.load(Ordering::Relaxed)
-                < config.max_replicas.min(self.inner.jobs.len() - 1)
+                < config.max_replicas.min(self.inner.workers() - 1)
     }
 }
 
@@ -219,9 +251,9 @@ impl Pool {
     pub fn start_with(config: PoolConfig, main: Option<ThreadMain>) -> Result<Pool, PoolError> {
         isopod_runtime::init_v8();
         let shared = Arc::new(Shared::new(config.max_instances));
-        let count = config.threads.max(1);
+        let workers = config.threads.max(1);
         let (jobs, inboxes): (Vec<_>, Vec<_>) =
-            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+            (0..=workers).map(|_| mpsc::unbounded_channel()).unzip();
         let inner = Arc::new(Inner {
             shared,
             jobs,
@@ -230,9 +262,13 @@ impl Pool {
         let mut threads = Vec::new();
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let inner = inner.clone();
-            let main = main.clone();
+            let (name, main) = match index == workers {
+                false => (format!("isopod-worker-{index}"), main.clone()),
+                // Accepts nothing and runs nothing but quarantined apps.
+                true => ("isopod-quarantine".to_string(), None),
+            };
             let thread = std::thread::Builder::new()
-                .name(format!("isopod-worker-{index}"))
+                .name(name)
                 .spawn(move || worker_main(index, inner, inbox, main))
                 .map_err(PoolError::Thread)?;
             threads.push(thread);
@@ -250,14 +286,14 @@ impl Pool {
     }
 
     /// Serves `request` with an instance of `version`, on the app's home
-    /// thread.
+    /// thread (or the quarantine thread, after a kill).
     pub async fn dispatch(
         &self,
         version: &Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
-        let home = self.home_thread(version.app());
-        self.inner.dispatch_on(home, version, request).await
+        let thread = self.inner.placement(version);
+        self.inner.dispatch_on(thread, version, request).await
     }
 
     /// Tells every thread that `version` is its app's newest: instances of
@@ -279,16 +315,19 @@ impl Pool {
                 rows.extend(answer.await.unwrap_or_default());
             }
         }
-        self.inner.shared.snapshot(rows)
+        let mut stats = self.inner.shared.snapshot(rows);
+        stats.quarantine_thread = self.inner.quarantine();
+        stats.instances_per_thread.resize(self.inner.jobs.len(), 0);
+        stats
     }
 
-    /// Tells every thread that `app` is gone: its instances stop taking
     /// Kills of `app`'s instances: counts per reason and the most recent
     /// events.
     pub fn kills(&self, app: &str) -> crate::AppKills {
         self.inner.shared.kills(app)
     }
 
+    /// Tells every thread that `app` is gone: its instances stop taking
     /// requests and are dropped once idle.
     pub fn removed(&self, app: &str) {
         for jobs in &self.inner.jobs {
@@ -336,6 +375,10 @@ fn worker_main(
             return;
         }
     };
+    let quarantine = index == inner.quarantine();
+    if quarantine {
+        isopod_runtime::lower_thread_priority();
+    }
     let local_set = tokio::task::LocalSet::new();
     local_set.block_on(&runtime, async move {
         let home_of = {
@@ -348,7 +391,7 @@ fn worker_main(
             &inner.config,
             Box::new(home_of),
         );
-        if inner.config.spares_per_thread > 0 {
+        if inner.config.spares_per_thread > 0 && !quarantine {
             tokio::task::spawn_local(local.clone().refill_spares());
         }
         tokio::task::spawn_local(local.clone().retire_idle_replicas());

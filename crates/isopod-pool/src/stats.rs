@@ -198,6 +198,7 @@ impl Shared {
             blank_creation_p50_ms: blank_p50,
             blank_creation_p99_ms: blank_p99,
             instances_per_thread: per_thread,
+            quarantine_thread: 0,
             cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
             cpu_clock_read_ns: isopod_runtime::cpu_clock_read_cost().as_nanos() as u64,
             instances,
@@ -236,8 +237,12 @@ pub struct PoolStats {
     pub blank_creation_p50_ms: Option<f64>,
     /// 99th percentile of the same.
     pub blank_creation_p99_ms: Option<f64>,
-    /// Pooled instances per worker thread.
+    /// Pooled instances per thread (the worker threads, then the
+    /// quarantine thread).
     pub instances_per_thread: Vec<usize>,
+    /// The index of the quarantine thread, where apps recently killed by a
+    /// limit are served.
+    pub quarantine_thread: usize,
     /// Thread CPU-clock reads the limit enforcer has made so far; divided
     /// by the requests served in the same interval, the reads per request.
     pub cpu_clock_reads: u64,

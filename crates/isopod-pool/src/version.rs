@@ -62,6 +62,37 @@ pub(crate) struct VersionLoad {
     pub(crate) home_queue_wait_us: AtomicU64,
     /// Replicas (instances off the home thread) alive now.
     pub(crate) replicas: AtomicUsize,
+    /// When an instance of this version was last killed by a limit, as
+    /// [`VersionLoad::now_ms`]; 0 when never. Until
+    /// [`VersionLoad::QUARANTINE`] has passed since, the version is served
+    /// on the pool's quarantine thread, and gets no replicas.
+    pub(crate) last_kill_ms: AtomicU64,
+}
+
+impl VersionLoad {
+    /// How long after its last kill a version stays in quarantine.
+    pub(crate) const QUARANTINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Milliseconds on the process's monotonic clock (never 0).
+    pub(crate) fn now_ms() -> u64 {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1
+    }
+
+    /// Notes a kill of one of the version's instances.
+    pub(crate) fn killed(&self) {
+        self.last_kill_ms.store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether an instance was killed within [`Self::QUARANTINE`].
+    pub(crate) fn quarantined(&self) -> bool {
+        let last = self.last_kill_ms.load(Ordering::Relaxed);
+        last != 0 && Self::now_ms().saturating_sub(last) < Self::QUARANTINE.as_millis() as u64
+    }
 }
 
 impl AppVersion {

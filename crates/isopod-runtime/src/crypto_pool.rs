@@ -126,6 +126,7 @@ struct Threads {
 impl ThreadMeter {
     /// Runs on the new thread.
     fn thread_started(&self) {
+        crate::scheduling::lower_thread_priority();
         if let Ok(mut threads) = self.threads.lock() {
             threads.live.push((
                 std::thread::current().id(),

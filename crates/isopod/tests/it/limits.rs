@@ -241,10 +241,10 @@ async fn hostile_tenants_are_cut_off_and_the_neighbour_keeps_being_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_requests_on_a_killed_instance_get_503_and_the_log_says_so() {
     let bundle = "export default { async fetch(request) {\n  if (new URL(request.url).pathname === '/spin') { for (;;) {} }\n  await new Promise((r) => setTimeout(r, 400));\n  return new Response('slow');\n} };";
-    let isopod = Isopod::serve(
-        "threads = 1\n\n[[apps]]\nname = \"shared\"\nbundle = \"shared.js\"\n",
-        &[("shared.js", bundle)],
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\nthreads = 1\n\n[[apps]]\nname = \"shared\"\nbundle = \"shared.js\"\n"
     );
+    let isopod = Isopod::serve(&config, &[("shared.js", bundle)]);
     let endpoint = Arc::new(isopod.clone_addr());
     let slow = {
         let endpoint = endpoint.clone();
@@ -259,9 +259,23 @@ async fn other_requests_on_a_killed_instance_get_503_and_the_log_says_so() {
     let event = kill_event(&isopod, "shared", "cpu");
     assert_eq!(event["collateral_requests"], 1, "{event}");
     assert_eq!(event["path"], "/spin");
-    // The app is served again by a new instance.
+    // The app is served again by a new instance, on the quarantine thread
+    // (which accepts no connections), so that if it runs away again it
+    // holds up no other app's requests.
     let (status, _, body) = isopod.get_host("shared.localhost", "/slow").await;
     assert_eq!((status, body.as_str()), (200, "slow"));
+    let (_, pool) = isopod
+        .admin("GET", "/admin/pool", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(pool["quarantine_thread"], 1, "{pool}");
+    let rows: Vec<_> = pool["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["app"] == "shared")
+        .collect();
+    assert_eq!(rows.len(), 1, "{pool}");
+    assert_eq!(rows[0]["thread"], 1, "{pool}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

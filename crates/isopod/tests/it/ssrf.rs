@@ -214,6 +214,21 @@ async fn loopback_and_own_listeners_are_refused_in_every_spelling() {
             format!("localhost:{}", admin.port()),
             "localhost resolved to",
         ),
+        // Names under localhost are loopback without a lookup (RFC 6761),
+        // so trying them sends no DNS query.
+        (
+            format!(
+                "http://admin.isopod-test.localhost:{}/healthz",
+                admin.port()
+            ),
+            format!("admin.isopod-test.localhost:{}", admin.port()),
+            "admin.isopod-test.localhost resolved to",
+        ),
+        (
+            format!("http://Probe.LOCALHOST.:{port}/"),
+            format!("probe.localhost.:{port}"),
+            "localhost. resolved to",
+        ),
         // Through a redirect from the allow-listed upstream.
         (
             redirect(&format!("http://127.0.0.1:{port}/")),
@@ -237,10 +252,6 @@ async fn loopback_and_own_listeners_are_refused_in_every_spelling() {
         ),
         (redirect(&format!("http://{own}/")), own.to_string(), OWN),
     ];
-    // (`*.localhost` names are not tried: where nss-myhostname or
-    // systemd-resolved does not answer for them, resolving one would send a
-    // DNS query off the machine. The resolver-side check they would exercise
-    // is the one `localhost` exercises.)
     for (url, target, reason) in &cases {
         let outcome = probe(&isopod, host, url).await;
         assert_refused(&outcome, url, target, reason);
