@@ -6,7 +6,9 @@
 //! kept warm, evicted least-recently-used when the global cap
 //! (`max_instances`) is reached, and retired when a newer version of its app
 //! is deployed. Apps in [`ExecutionMode::IsolatePerRequest`] get a fresh
-//! instance per request instead.
+//! instance per request instead. One more thread, the quarantine thread,
+//! serves the versions a limit has recently killed, away from the worker
+//! threads' connections.
 //!
 //! Invariants:
 //! - Instances never cross threads; only requests, responses and handles do.
@@ -17,6 +19,9 @@
 //!   wait for it rather than each creating their own.
 //! - Live instances (per-request ones included) never exceed the cap; a miss
 //!   when every instance is busy is refused with [`PoolError::AtCapacity`].
+//! - Once a limit kills an instance of a version, its new requests go only
+//!   to the quarantine thread until the quarantine ends (10 s after its
+//!   last kill).
 #![deny(missing_docs)]
 
 mod local;

@@ -18,7 +18,8 @@ use crate::PoolError;
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Worker threads; default one per core.
+    /// Worker threads; default one per core. The pool runs one more, the
+    /// quarantine thread, for apps recently killed by a limit.
     pub threads: usize,
     /// The cap on live instances, pooled, per-request and spares alike;
     /// default 1000.
@@ -203,12 +204,15 @@ impl PoolThread {
     }
 }
 
-/// A pool of isolates on M worker threads.
+/// A pool of isolates on M worker threads, plus one quarantine thread.
 ///
 /// Each app has a home thread (a stable hash of its name); its pooled
 /// instances live there, one per version, created on the first request and
-/// kept warm until evicted under the cap or retired by a newer deploy.
-/// Instances never leave their thread. `Pool` itself is `Send + Sync`: any
+/// kept warm until evicted under the cap or retired by a newer deploy. For
+/// a while after a limit kills one of its instances, a version is served
+/// on the quarantine thread instead (which runs no `ThreadMain`, so no
+/// accept loop, at a lower OS priority). Instances never leave their
+/// thread. `Pool` itself is `Send + Sync`: any
 /// thread may dispatch.
 ///
 /// ```no_run
