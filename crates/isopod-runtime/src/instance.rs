@@ -421,13 +421,34 @@ impl Instance {
             if v8::Script::compile(scope, source, Some(&origin)).is_some() {
                 return false;
             }
-            let message = scope
+            let script_error = scope
                 .message()
                 .map(|m| m.get(scope).to_rust_string_lossy(scope))
                 .unwrap_or_default();
+            // Not a script; a module if it compiles as one (top-level
+            // `await` before the first `export` fails as a script on the
+            // `await`). A bundle that is neither is judged by its script
+            // error, so it is reported in the mode it was written for.
+            let module_origin = v8::ScriptOrigin::new(
+                scope,
+                name.into(),
+                0,
+                0,
+                false,
+                0,
+                None,
+                false,
+                false,
+                true,
+                None,
+            );
+            let mut module_source = v8::script_compiler::Source::new(source, Some(&module_origin));
+            if v8::script_compiler::compile_module(scope, &mut module_source).is_some() {
+                return true;
+            }
             ["'export'", "import statement", "'import.meta'"]
                 .iter()
-                .any(|marker| message.contains(marker))
+                .any(|marker| script_error.contains(marker))
         })
     }
 

@@ -44,6 +44,26 @@ async fn module_whose_default_export_is_a_class_instance() {
     assert_eq!(isopod.get("/").await.2, "from a method");
 }
 
+/// Top-level `await` before the first `export` makes a bundle that fails
+/// to compile as a script on the `await`: it is still a module. The awaited
+/// work here is WebCrypto, which runs on the instance's crypto thread
+/// during start-up (the scratch isolate's at deploy, then the instance's).
+#[tokio::test]
+async fn module_with_top_level_await_before_its_exports() {
+    let bundle = temp_bundle(
+        "top-level-await.js",
+        "const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode('x')));\n\
+         export default { async fetch() {\n\
+           const key = await crypto.subtle.generateKey({ name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);\n\
+           const signature = await crypto.subtle.sign('HMAC', key, new Uint8Array(8));\n\
+           return new Response(`${digest[0]} ${signature.byteLength}`);\n\
+         } };\n",
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    let (status, _, body) = isopod.get("/").await;
+    assert_eq!((status, body.as_str()), (200, "45 32"));
+}
+
 #[tokio::test]
 async fn service_worker_script() {
     let bundle = temp_bundle(
