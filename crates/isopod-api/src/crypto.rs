@@ -4,7 +4,7 @@
 //! the blocking pool of the tokio runtime current on the calling thread.
 //! The bootstrap calls every `SubtleCrypto` method through
 //! [`op_isopod_in_crypto_pool`], which makes the host's crypto runtime
-//! ([`Host::crypto_runtime`]) the current one for the length of the call.
+//! ([`Host::crypto_runtime`](crate::Host::crypto_runtime)) the current one for the length of the call.
 //! That is enough because deno polls an async op once when it is called and
 //! every crypto op spawns its blocking task before its first `await`; the
 //! task's completion then wakes the isolate's own event loop as before.
@@ -24,8 +24,6 @@ use std::rc::Rc;
 
 use deno_core::{op2, v8, OpState};
 
-use crate::host::Host;
-
 /// Calls `operation` (a closure that calls one `SubtleCrypto` method) with
 /// the host's crypto runtime current, and returns what it returns: the
 /// method's promise.
@@ -37,7 +35,7 @@ pub fn op_isopod_in_crypto_pool<'s>(
 ) -> Result<Option<v8::Local<'s, v8::Value>>, deno_error::JsErrorBox> {
     // The borrow ends before the call: the method's own ops borrow the
     // state too.
-    let host = state.borrow().borrow::<Rc<dyn Host>>().clone();
+    let host = crate::host::host(&state.borrow());
     let runtime = host.crypto_runtime().map_err(|error| {
         deno_error::JsErrorBox::new(
             "DOMExceptionOperationError",

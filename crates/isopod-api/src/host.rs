@@ -101,7 +101,7 @@ pub trait Host {
     fn crypto_runtime(&self) -> std::io::Result<tokio::runtime::Handle>;
 }
 
-fn host(state: &OpState) -> Rc<dyn Host> {
+pub(crate) fn host(state: &OpState) -> Rc<dyn Host> {
     state.borrow::<Rc<dyn Host>>().clone()
 }
 

@@ -157,12 +157,10 @@ impl LocalPool {
     /// Whether this thread has a live pooled instance of `version`.
     pub(crate) fn has_warm(&self, version: &Arc<AppVersion>) -> bool {
         let key = (version.config.name.clone(), version.id.clone());
-        self.slots.borrow().get(&key).is_some_and(|slot| {
-            slot.instance
-                .borrow()
-                .as_ref()
-                .is_some_and(|i| !i.handle.is_closed())
-        })
+        self.slots
+            .borrow()
+            .get(&key)
+            .is_some_and(|slot| slot.open_instance().is_some())
     }
 
     async fn pooled_instance(
@@ -463,12 +461,7 @@ impl LocalPool {
             .borrow()
             .values()
             .filter_map(|slot| {
-                // A killed (or failed) instance is gone, even before the next
-                // request clears its slot.
-                let instance = slot.instance.borrow().clone()?;
-                if instance.handle.is_closed() {
-                    return None;
-                }
+                let instance = slot.open_instance()?;
                 Some(InstanceRow {
                     replica: instance.replica.is_some(),
                     app: slot.version.app().to_string(),
@@ -485,13 +478,24 @@ impl LocalPool {
 }
 
 impl Slot {
+    /// The slot's instance unless it has stopped (killed by a limit, or its
+    /// event loop failed): a stopped one stays in the slot until the next
+    /// request clears it, but is gone for every other purpose.
+    fn open_instance(&self) -> Option<Rc<Pooled>> {
+        self.instance
+            .borrow()
+            .clone()
+            .filter(|instance| !instance.handle.is_closed())
+    }
+
+    /// The open instance, clearing a stopped one so the next request gets a
+    /// new one.
     fn live_instance(&self) -> Option<Rc<Pooled>> {
-        let mut instance = self.instance.borrow_mut();
-        if instance.as_ref().is_some_and(|i| i.handle.is_closed()) {
-            // Its event loop failed; the next request gets a new one.
-            *instance = None;
+        let open = self.open_instance();
+        if open.is_none() {
+            *self.instance.borrow_mut() = None;
         }
-        instance.clone()
+        open
     }
 }
 

@@ -106,9 +106,9 @@ impl Inner {
         self.jobs.len() - 1
     }
 
-    /// The quarantine thread's index.
+    /// The quarantine thread's index: it comes after the workers.
     fn quarantine(&self) -> usize {
-        self.jobs.len() - 1
+        self.workers()
     }
 
     fn home_thread(&self, app: &str) -> usize {
@@ -319,10 +319,7 @@ impl Pool {
                 rows.extend(answer.await.unwrap_or_default());
             }
         }
-        let mut stats = self.inner.shared.snapshot(rows);
-        stats.quarantine_thread = self.inner.quarantine();
-        stats.instances_per_thread.resize(self.inner.jobs.len(), 0);
-        stats
+        self.inner.shared.snapshot(self.inner.jobs.len(), rows)
     }
 
     /// Kills of `app`'s instances: counts per reason and the most recent

@@ -157,7 +157,9 @@ impl Shared {
         }
     }
 
-    pub(crate) fn snapshot(&self, instances: Vec<InstanceRow>) -> PoolStats {
+    /// The statistics, with `instances` from every one of the pool's
+    /// `threads` (the last of which is the quarantine thread).
+    pub(crate) fn snapshot(&self, threads: usize, instances: Vec<InstanceRow>) -> PoolStats {
         let hits = self.hits.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
         let total = self.max_instances;
@@ -172,12 +174,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .percentiles();
-        let mut per_thread = Vec::new();
+        let mut per_thread = vec![0; threads];
         for row in &instances {
-            if per_thread.len() <= row.thread {
-                per_thread.resize(row.thread + 1, 0);
+            if let Some(count) = per_thread.get_mut(row.thread) {
+                *count += 1;
             }
-            per_thread[row.thread] += 1;
         }
         PoolStats {
             total,
@@ -198,7 +199,7 @@ impl Shared {
             blank_creation_p50_ms: blank_p50,
             blank_creation_p99_ms: blank_p99,
             instances_per_thread: per_thread,
-            quarantine_thread: 0,
+            quarantine_thread: threads.saturating_sub(1),
             cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
             cpu_clock_read_ns: isopod_runtime::cpu_clock_read_cost().as_nanos() as u64,
             instances,

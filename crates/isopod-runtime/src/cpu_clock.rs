@@ -52,8 +52,9 @@ pub(crate) fn exit_reading() -> Duration {
     cpu
 }
 
-/// How many times any thread has read its CPU clock for the limit
-/// enforcer (and the watchdog's interrupts) since the process started.
+/// How many fresh CPU-clock readings ([`thread_cpu_time`]) any thread has
+/// taken since the process started: the limit enforcer's, the watchdog
+/// interrupts', and one per exiting crypto thread.
 pub fn cpu_clock_reads() -> u64 {
     READ_COUNTERS.lock().map_or(0, |counters| {
         counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()

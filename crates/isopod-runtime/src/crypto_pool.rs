@@ -13,7 +13,8 @@
 //!   thread per live instance;
 //! - its CPU is exact: the thread works for this instance alone, so its CPU
 //!   clock is this instance's crypto CPU, which the limit enforcer charges
-//!   back to the requests in flight at the next window (`enforcer.rs`).
+//!   back to the requests in flight at the next event-loop window
+//!   (`enforcer.rs`).
 //!
 //! How the work gets here: the bootstrap calls every `SubtleCrypto` method
 //! with this pool's runtime as the current tokio context

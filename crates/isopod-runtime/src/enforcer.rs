@@ -20,8 +20,8 @@
 //! - start-up windows (bundle evaluation) are charged to the start-up
 //!   budget;
 //! - CPU spent off the isolate's thread, by the instance's crypto thread
-//!   (`crypto_pool.rs`), is read at each window's entry and charged like an
-//!   event-loop window's: to every request in flight (or to start-up, or to
+//!   (`crypto_pool.rs`), is read at the entry of each window but a
+//!   dispatch and charged like an event-loop window's: to every request in flight (or to start-up, or to
 //!   the background account). A crypto operation cannot be interrupted, so
 //!   it is charged once it has run; the operations' costs are capped so
 //!   that one cannot run long (the bootstrap's WebCrypto bounds).
@@ -97,7 +97,12 @@ impl WindowHooks for LimitEnforcer {
     fn entered(&self, kind: WindowKind) {
         let now = cpu_clock::entry_reading();
         self.entered_at.set(now);
-        self.charge_shared(kind, self.table.crypto().take_uncharged());
+        // Crypto results come back in event-loop windows, which follow every
+        // batch of dispatches, so the crypto thread's clock (a system call
+        // while that thread lives) is read there and not again per dispatch.
+        if !matches!(kind, WindowKind::Dispatch(_)) {
+            self.charge_shared(kind, self.table.crypto().take_uncharged());
+        }
         let cpu = self.cpu.get();
         let (used, budget, reason) = match kind {
             WindowKind::Startup => (

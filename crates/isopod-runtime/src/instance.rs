@@ -392,8 +392,10 @@ impl Instance {
     /// Whether `bundle` is an ES module rather than a classic
     /// (service-worker) script. V8 decides: a bundle is a module when it does
     /// not compile as a script because of `import`/`export` syntax, however
-    /// it is laid out (minified bundles are one line). A script with any
-    /// other syntax error stays a script, so its error is reported as such.
+    /// it is laid out (minified bundles are one line), or when it fails as a
+    /// script for another reason but compiles as a module (top-level
+    /// `await`). Anything else stays a script, so its error is reported as
+    /// such.
     fn is_module(&mut self, bundle: &Bundle) -> bool {
         let name = bundle.specifier().to_string();
         self.window(WindowKind::Startup, |runtime| {
@@ -405,19 +407,7 @@ impl Instance {
             let Some(name) = v8::String::new(scope, &name) else {
                 return false;
             };
-            let origin = v8::ScriptOrigin::new(
-                scope,
-                name.into(),
-                0,
-                0,
-                false,
-                0,
-                None,
-                false,
-                false,
-                false,
-                None,
-            );
+            let origin = bundle_origin(scope, name, false);
             if v8::Script::compile(scope, source, Some(&origin)).is_some() {
                 return false;
             }
@@ -425,30 +415,20 @@ impl Instance {
                 .message()
                 .map(|m| m.get(scope).to_rust_string_lossy(scope))
                 .unwrap_or_default();
-            // Not a script; a module if it compiles as one (top-level
-            // `await` before the first `export` fails as a script on the
-            // `await`). A bundle that is neither is judged by its script
-            // error, so it is reported in the mode it was written for.
-            let module_origin = v8::ScriptOrigin::new(
-                scope,
-                name.into(),
-                0,
-                0,
-                false,
-                0,
-                None,
-                false,
-                false,
-                true,
-                None,
-            );
-            let mut module_source = v8::script_compiler::Source::new(source, Some(&module_origin));
-            if v8::script_compiler::compile_module(scope, &mut module_source).is_some() {
-                return true;
-            }
-            ["'export'", "import statement", "'import.meta'"]
+            if ["'export'", "import statement", "'import.meta'"]
                 .iter()
                 .any(|marker| script_error.contains(marker))
+            {
+                return true;
+            }
+            // No module syntax where the script parse stopped, but there
+            // may be some further on (top-level `await` before the first
+            // `export` stops a script parse at the `await`): a module if it
+            // compiles as one. Otherwise the bundle stays a script, so its
+            // error is reported in the mode it was written for.
+            let origin = bundle_origin(scope, name, true);
+            let mut module = v8::script_compiler::Source::new(source, Some(&origin));
+            v8::script_compiler::compile_module(scope, &mut module).is_some()
         })
     }
 
@@ -995,6 +975,28 @@ impl Drop for AbortOnDrop {
             let _ = self.tx.send(Command::Abort(self.id));
         }
     }
+}
+
+/// The origin a bundle is compiled under while deciding whether it is a
+/// module.
+fn bundle_origin<'s>(
+    scope: &v8::PinScope<'s, '_>,
+    name: v8::Local<'s, v8::String>,
+    is_module: bool,
+) -> v8::ScriptOrigin<'s> {
+    v8::ScriptOrigin::new(
+        scope,
+        name.into(),
+        0,
+        0,
+        false,
+        0,
+        None,
+        false,
+        false,
+        is_module,
+        None,
+    )
 }
 
 #[cfg(test)]
