@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use deno_core::{op2, ByteString, JsBuffer, OpState, Resource, ResourceId};
+use deno_core::{op2, v8, OpState, Resource, ResourceId};
 use deno_error::JsErrorBox;
 
 /// Severity of a console record (`console.debug` … `console.error`).
@@ -58,8 +58,11 @@ pub struct HostResponse {
     /// HTTP status code.
     pub status: u16,
     /// Header lines in order, names lower-cased by `Headers`; repeated names
-    /// (such as `set-cookie`) stay separate entries.
-    pub headers: Vec<(ByteString, ByteString)>,
+    /// (such as `set-cookie`) stay separate entries. Lines that are not valid
+    /// HTTP were dropped (and counted in `invalid_headers`).
+    pub headers: http::HeaderMap,
+    /// Header lines dropped because HTTP cannot carry them.
+    pub invalid_headers: usize,
     /// The body.
     pub body: ResponseBody,
 }
@@ -116,45 +119,158 @@ pub fn op_isopod_log(
     host(state).log(LogLevel::from_console_level(level), label, message);
 }
 
-#[op2]
-pub fn op_isopod_respond(
+/// The handler's response, with its header list (deno_fetch's `[name,
+/// value]` pairs) and a body that is `null`, a string or bytes.
+#[op2(fast)]
+pub fn op_isopod_respond<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] status: u32,
-    #[serde] headers: Vec<(ByteString, ByteString)>,
-    #[buffer] body: Option<JsBuffer>,
+    header_list: v8::Local<'s, v8::Array>,
+    body: v8::Local<'s, v8::Value>,
 ) {
-    let body = match body {
-        None => ResponseBody::Empty,
-        Some(bytes) => ResponseBody::Bytes(Bytes::copy_from_slice(&bytes)),
+    let (headers, invalid_headers) = read_header_list(scope, header_list);
+    let body = if body.is_null_or_undefined() {
+        ResponseBody::Empty
+    } else if let Ok(text) = v8::Local::<v8::String>::try_from(body) {
+        ResponseBody::Bytes(Bytes::from(text.to_rust_string_lossy(scope)))
+    } else if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
+        let mut bytes = vec![0; view.byte_length()];
+        let copied = view.copy_contents(&mut bytes);
+        bytes.truncate(copied);
+        ResponseBody::Bytes(Bytes::from(bytes))
+    } else {
+        ResponseBody::Empty
     };
     host(state).respond(
         request,
         HostResponse {
             status: status as u16,
             headers,
+            invalid_headers,
             body,
         },
     );
 }
 
-#[op2]
-pub fn op_isopod_respond_stream(
+/// The response of `new Response(text)`, `Response.json(...)` and the like:
+/// status, an optional content type (empty for none) and a body known in
+/// full, as deno_fetch records them when the `Response` is constructed. One
+/// fast call, with no header list and no `Uint8Array` made for the text.
+#[op2(fast)]
+pub fn op_isopod_respond_text(
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] status: u32,
-    #[serde] headers: Vec<(ByteString, ByteString)>,
+    #[string] content_type: &str,
+    #[string] body: &str,
+) {
+    respond_static(state, request, status, content_type, body.as_bytes());
+}
+
+/// Like `op_isopod_respond_text`, for a body given as bytes.
+#[op2(fast)]
+pub fn op_isopod_respond_bytes(
+    state: &mut OpState,
+    #[smi] request: u32,
+    #[smi] status: u32,
+    #[string] content_type: &str,
+    #[buffer] body: &[u8],
+) {
+    respond_static(state, request, status, content_type, body);
+}
+
+fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str, body: &[u8]) {
+    let mut headers = http::HeaderMap::new();
+    let mut invalid_headers = 0;
+    if !content_type.is_empty() {
+        match http::HeaderValue::from_str(content_type) {
+            Ok(value) => {
+                headers.insert(http::header::CONTENT_TYPE, value);
+            }
+            Err(_) => invalid_headers += 1,
+        }
+    }
+    host(state).respond(
+        request,
+        HostResponse {
+            status: status as u16,
+            headers,
+            invalid_headers,
+            body: ResponseBody::Bytes(Bytes::copy_from_slice(body)),
+        },
+    );
+}
+
+/// Reads deno_fetch's header list, `[[name, value], ...]` of byte strings,
+/// straight into a `HeaderMap` (no intermediate strings for one-byte ones).
+fn read_header_list<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    list: v8::Local<'s, v8::Array>,
+) -> (http::HeaderMap, usize) {
+    let lines = list.length();
+    let mut headers = http::HeaderMap::with_capacity(lines as usize);
+    let mut invalid = 0;
+    for index in 0..lines {
+        let line = list
+            .get_index(scope, index)
+            .and_then(|line| v8::Local::<v8::Array>::try_from(line).ok());
+        let pair = line.and_then(|line| {
+            let name = line.get_index(scope, 0)?.to_string(scope)?;
+            let value = line.get_index(scope, 1)?.to_string(scope)?;
+            let name = with_latin1(scope, name, |bytes| {
+                http::HeaderName::from_bytes(bytes).ok()
+            })?;
+            let value = with_latin1(scope, value, |bytes| {
+                http::HeaderValue::from_bytes(bytes).ok()
+            })?;
+            Some((name, value))
+        });
+        match pair {
+            Some((name, value)) => {
+                headers.append(name, value);
+            }
+            None => invalid += 1,
+        }
+    }
+    (headers, invalid)
+}
+
+/// Calls `read` with the Latin-1 bytes of `string` (a `ByteString`, as
+/// `Headers` keeps them), or gives `None` for a string with wider characters.
+fn with_latin1<'s, T>(
+    scope: &mut v8::PinScope<'s, '_>,
+    string: v8::Local<'s, v8::String>,
+    read: impl FnOnce(&[u8]) -> Option<T>,
+) -> Option<T> {
+    let view = v8::ValueView::new(scope, string);
+    match view.data() {
+        v8::ValueViewData::OneByte(bytes) => read(bytes),
+        v8::ValueViewData::TwoByte(_) => None,
+    }
+}
+
+#[op2(fast)]
+pub fn op_isopod_respond_stream<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    state: &mut OpState,
+    #[smi] request: u32,
+    #[smi] status: u32,
+    header_list: v8::Local<'s, v8::Array>,
     #[smi] rid: ResourceId,
 ) -> Result<(), JsErrorBox> {
     let stream = state
         .resource_table
         .take_any(rid)
         .map_err(JsErrorBox::from_err)?;
+    let (headers, invalid_headers) = read_header_list(scope, header_list);
     host(state).respond(
         request,
         HostResponse {
             status: status as u16,
             headers,
+            invalid_headers,
             body: ResponseBody::Stream(stream),
         },
     );

@@ -37,6 +37,8 @@ deno_core::extension!(
     ops = [
         host::op_isopod_log,
         host::op_isopod_respond,
+        host::op_isopod_respond_text,
+        host::op_isopod_respond_bytes,
         host::op_isopod_respond_stream,
         host::op_isopod_fail,
         host::op_isopod_done,

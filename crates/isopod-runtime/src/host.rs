@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use deno_core::ResourceId;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -248,22 +247,8 @@ impl RequestTable {
     }
 
     fn build_response(&self, id: u32, response: HostResponse) -> OutgoingResponse {
-        let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
-        let mut builder = http::Response::builder().status(status);
-        if let Some(headers) = builder.headers_mut() {
-            for (name, value) in response.headers {
-                match (
-                    HeaderName::from_bytes(&name),
-                    HeaderValue::from_bytes(&value),
-                ) {
-                    (Ok(name), Ok(value)) => {
-                        headers.append(name, value);
-                    }
-                    _ => {
-                        tracing::warn!(app = %self.app.borrow(), "dropped an invalid response header")
-                    }
-                }
-            }
+        if response.invalid_headers > 0 {
+            tracing::warn!(app = %self.app.borrow(), dropped = response.invalid_headers, "dropped response headers HTTP cannot carry");
         }
         let body = match response.body {
             isopod_api::ResponseBody::Empty => ResponseBody::empty(),
@@ -289,9 +274,10 @@ impl RequestTable {
                 ResponseBody::channel(rx)
             }
         };
-        builder
-            .body(body)
-            .unwrap_or_else(|_| http::Response::new(ResponseBody::full(Bytes::new())))
+        let mut outgoing = http::Response::new(body);
+        *outgoing.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+        *outgoing.headers_mut() = response.headers;
+        outgoing
     }
 }
 

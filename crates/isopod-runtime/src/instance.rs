@@ -673,7 +673,9 @@ impl Instance {
             let url = v8::String::new(scope, &request.url)
                 .map(Into::into)
                 .unwrap_or_else(|| v8::String::empty(scope).into());
-            let mut lines = Vec::with_capacity(request.headers.len());
+            // Flat (name, value, name, value, ...): the bootstrap pairs them
+            // only if the handler reads the headers.
+            let mut pairs = Vec::with_capacity(request.headers.len() * 2);
             for (name, value) in request.headers.iter() {
                 let name = v8::String::new_from_one_byte(
                     scope,
@@ -686,12 +688,11 @@ impl Instance {
                     v8::NewStringType::Normal,
                 );
                 if let (Some(name), Some(value)) = (name, value) {
-                    lines.push(
-                        v8::Array::new_with_elements(scope, &[name.into(), value.into()]).into(),
-                    );
+                    pairs.push(name.into());
+                    pairs.push(value.into());
                 }
             }
-            let headers = v8::Array::new_with_elements(scope, &lines).into();
+            let headers = v8::Array::new_with_elements(scope, &pairs).into();
             let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
             let undefined = v8::undefined(scope).into();
             if dispatch

@@ -94,6 +94,11 @@ fn proxy_bundle() -> std::path::PathBuf {
            if (path === '/json') { const r = await fetch(up + '/json'); return Response.json({ status: r.status, body: await r.json() }); }\n\
            if (path === '/redirect') { const r = await fetch(up + '/redirect'); return Response.json({ redirected: r.redirected, path: new URL(r.url).pathname, body: await r.json() }); }\n\
            if (path === '/slow') return fetch(up + '/slow');\n\
+           if (path === '/forward') {\n\
+             const copy = new Request(request); const clone = request.clone();\n\
+             const r = await fetch(new Request(up + '/redirect', request));\n\
+             return Response.json({ copy: copy.url, clone: clone.url, probe: clone.headers.get('x-probe'), redirected: r.redirected, path: new URL(r.url).pathname, body: await r.json() });\n\
+           }\n\
            if (path === '/upload') { const r = await fetch(up + '/upload', { method: 'POST', body: request.body, duplex: 'half' }); return new Response(await r.text()); }\n\
            return new Response('?', { status: 404 });\n\
          } };\n",
@@ -124,6 +129,28 @@ async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
     let redirected = isopod.get_json("/redirect").await;
     assert_eq!(redirected["redirected"], true);
     assert_eq!(redirected["path"], "/json");
+}
+
+/// The incoming request is a full `Request`: it can be copied, cloned and
+/// forwarded (its headers go along, redirects are followed on the copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incoming_request_can_be_copied_cloned_and_forwarded() {
+    let isopod = proxy_to(start_upstream().await);
+    let request = http::Request::get("/forward")
+        .header("host", "localhost")
+        .header("user-agent", "forwarded-agent")
+        .header("x-probe", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = crate::support::collect(send(isopod.addr, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["copy"], "http://localhost/forward");
+    assert_eq!(json["clone"], "http://localhost/forward");
+    assert_eq!(json["probe"], "1");
+    assert_eq!(json["redirected"], true);
+    assert_eq!(json["path"], "/json");
+    assert_eq!(json["body"]["ua"], "forwarded-agent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,61 @@ async fn set_cookie_lines_stay_separate_and_hop_by_hop_headers_do_not_pass() {
     }
 }
 
+/// Responses built from a string or bytes (deno_fetch's "serve fast" fields,
+/// sent in one op) keep their status, content type and body, a body is
+/// sent once, and every other response takes the header-list path.
+#[tokio::test]
+async fn static_responses_keep_their_type_and_a_body_is_sent_once() {
+    let bundle = temp_bundle(
+        "static.js",
+        "const cached = new Response('cached');\n\
+         export default { fetch(request) {\n\
+           switch (new URL(request.url).pathname) {\n\
+             case '/text': return new Response('plain text');\n\
+             case '/json': return Response.json({ ok: true });\n\
+             case '/typed': return new Response('{}', { headers: { 'Content-Type': 'application/json' } });\n\
+             case '/bytes': return new Response(new Uint8Array([104, 105]));\n\
+             case '/utf8': return new Response('h\\u00e9 \\u{1F980}');\n\
+             case '/status': return new Response('made', { status: 201, headers: { 'x-a': '1' } });\n\
+             case '/cached': return cached;\n\
+             case '/used': return new Response(cached.bodyUsed ? 'used' : 'unused');\n\
+           }\n\
+         } };\n",
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    let content_type = |headers: &http::HeaderMap| {
+        headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (status, headers, body) = isopod.get("/text").await;
+    assert_eq!((status, body.as_str()), (200, "plain text"));
+    assert_eq!(
+        content_type(&headers).as_deref(),
+        Some("text/plain;charset=UTF-8")
+    );
+    let (_, headers, body) = isopod.get("/json").await;
+    assert_eq!(body, r#"{"ok":true}"#);
+    assert_eq!(content_type(&headers).as_deref(), Some("application/json"));
+    let (_, headers, _) = isopod.get("/typed").await;
+    assert_eq!(content_type(&headers).as_deref(), Some("application/json"));
+    let (_, headers, body) = isopod.get("/bytes").await;
+    assert_eq!(body, "hi");
+    assert_eq!(content_type(&headers), None);
+    let (_, headers, body) = isopod.get("/utf8").await;
+    assert_eq!(body, "h\u{e9} \u{1F980}");
+    assert_eq!(headers.get("content-length").unwrap(), "8");
+    let (status, headers, body) = isopod.get("/status").await;
+    assert_eq!((status, body.as_str()), (201, "made"));
+    assert_eq!(headers.get("x-a").unwrap(), "1");
+    assert_eq!(isopod.get("/used").await.2, "unused");
+    let (status, _, body) = isopod.get("/cached").await;
+    assert_eq!((status, body.as_str()), (200, "cached"));
+    assert_eq!(isopod.get("/used").await.2, "used");
+    let (status, _, _) = isopod.get("/cached").await;
+    assert_eq!(status, 500, "a body was sent twice");
+}
+
 #[tokio::test]
 async fn expect_100_continue() {
     let isopod = Isopod::start(&echo_bundle(), &[]);
