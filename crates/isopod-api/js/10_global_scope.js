@@ -36,6 +36,7 @@ const {
   SafePromiseAllSettled,
   SafeWeakMap,
   StringPrototypeEndsWith,
+  StringPrototypeIndexOf,
   StringPrototypeSlice,
   StringPrototypeToUpperCase,
   TypedArrayPrototypeGetBuffer,
@@ -128,14 +129,24 @@ const crypto = load("ext:deno_crypto/00_crypto.js");
 // console: every record goes to the host as (level, request id, text). The
 // request id comes from an async-context variable set around each handler
 // call, so interleaved requests on one isolate are told apart.
-// The request's context object `{ id, label }` is itself V8's
+// The request's context object `{ id, method, url }` is itself V8's
 // continuation-preserved value: promise reactions and deno's timers carry it
 // from the handler to everything it schedules, and records made after the
 // request completed (a late rejection, waitUntil work) still name it. (deno's
 // AsyncVariable would cost a WeakMap entry per request, and the young-GC
 // ephemeron work that comes with it.)
 const kRequestContext = Symbol("isopod.requestContext");
-const NO_REQUEST = { id: 0, label: "" };
+const NO_REQUEST = { id: 0, method: "", url: "" };
+// `METHOD /path`, for log records: made only when something is logged.
+function requestLabel(context) {
+  if (context.id === 0) {
+    return "";
+  }
+  const url = context.url;
+  const scheme = StringPrototypeIndexOf(url, "://");
+  const path = scheme < 0 ? -1 : StringPrototypeIndexOf(url, "/", scheme + 3);
+  return `${context.method} ${path < 0 ? "/" : StringPrototypeSlice(url, path)}`;
+}
 const currentRequest = () => {
   const context = core.getAsyncContext();
   return context?.[kRequestContext] === true ? context : NO_REQUEST;
@@ -152,8 +163,8 @@ const hostConsole = new consoleMod.Console((msg, level) => {
   const text = StringPrototypeEndsWith(msg, "\n")
     ? StringPrototypeSlice(msg, 0, -1)
     : msg;
-  const { id, label } = currentRequest();
-  op_isopod_log(LOG_LEVELS[level] ?? 1, id, label, text);
+  const context = currentRequest();
+  op_isopod_log(LOG_LEVELS[level] ?? 1, context.id, requestLabel(context), text);
 });
 
 // ---------------------------------------------------------------------------
@@ -706,16 +717,26 @@ const UNCAUGHT_EXCEPTION = 1;
 // Unhandled rejections are logged against the request that caused them and
 // marked handled, so they never become a fatal event-loop error.
 core.setUnhandledPromiseRejectionHandler((promise, reason) => {
-  const { id, label } = currentRequest();
-  op_isopod_uncaught(id, label, UNCAUGHT_REJECTION, describeError(reason));
+  const context = currentRequest();
+  op_isopod_uncaught(
+    context.id,
+    requestLabel(context),
+    UNCAUGHT_REJECTION,
+    describeError(reason),
+  );
   return true;
 });
 
 // An exception thrown by a microtask or timer callback is logged the same way;
 // the isolate keeps serving.
 core.setReportExceptionCallback((error) => {
-  const { id, label } = currentRequest();
-  op_isopod_uncaught(id, label, UNCAUGHT_EXCEPTION, describeError(error));
+  const context = currentRequest();
+  op_isopod_uncaught(
+    context.id,
+    requestLabel(context),
+    UNCAUGHT_EXCEPTION,
+    describeError(error),
+  );
 });
 
 function describeError(error) {
@@ -842,7 +863,7 @@ function untrackRequest(context) {
 }
 
 function createDispatcher(handler, env) {
-  function dispatch(id, label, method, requestUrl, headerPairs, bodyRid) {
+  function dispatch(id, method, requestUrl, headerPairs, bodyRid) {
     const innerBody = bodyRid < 0
       ? null
       : new body.InnerBody(streams.readableStreamForRid(bodyRid));
@@ -857,7 +878,8 @@ function createDispatcher(handler, env) {
     const context = {
       [kRequestContext]: true,
       id,
-      label,
+      method,
+      url: requestUrl,
       subrequests: 0,
       req,
       inFlightIndex: -1,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use isopod_runtime::{Graveyard, IncomingRequest, Instance, InstanceHandle, OutgoingResponse};
+use rustc_hash::FxBuildHasher;
 
 use crate::stats::{InstanceRow, Shared};
 use crate::version::{AppVersion, ExecutionMode, VersionId};
@@ -80,9 +81,9 @@ pub(crate) struct LocalPool {
     memory_budget: u64,
     /// The process is over its memory budget: misses are refused.
     over_budget: Cell<bool>,
-    slots: RefCell<HashMap<SlotKey, Rc<Slot>>>,
+    slots: RefCell<HashMap<SlotKey, Rc<Slot>, FxBuildHasher>>,
     /// The newest deploy seen per app; older versions' slots are retired.
-    current: RefCell<HashMap<Arc<str>, u64>>,
+    current: RefCell<HashMap<Arc<str>, u64, FxBuildHasher>>,
 }
 
 impl LocalPool {
@@ -108,8 +109,8 @@ impl LocalPool {
                 limits: config.limits.clone(),
                 ..isopod_runtime::AppConfig::new("spare")
             },
-            slots: RefCell::new(HashMap::new()),
-            current: RefCell::new(HashMap::new()),
+            slots: RefCell::new(HashMap::default()),
+            current: RefCell::new(HashMap::default()),
         })
     }
 

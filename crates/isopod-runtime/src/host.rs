@@ -29,8 +29,9 @@ pub(crate) enum Control {
 struct PendingRequest {
     /// Taken when the response (or failure) is sent.
     responder: Option<Responder>,
-    /// `METHOD /path` for log records.
-    label: Arc<str>,
+    /// For log records and kill events (`METHOD /path`, made when needed).
+    method: http::Method,
+    url: String,
     /// The request body's resource, released when the request completes.
     body: Option<ResourceId>,
     /// JavaScript is done: responded or failed, `waitUntil` settled.
@@ -44,6 +45,21 @@ struct PendingRequest {
     answered_at: Option<Instant>,
 }
 
+impl PendingRequest {
+    /// The path and query of the request's absolute URL.
+    fn path(&self) -> &str {
+        let url = &self.url;
+        url.find("://")
+            .and_then(|scheme| url[scheme + 3..].find('/').map(|p| scheme + 3 + p))
+            .map_or("/", |start| &url[start..])
+    }
+
+    /// `METHOD /path`.
+    fn label(&self) -> String {
+        format!("{} {}", self.method, self.path())
+    }
+}
+
 /// The requests in flight on one instance. A request stays here until its
 /// response has been sent in full (streams included) and its `waitUntil`
 /// work has settled: that is what "in flight" means for draining.
@@ -51,7 +67,7 @@ pub(crate) struct RequestTable {
     /// Set when a bundle is loaded (a spare is created before its app is
     /// known).
     app: RefCell<Arc<str>>,
-    pending: RefCell<HashMap<u32, PendingRequest>>,
+    pending: RefCell<HashMap<u32, PendingRequest, rustc_hash::FxBuildHasher>>,
     /// Body resources of completed requests, for the driver to close (the
     /// table cannot reach `OpState` from inside an op).
     released_bodies: RefCell<Vec<ResourceId>>,
@@ -69,7 +85,7 @@ impl RequestTable {
     pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<RequestTable> {
         Rc::new_cyclic(|this| RequestTable {
             app: RefCell::new(app),
-            pending: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::default()),
             released_bodies: RefCell::new(Vec::new()),
             control,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -84,7 +100,8 @@ impl RequestTable {
     pub(crate) fn insert(
         &self,
         id: u32,
-        label: Arc<str>,
+        method: http::Method,
+        url: String,
         responder: Responder,
         body: Option<ResourceId>,
     ) {
@@ -92,7 +109,8 @@ impl RequestTable {
             id,
             PendingRequest {
                 responder: Some(responder),
-                label,
+                method,
+                url,
                 body,
                 script_done: false,
                 streaming: false,
@@ -194,7 +212,7 @@ impl RequestTable {
     /// Forgets requests whose response went out more than `timeout` ago but
     /// whose `waitUntil` work (or abandoned handler) has not settled.
     /// Returns their labels, for the log.
-    pub(crate) fn expire_lingering(&self, timeout: Duration) -> Vec<Arc<str>> {
+    pub(crate) fn expire_lingering(&self, timeout: Duration) -> Vec<String> {
         let mut expired = Vec::new();
         let mut pending = self.pending.borrow_mut();
         pending.retain(|_, request| {
@@ -203,7 +221,7 @@ impl RequestTable {
                     .answered_at
                     .is_some_and(|at| at.elapsed() >= timeout);
             if lingering {
-                expired.push(request.label.clone());
+                expired.push(request.label());
                 if let Some(body) = request.body {
                     self.released_bodies.borrow_mut().push(body);
                 }
@@ -234,9 +252,17 @@ impl RequestTable {
         }
     }
 
+    /// The method and path of request `id`, if it is in flight.
+    pub(crate) fn method_and_path(&self, id: u32) -> Option<(String, String)> {
+        self.pending
+            .borrow()
+            .get(&id)
+            .map(|r| (r.method.to_string(), r.path().to_string()))
+    }
+
     /// `METHOD /path` of request `id`, if it is in flight.
-    pub(crate) fn label(&self, id: u32) -> Option<Arc<str>> {
-        self.pending.borrow().get(&id).map(|r| r.label.clone())
+    pub(crate) fn label(&self, id: u32) -> Option<String> {
+        self.pending.borrow().get(&id).map(PendingRequest::label)
     }
 
     fn take_responder(&self, id: u32) -> Option<Responder> {

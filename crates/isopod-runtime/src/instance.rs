@@ -505,13 +505,9 @@ impl Instance {
                 .most_charged()
                 .map_or((None, Duration::ZERO), |(id, cpu)| (Some(id), cpu)),
         };
-        let label = offender.and_then(|id| self.table.label(id));
-        let (method, path) = label
-            .as_deref()
-            .and_then(|l| l.split_once(' '))
-            .map_or((String::new(), String::new()), |(m, p)| {
-                (m.to_string(), p.to_string())
-            });
+        let (method, path) = offender
+            .and_then(|id| self.table.method_and_path(id))
+            .unwrap_or_default();
         let heap_now = self.window(WindowKind::Other, |runtime| {
             runtime.v8_isolate().get_heap_statistics().used_heap_size()
         });
@@ -640,16 +636,6 @@ impl Instance {
             return;
         };
         let dispatch = dispatcher.dispatch.clone();
-        let path = request
-            .url
-            .find("://")
-            .and_then(|scheme_end| {
-                request.url[scheme_end + 3..]
-                    .find('/')
-                    .map(|p| scheme_end + 3 + p)
-            })
-            .map_or("/", |start| &request.url[start..]);
-        let label: Arc<str> = format!("{} {}", request.method, path).into();
         let body_rid = request.body.map(|body| {
             self.runtime
                 .op_state()
@@ -657,16 +643,12 @@ impl Instance {
                 .resource_table
                 .add(RequestBodyResource::new(body))
         });
-        self.table.insert(id, label.clone(), responder, body_rid);
         let table = self.table.clone();
         self.window(WindowKind::Dispatch(id), |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
             let dispatch = v8::Local::new(scope, &dispatch);
             let id_value = v8::Integer::new_from_unsigned(scope, id).into();
-            let label = v8::String::new(scope, &label)
-                .map(Into::into)
-                .unwrap_or_else(|| v8::String::empty(scope).into());
             let method = v8::String::new(scope, request.method.as_str())
                 .unwrap()
                 .into();
@@ -695,12 +677,10 @@ impl Instance {
             let headers = v8::Array::new_with_elements(scope, &pairs).into();
             let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
             let undefined = v8::undefined(scope).into();
+            // In the table before any JavaScript runs: the ops look it up.
+            table.insert(id, request.method, request.url, responder, body_rid);
             if dispatch
-                .call(
-                    scope,
-                    undefined,
-                    &[id_value, label, method, url, headers, rid],
-                )
+                .call(scope, undefined, &[id_value, method, url, headers, rid])
                 .is_none()
             {
                 if scope.is_execution_terminating() {
