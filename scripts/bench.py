@@ -5,8 +5,10 @@ Prints, for the release build on this machine:
   - `isopod run` from process start to its first response, the snapshot
     size, and RSS after 1,000 requests;
   - hello-world requests/s with 1 and 2 worker threads (wrk, 32 connections,
-    the client pinned to the other core), and `deno serve` on one core in the
-    same run, with the ratio;
+    the client pinned to the other core), and `deno serve` and a bare hyper
+    server (crates/isopod-server/examples/bare_hyper.rs, the HTTP ceiling) on
+    one core in the same run, with the ratios and the dispatch overhead: what
+    a request costs isopod's saturated thread beyond hyper's own work;
   - warm dispatch latency (sequential keep-alive requests, p50/p99);
   - blank-isolate creation and cold-miss latency p50/p99 (from the pool's own
     statistics, after deploying many apps through the admin API);
@@ -44,6 +46,7 @@ QUICK = os.environ.get("ISOPOD_BENCH_QUICK") == "1"
 DURATION = "3s" if QUICK else "8s"
 TOKEN = "bench-token-0123456789"
 HELLO = os.path.join(ROOT, "examples", "hello.js")
+BARE_HYPER = os.path.join(TARGET, "release", "examples", "bare_hyper")
 
 
 def free_port():
@@ -187,12 +190,30 @@ def bench_throughput():
         wait_listening(port)
         results["deno serve (1 core)"] = wrk(port)
         stop(proc)
+    if os.path.exists(BARE_HYPER):
+        port = free_port()
+        proc = start([BARE_HYPER, str(port)], cpu=0)
+        wait_listening(port)
+        results["bare hyper (1 core)"] = wrk(port)
+        stop(proc)
     for name, rps in results.items():
         print(f"{name:28} {rps:12,.0f}")
+    isopod = results["isopod 1 thread(s)"]
     deno = results.get("deno serve (1 core)")
+    hyper = results.get("bare hyper (1 core)")
     if deno:
-        print(f"{'isopod/deno, 1 core':28} {results['isopod 1 thread(s)'] / deno:12.2f}")
-    print(f"{'isopod 2 threads / 1 thread':28} {results['isopod 2 thread(s)'] / results['isopod 1 thread(s)']:12.2f}")
+        print(f"{'isopod/deno, 1 core':28} {isopod / deno:12.2f}")
+    if hyper:
+        print(f"{'isopod/bare hyper, 1 core':28} {isopod / hyper:12.2f}")
+        if deno:
+            print(f"{'deno/bare hyper, 1 core':28} {deno / hyper:12.2f}")
+        # What a request costs isopod's thread beyond hyper's own HTTP work:
+        # the JavaScript call, the pool, the windows (core 0 saturated).
+        print(f"{'dispatch overhead, 1 core':28} {1e6 / isopod - 1e6 / hyper:9.1f} µs per request "
+              f"(isopod {1e6 / isopod:.1f} µs, hyper {1e6 / hyper:.1f} µs)")
+        if deno:
+            print(f"{'deno, same measure':28} {1e6 / deno - 1e6 / hyper:9.1f} µs per request")
+    print(f"{'isopod 2 threads / 1 thread':28} {results['isopod 2 thread(s)'] / isopod:12.2f}")
 
 
 def bench_warm_latency():

@@ -10,4 +10,5 @@ if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
 fi
 bash scripts/install-peers.sh
 cargo build --release --quiet -p isopod
+cargo build --release --quiet -p isopod-server --example bare_hyper
 exec python3 scripts/bench.py
