@@ -85,6 +85,10 @@ enum Job {
     Removed {
         app: Arc<str>,
     },
+    /// Starts a task next to the thread's share of the pool.
+    Spawn {
+        task: ThreadTask,
+    },
     /// Ends the thread (the channels themselves stay open while any
     /// `PoolThread` holds a sender).
     Stop,
@@ -147,6 +151,10 @@ impl Inner {
 /// A future each worker thread runs next to its share of the pool (an
 /// embedder's accept loop, say), given that thread's [`PoolThread`].
 pub type ThreadMain = Arc<dyn Fn(PoolThread) -> LocalBoxFuture<'static, ()> + Send + Sync>;
+
+/// A task started on one worker thread after the pool has started (see
+/// [`Pool::spawn_on_worker`]).
+pub type ThreadTask = Box<dyn FnOnce(PoolThread) -> LocalBoxFuture<'static, ()> + Send>;
 
 /// A worker thread's view of the pool, for code running on that thread.
 /// `!Send`: it dispatches to this thread's instances without a hop.
@@ -328,6 +336,19 @@ impl Pool {
         self.inner.shared.kills(app)
     }
 
+    /// The number of worker threads (the threads that run a [`ThreadMain`];
+    /// the quarantine thread is not one of them).
+    pub fn workers(&self) -> usize {
+        self.inner.workers()
+    }
+
+    /// Starts `task` on worker thread `thread`, given that thread's
+    /// [`PoolThread`], as its `ThreadMain` was (an embedder's new listener,
+    /// say). False when there is no such worker or the pool has stopped.
+    pub fn spawn_on_worker(&self, thread: usize, task: ThreadTask) -> bool {
+        thread < self.inner.workers() && self.inner.jobs[thread].send(Job::Spawn { task }).is_ok()
+    }
+
     /// Tells every thread that `app` is gone: its instances stop taking
     /// requests and are dropped once idle.
     pub fn removed(&self, app: &str) {
@@ -398,13 +419,13 @@ fn worker_main(
         tokio::task::spawn_local(local.clone().retire_idle_replicas());
         tokio::task::spawn_local(local.clone().reap());
         tokio::task::spawn_local(local.clone().watch_memory());
+        let thread = PoolThread {
+            index,
+            local: local.clone(),
+            inner: inner.clone(),
+        };
         if let Some(main) = main {
-            let thread = PoolThread {
-                index,
-                local: local.clone(),
-                inner: inner.clone(),
-            };
-            tokio::task::spawn_local(main(thread));
+            tokio::task::spawn_local(main(thread.clone()));
         }
         while let Some(job) = inbox.recv().await {
             match job {
@@ -432,6 +453,9 @@ fn worker_main(
                 }
                 Job::Deployed { version } => local.note_version(&version),
                 Job::Removed { app } => local.remove_app(&app),
+                Job::Spawn { task } => {
+                    tokio::task::spawn_local(task(thread.clone()));
+                }
                 Job::Stop => break,
             }
         }

@@ -31,9 +31,10 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::manifest::{check_app_name, AppSettings};
+use crate::ports::OwnPorts;
 use crate::registry::{Deployed, Registry};
 use crate::routing::HostPattern;
-use crate::server::check_bundle;
+use crate::server::{check_bundle, serve_own_port};
 
 /// The largest bundle or manifest `PUT /apps/NAME` accepts.
 const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
@@ -43,6 +44,8 @@ pub(crate) struct Admin {
     pub(crate) token: Arc<str>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) pool: Arc<Pool>,
+    /// Apps' own ports: a deploy may open or move one.
+    pub(crate) ports: Arc<OwnPorts>,
     /// The process's default limits, which a manifest's `limits` override.
     pub(crate) default_limits: Limits,
 }
@@ -110,7 +113,7 @@ impl Admin {
                 let name = name.to_string();
                 self.deploy(&name, request).await
             }
-            (Method::DELETE, ["apps", name]) => self.remove(name),
+            (Method::DELETE, ["apps", name]) => self.remove(name).await,
             (Method::GET, ["admin", "pool"]) => {
                 reply(StatusCode::OK, json!(self.pool.stats().await))
             }
@@ -166,9 +169,12 @@ impl Admin {
         reply(StatusCode::OK, described)
     }
 
-    fn remove(&self, name: &str) -> AdminResponse {
+    async fn remove(&self, name: &str) -> AdminResponse {
         match self.registry.remove(name) {
-            Some(_) => {
+            Some(removed) => {
+                if let Some(port) = removed.port {
+                    self.ports.close(port).await;
+                }
                 self.pool.removed(name);
                 reply(StatusCode::OK, json!({ "removed": name }))
             }
@@ -197,7 +203,7 @@ impl Admin {
                 )
             }
         };
-        let (source, settings) = match parse_body(&body, is_json) {
+        let (source, settings, port) = match parse_body(&body, is_json) {
             Ok(parsed) => parsed,
             Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
         };
@@ -222,13 +228,34 @@ impl Admin {
                 )
             }
         }
+        // A JSON manifest states the app's own port (none if absent); a bare
+        // bundle keeps the port the app had.
+        let previous_port = previous.as_ref().and_then(|p| p.port);
+        let port = match port {
+            PortChoice::Keep => previous_port,
+            PortChoice::Set(port) => port,
+        };
+        let opened = match port {
+            Some(port) if Some(port) != previous_port => {
+                match self.ports.bind(&config.name, port, self.pool.workers()) {
+                    Ok(bound) => Some(bound),
+                    Err(refused) => {
+                        return error(StatusCode::BAD_REQUEST, &format!("app '{name}': {refused}"))
+                    }
+                }
+            }
+            _ => None,
+        };
         let version = AppVersion::new(config, bundle, manifest.mode);
-        self.registry.deploy(Deployed::new(
-            version.clone(),
-            manifest.routes,
-            // An app's own port is bound at start-up, from the config file.
-            previous.as_ref().and_then(|p| p.port),
-        ));
+        self.registry
+            .deploy(Deployed::new(version.clone(), manifest.routes, port));
+        if let Some(bound) = opened {
+            serve_own_port(&self.pool, &self.registry, &version.config.name, bound);
+            tracing::info!(app = name, port = ?port, "listening on the app's own port");
+        }
+        if let Some(old) = previous_port.filter(|old| Some(*old) != port) {
+            self.ports.close(old).await;
+        }
         self.pool.deployed(&version);
         tracing::info!(app = name, version = %version.id, "deployed");
         let status = if previous.is_some() {
@@ -243,13 +270,21 @@ impl Admin {
     }
 }
 
+/// What a deploy says about the app's own port.
+enum PortChoice {
+    /// Nothing (a bare bundle): the app keeps the port it had.
+    Keep,
+    /// A manifest's `port`, or none when it has no such key.
+    Set(Option<u16>),
+}
+
 /// A deploy's body: a bare bundle, or a JSON manifest `{"bundle": …}` with
-/// the [`AppSettings`] keys beside it.
-fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings), String> {
+/// an optional `port` and the [`AppSettings`] keys beside it.
+fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings, PortChoice), String> {
     if !is_json {
         let source = String::from_utf8(body.to_vec())
             .map_err(|_| "the bundle is not UTF-8 text".to_string())?;
-        return Ok((source, AppSettings::default()));
+        return Ok((source, AppSettings::default(), PortChoice::Keep));
     }
     let invalid = |e: &dyn std::fmt::Display| format!("invalid manifest: {e}");
     let mut manifest: serde_json::Map<String, Value> =
@@ -259,8 +294,15 @@ fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings), Strin
         Some(_) => return Err(invalid(&"`bundle` must be a string")),
         None => return Err(invalid(&"missing field `bundle`")),
     };
+    let port = match manifest.remove("port") {
+        None | Some(Value::Null) => None,
+        Some(port) => match port.as_u64().and_then(|p| u16::try_from(p).ok()) {
+            Some(port) if port > 0 => Some(port),
+            _ => return Err(invalid(&"`port` must be a port number (1-65535)")),
+        },
+    };
     let settings = AppSettings::deserialize(Value::Object(manifest)).map_err(|e| invalid(&e))?;
-    Ok((source, settings))
+    Ok((source, settings, PortChoice::Set(port)))
 }
 
 fn describe(deployed: &Deployed) -> Value {

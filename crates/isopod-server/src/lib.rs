@@ -2,7 +2,8 @@
 //!
 //! A [`Server`] runs on the pool's M worker threads (each a `current_thread`
 //! tokio runtime with a `LocalSet`), each accepting connections on its own
-//! `SO_REUSEPORT` sockets for the main address and for every app's own port.
+//! `SO_REUSEPORT` sockets for the main address and for every app's own port
+//! (from the config file, or given by an admin deploy while running).
 //! A request is routed to an app by host and path (or by the port it came
 //! in on), and served on the accepting thread when that thread has a warm
 //! instance of the app or is its home thread; otherwise it is handed to the
@@ -27,6 +28,7 @@ mod admission;
 mod http_semantics;
 mod listener;
 mod manifest;
+mod ports;
 mod registry;
 mod routing;
 mod server;
@@ -35,6 +37,7 @@ mod service;
 pub use admission::Admission;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
 pub use manifest::{check_app_name, AppSettings, ManifestError, RouteSpec};
+pub use ports::PortError;
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
 pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError};

@@ -9,8 +9,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
 use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
+use tokio::sync::watch;
 
 use crate::listener::bind_reuseport;
+use crate::ports::{stopped, BoundPort, OwnPorts, PortError};
 use crate::registry::{Deployed, Registry};
 use crate::routing::Route;
 use crate::service::{handle, Connection};
@@ -84,6 +86,9 @@ pub enum ServerError {
         /// Why.
         error: std::io::Error,
     },
+    /// An app's own port cannot be its.
+    #[error(transparent)]
+    Port(#[from] PortError),
     /// The worker threads could not be started.
     #[error(transparent)]
     Pool(#[from] isopod_pool::PoolError),
@@ -95,11 +100,16 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
     pool: Arc<Pool>,
+    /// Apps' own ports; their accept loops run while this lives.
+    _ports: Arc<OwnPorts>,
 }
 
-/// One worker thread's listeners: each with the app it is dedicated to, if
-/// it is an app's own port.
-type ThreadListeners = Vec<(TcpListener, Option<Arc<str>>)>;
+/// A listener of one worker thread: the socket, the app it is dedicated to
+/// if it is an app's own port, and what stops it then (see `ports.rs`).
+type ThreadListener = (TcpListener, Option<Arc<str>>, Option<watch::Receiver<bool>>);
+
+/// One worker thread's listeners.
+type ThreadListeners = Vec<ThreadListener>;
 
 impl Server {
     /// Checks every app's bundle, binds the listeners and starts the worker
@@ -126,16 +136,20 @@ impl Server {
             error,
         })?;
         for (thread, listener) in main.into_iter().enumerate() {
-            per_thread[thread].push((listener, None));
+            per_thread[thread].push((listener, None, None));
         }
         let registry = Arc::new(Registry::default());
+        let ports = Arc::new(OwnPorts::new(config.listen.ip(), &[local_addr.port()]));
         let mut own_listeners = vec![local_addr];
         for app in config.apps {
             if let Some(port) = app.port {
-                let sockets = bind(SocketAddr::new(config.listen.ip(), port))?;
-                own_listeners.extend(sockets.first().and_then(|s| s.local_addr().ok()));
-                for (thread, listener) in sockets.into_iter().enumerate() {
-                    per_thread[thread].push((listener, Some(app.config.name.clone())));
+                let bound = ports.bind(&app.config.name, port, threads)?;
+                for (thread, listener) in bound.sockets.into_iter().enumerate() {
+                    per_thread[thread].push((
+                        listener,
+                        Some(app.config.name.clone()),
+                        Some(bound.stop.clone()),
+                    ));
                 }
             }
             registry.deploy(Deployed::new(
@@ -152,6 +166,9 @@ impl Server {
             None => None,
         };
         own_listeners.extend(admin.as_ref().map(|((_, addr), _)| *addr));
+        if let Some(((_, addr), _)) = &admin {
+            ports.reserve(addr.port());
+        }
         isopod_runtime::deny_own_listeners(&own_listeners);
 
         let listeners = Arc::new(Mutex::new(
@@ -183,6 +200,7 @@ impl Server {
                         token: token.into(),
                         registry: registry.clone(),
                         pool: pool.clone(),
+                        ports: ports.clone(),
                         default_limits,
                     },
                 )
@@ -196,6 +214,7 @@ impl Server {
             admin_addr,
             registry,
             pool,
+            _ports: ports,
         })
     }
 
@@ -284,29 +303,67 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {
     let mut loops = Vec::new();
-    for (listener, dedicated) in listeners {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(%error, "cannot register a listener");
-                continue;
-            }
-        };
-        let connection = Rc::new(Connection {
-            thread: thread.clone(),
-            registry: registry.clone(),
-            dedicated,
-        });
-        loops.push(tokio::task::spawn_local(accept_loop(listener, connection)));
+    for listener in listeners {
+        loops.push(tokio::task::spawn_local(accept_on(
+            thread.clone(),
+            registry.clone(),
+            listener,
+        )));
     }
     for accept in loops {
         let _ = accept.await;
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, connection: Rc<Connection>) {
+/// Starts serving an app's port bound after start-up (an admin deploy):
+/// its accept loop on each worker thread, on that thread's socket.
+pub(crate) fn serve_own_port(
+    pool: &Pool,
+    registry: &Arc<Registry>,
+    app: &Arc<str>,
+    bound: BoundPort,
+) {
+    for (thread, socket) in bound.sockets.into_iter().enumerate() {
+        let listener = (socket, Some(app.clone()), Some(bound.stop.clone()));
+        let registry = registry.clone();
+        let started = pool.spawn_on_worker(
+            thread,
+            Box::new(move |thread| Box::pin(accept_on(thread, registry, listener))),
+        );
+        if !started {
+            tracing::error!(app = %app, thread, "cannot start an accept loop: the pool has stopped");
+        }
+    }
+}
+
+async fn accept_on(thread: PoolThread, registry: Arc<Registry>, listener: ThreadListener) {
+    let (socket, dedicated, stop) = listener;
+    let socket = match tokio::net::TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::error!(%error, "cannot register a listener");
+            return;
+        }
+    };
+    let connection = Rc::new(Connection {
+        thread,
+        registry,
+        dedicated,
+    });
+    accept_loop(socket, connection, stop).await;
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    connection: Rc<Connection>,
+    mut stop: Option<watch::Receiver<bool>>,
+) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => return,
+        };
+        let (stream, _peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");

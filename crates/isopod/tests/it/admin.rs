@@ -109,6 +109,90 @@ async fn deploy_list_swap_and_remove() {
     );
 }
 
+/// A deploy can give an app a port of its own: opened on every worker
+/// thread while the server runs, kept across hot-swaps, moved by a later
+/// manifest, closed when the app is removed. isopod's own ports and another
+/// app's are refused.
+#[tokio::test]
+async fn a_deploy_opens_moves_and_closes_an_apps_own_port() {
+    let isopod = server();
+    let token = Some(ADMIN_TOKEN);
+    let deploy = |name: &'static str, body: &str, port: u16| {
+        let manifest = serde_json::json!({
+            "bundle": format!("export default {{ fetch() {{ return new Response('{body}'); }} }};"),
+            "port": port,
+        });
+        let isopod = &isopod;
+        async move {
+            isopod
+                .admin(
+                    "PUT",
+                    &format!("/apps/{name}"),
+                    token,
+                    Some(("application/json", manifest.to_string())),
+                )
+                .await
+        }
+    };
+    let on_port = |port: u16| {
+        let mut endpoint = isopod.clone_addr();
+        endpoint.set_port(port);
+        endpoint
+    };
+    let refused = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
+
+    let first = crate::support::free_port();
+    let (status, body) = deploy("ported", "v1", first).await;
+    assert_eq!(status, 201, "{body}");
+    // Any host: the port is the app's.
+    assert_eq!(
+        on_port(first).get_host("anything.example", "/").await.2,
+        "v1"
+    );
+    let (_, shown) = isopod.admin("GET", "/apps/ported", token, None).await;
+    assert_eq!(shown["port"], first);
+
+    // A hot-swap on the same port keeps it open.
+    assert_eq!(deploy("ported", "v2", first).await.0, 200);
+    assert_eq!(on_port(first).get_host("x", "/").await.2, "v2");
+
+    // Ports that cannot be the app's, with the reason; nothing changes.
+    let (status, body) = deploy("other", "o", first).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already belongs to app 'ported'"),
+        "{body}"
+    );
+    let (status, body) = deploy("ported", "v3", isopod.addr.port()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("isopod's own listeners"),
+        "{body}"
+    );
+    assert_eq!(on_port(first).get_host("x", "/").await.2, "v2");
+
+    // A manifest with another port moves the app there.
+    let second = crate::support::free_port();
+    assert_eq!(deploy("ported", "v4", second).await.0, 200);
+    assert_eq!(on_port(second).get_host("x", "/").await.2, "v4");
+    assert!(refused(first), "the old port still accepts connections");
+
+    assert_eq!(
+        isopod.admin("DELETE", "/apps/ported", token, None).await.0,
+        200
+    );
+    assert!(
+        refused(second),
+        "a removed app's port still accepts connections"
+    );
+}
+
 #[tokio::test]
 async fn a_broken_bundle_is_refused_with_file_and_line_and_the_old_version_keeps_serving() {
     let isopod = server();
