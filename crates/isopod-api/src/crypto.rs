@@ -46,3 +46,16 @@ pub fn op_isopod_in_crypto_pool<'s>(
     let this = v8::undefined(scope).into();
     Ok(operation.call(scope, this, &[]))
 }
+
+/// Pays WebCrypto's one-time process set-up before any tenant code runs:
+/// the first use of aws-lc's random generator in a process (its seeding)
+/// costs about 40 ms of CPU, which would otherwise be charged to the first
+/// request that generates a key — most of its default 50 ms budget, and past
+/// it on a busy machine. Later uses, on any thread, cost microseconds.
+pub fn warm_up_crypto() {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut seed = [0u8; 32];
+    // A generator that fails here fails each later key generation too,
+    // with an error the handler sees.
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut seed);
+}

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use deno_core::ModuleSpecifier;
 
 /// A bundle's source and identity, and what its first load learnt: whether
-/// it is a module, and the V8 code cache of its compiled module. Clones share
+/// it is a module, and the V8 code cache of its compiled code. Clones share
 /// these: every instance of a version reuses them, and they go away with the
 /// last clone.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub(crate) struct CodeCache {
     pub(crate) key: u64,
     bytes: Mutex<Option<Arc<[u8]>>>,
     offered: AtomicU64,
+    /// Offers V8 refused (seen for classic scripts; deno_core does not say
+    /// for modules): a rejected cache is made again.
+    rejected: AtomicU64,
 }
 
 impl CodeCache {
@@ -43,6 +46,7 @@ impl CodeCache {
             key: hasher.finish(),
             bytes: Mutex::new(None),
             offered: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -53,6 +57,10 @@ impl CodeCache {
             self.offered.fetch_add(1, Ordering::Relaxed);
         }
         bytes
+    }
+
+    pub(crate) fn note_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn store(&self, key: u64, bytes: &[u8]) {
@@ -111,8 +119,7 @@ impl Bundle {
         }
     }
 
-    /// The size of the module's code cache, once a first compile made it
-    /// (classic scripts have none).
+    /// The size of the code cache, once a first compile made it.
     pub fn code_cache_len(&self) -> usize {
         let bytes = self
             .code_cache
@@ -125,6 +132,12 @@ impl Bundle {
     /// How many compiles were offered the code cache.
     pub fn code_cache_uses(&self) -> u64 {
         self.code_cache.offered.load(Ordering::Relaxed)
+    }
+
+    /// How many offers of the code cache V8 refused (counted for classic
+    /// scripts only: deno_core does not report a module's).
+    pub fn code_cache_rejections(&self) -> u64 {
+        self.code_cache.rejected.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_module(&self) -> &OnceLock<bool> {

@@ -279,12 +279,10 @@ impl Instance {
         // finding out may parse the whole bundle.
         let is_module = *bundle.is_module().get_or_init(|| self.is_module(bundle));
         let exported = match is_module {
-            false => self.window(WindowKind::Startup, |runtime| {
-                runtime
-                    .execute_script(bundle.specifier().to_string(), bundle.source().to_string())
-                    .map(|_| None)
-                    .map_err(|e| InstanceError::Bundle(e.to_string()))
-            })?,
+            false => {
+                self.run_classic_script(bundle)?;
+                None
+            }
             true => {
                 // Loaded through the loader, which hands over the source with
                 // the version's code cache.
@@ -387,6 +385,79 @@ impl Instance {
         })?;
         self.dispatcher = Some(dispatcher);
         Ok(())
+    }
+
+    /// Compiles and runs a classic (service-worker) script, with the
+    /// version's code cache when an earlier instance made one; the first
+    /// compile of a version (or one whose cache V8 rejected) makes it, after
+    /// the script has run, so it also holds the functions its top-level code
+    /// called. An error is reported as deno_core reports one
+    /// (`file:line:column`, source-mapped).
+    fn run_classic_script(&mut self, bundle: &Bundle) -> Result<(), InstanceError> {
+        use v8::script_compiler::{compile, CachedData, CompileOptions, NoCacheReason, Source};
+        let cache = bundle.code_cache().clone();
+        let offered = cache.take_for_compile();
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let (Some(name), Some(code)) = (
+                v8::String::new(scope, bundle.specifier().as_str()),
+                v8::String::new(scope, bundle.source()),
+            ) else {
+                return Err(InstanceError::Bundle(format!(
+                    "the bundle is too large for V8 ({})",
+                    bundle.specifier()
+                )));
+            };
+            let origin = bundle_origin(scope, name, false);
+            let (script, make_cache) = match &offered {
+                Some(bytes) => {
+                    let mut source =
+                        Source::new_with_cached_data(code, Some(&origin), CachedData::new(bytes));
+                    let script = compile(
+                        scope,
+                        &mut source,
+                        CompileOptions::ConsumeCodeCache,
+                        NoCacheReason::NoReason,
+                    );
+                    let rejected = source.get_cached_data().is_none_or(|data| data.rejected());
+                    if rejected {
+                        cache.note_rejected();
+                    }
+                    (script, rejected)
+                }
+                None => {
+                    let mut source = Source::new(code, Some(&origin));
+                    let script = compile(
+                        scope,
+                        &mut source,
+                        CompileOptions::NoCompileOptions,
+                        NoCacheReason::NoReason,
+                    );
+                    (script, true)
+                }
+            };
+            let Some(script) = script.filter(|script| script.run(scope).is_some()) else {
+                if scope.is_execution_terminating() {
+                    // A limit stopped it: `load` reports which.
+                    return Err(InstanceError::Bundle("terminated".into()));
+                }
+                let Some(exception) = scope.exception() else {
+                    return Err(InstanceError::Bundle(format!(
+                        "the bundle failed to run ({})",
+                        bundle.specifier()
+                    )));
+                };
+                let error = deno_core::error::exception_to_err(scope, exception, false, false);
+                return Err(InstanceError::Bundle(error.to_string()));
+            };
+            if make_cache {
+                if let Some(data) = script.get_unbound_script(scope).create_code_cache() {
+                    cache.store(cache.key, &data);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Whether `bundle` is an ES module rather than a classic
@@ -1116,6 +1187,37 @@ mod tests {
                 "export default { fetch() { return new Response('o'); } };",
             );
             assert_eq!(other.code_cache_len(), 0);
+            drop(first);
+        });
+    }
+
+    #[test]
+    fn a_classic_script_version_compiles_once_and_later_instances_use_its_code_cache() {
+        on_local_thread(|| async {
+            let app = AppConfig::new("cached-script");
+            let body: String = (0..200)
+                .map(|i| format!("function f{i}(x) {{ return x * {i} + 1; }}\n"))
+                .collect();
+            let bundle = Bundle::from_source(
+                "cached-script.js",
+                format!(
+                    "{body}addEventListener('fetch', (e) => e.respondWith(new Response(String(f7(6)))));"
+                ),
+            );
+            let mut first = Instance::blank(&app).unwrap();
+            first.load(&bundle, &app).await.unwrap();
+            assert_eq!(bundle.is_module().get(), Some(&false));
+            assert!(
+                bundle.code_cache_len() > 0,
+                "the first compile made no code cache"
+            );
+            let mut second = Instance::blank(&app).unwrap();
+            second.load(&bundle.clone(), &app).await.unwrap();
+            assert_eq!(bundle.code_cache_uses(), 1, "the cache was not offered");
+            assert_eq!(bundle.code_cache_rejections(), 0, "V8 refused the cache");
+            let handle = second.spawn();
+            let response = handle.dispatch(request("http://x/")).await.unwrap();
+            assert_eq!(body_text(response).await, "43");
             drop(first);
         });
     }

@@ -360,8 +360,15 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => return,
+            accepted = listener.accept() => Some(accepted),
+            () = stopped(&mut stop) => None,
+        };
+        let Some(accepted) = accepted else {
+            // The socket first: whoever waits for the stop signal's
+            // receivers to go (`OwnPorts::close`) then finds it closed.
+            drop(listener);
+            drop(stop);
+            return;
         };
         let (stream, _peer) = match accepted {
             Ok(accepted) => accepted,
