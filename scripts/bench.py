@@ -16,6 +16,8 @@ Prints, for the release build on this machine:
   - a 220 KB framework bundle's cold start (Hono, isolate-per-request): the
     version's first instance, which compiles it, and later ones, which start
     from its code cache;
+  - a CPU-bound app's requests/s on 1 and 2 worker threads (the second
+    thread serves it through a replica), with the ratio;
   - hit rate under a Zipf load over 1,000 apps with max_instances 200;
   - a well-behaved app's latency p50/p99 alone and next to apps that loop and
     bomb memory or burn WebCrypto CPU (each request of theirs killed), with
@@ -296,6 +298,32 @@ def bench_framework_cold_start():
     print(f"later instances (code cache)  p50 {percentile(later, 0.5):8.2f} ms   p99 {percentile(later, 0.99):8.2f} ms")
 
 
+def bench_replicas():
+    section("a CPU-bound app (~1 ms per request) on 1 and 2 worker threads (wrk -t2 -c16, both cores)")
+    busy = "export default { fetch() { let x = 0; for (let i = 0; i < 1e6; i++) x = (x + i * 7) | 0; return new Response('busy' + (x & 0)); } };"
+    results = {}
+    replicas = 0
+    for threads in (1, 2):
+        proc, port, admin = serve(max_instances=100, threads=threads, spares=1)
+        status, body = admin.call("PUT", "/apps/busy", busy)
+        assert status == 201, body
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        for _ in range(20):
+            get(conn, "busy.localhost")
+        out = subprocess.run(
+            ["wrk", "-t2", "-c16", "-d" + DURATION, "-H", "Host: busy.localhost", f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        results[threads] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        if threads == 2:
+            _, pool = admin.call("GET", "/admin/pool")
+            replicas = sum(1 for row in pool["instances"] if row["app"] == "busy" and row["replica"])
+        stop(proc)
+    print(f"1 thread   {results[1]:10,.0f} requests/s")
+    print(f"2 threads  {results[2]:10,.0f} requests/s   ({replicas} replica(s) at the end of the run)")
+    print(f"2 threads / 1 thread  {results[2] / results[1]:.2f}")
+
+
 def bench_zipf():
     section("hit rate, Zipf(s=1) over 1,000 apps, max_instances 200")
     proc, port, admin = serve(max_instances=200, spares=0)
@@ -406,6 +434,7 @@ def main():
     bench_warm_latency()
     bench_cold_and_memory()
     bench_framework_cold_start()
+    bench_replicas()
     bench_zipf()
     bench_neighbours()
     bench_clock_cost()
