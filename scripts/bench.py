@@ -13,9 +13,9 @@ Prints, for the release build on this machine:
   - blank-isolate creation and cold-miss latency p50/p99 (from the pool's own
     statistics, after deploying many apps through the admin API);
   - RSS per idle warm instance at 100 and 1,000 apps;
-  - a 220 KB framework bundle's cold start (Hono, isolate-per-request): the
-    version's first instance, which compiles it, and later ones, which start
-    from its code cache;
+  - a 215 KiB framework bundle's cold start (Hono, isolate-per-request),
+    from the version's code cache and compiled from source
+    (ISOPOD_CODE_CACHE=off);
   - a CPU-bound app's requests/s on 1 and 2 worker threads (the second
     thread serves it through a replica), with the ratio;
   - hit rate under a Zipf load over 1,000 apps with max_instances 200;
@@ -124,7 +124,7 @@ class Admin:
         return response.status, json.loads(data) if data else None
 
 
-def serve(max_instances, threads=2, spares=2):
+def serve(max_instances, threads=2, spares=2, env=None):
     port, admin_port = free_port(), free_port()
     directory = tempfile.mkdtemp(prefix="isopod-bench-")
     config = os.path.join(directory, "isopod.toml")
@@ -133,7 +133,7 @@ def serve(max_instances, threads=2, spares=2):
             f'listen = "127.0.0.1:{port}"\nthreads = {threads}\nmax_instances = {max_instances}\n'
             f'spares_per_thread = {spares}\nadmin_listen = "127.0.0.1:{admin_port}"\nadmin_token = "{TOKEN}"\n'
         )
-    proc = start([ISOPOD, "serve", "--config", config])
+    proc = start([ISOPOD, "serve", "--config", config], env=dict(os.environ, **(env or {})))
     wait_listening(admin_port)
     return proc, port, Admin(admin_port)
 
@@ -272,30 +272,33 @@ def bench_framework_cold_start():
         return
     with open(bundle_path) as f:
         source = f.read()
-    proc, port, admin = serve(max_instances=100, threads=1, spares=2)
-    manifest = json.dumps({"bundle": source, "mode": "isolate-per-request"})
-    admin.conn.request("PUT", "/apps/hono", body=manifest, headers={
-        "Authorization": f"Bearer {TOKEN}", "Host": "admin", "content-type": "application/json"})
-    response = admin.conn.getresponse()
-    assert response.status == 201, response.read()
-    response.read()
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    # Every request is a fresh isolate of the same version: the first one
-    # compiles the bundle (and makes the version's code cache), every later
-    # one starts from that cache.
-    samples = []
-    for _ in range(20 if QUICK else 60):
-        started = time.perf_counter()
-        assert get(conn, "hono.localhost", "/users/7") == 200
-        samples.append((time.perf_counter() - started) * 1000)
-        # Time for the thread to refill its spares and drop the last
-        # isolate, so each request takes a blank one and only loads.
-        time.sleep(0.1)
-    stop(proc)
-    later = samples[1:]
     print(f"bundle {len(source) / 1024:.0f} KiB")
-    print(f"first instance of the version (compiles)   {samples[0]:8.2f} ms")
-    print(f"later instances (code cache)  p50 {percentile(later, 0.5):8.2f} ms   p99 {percentile(later, 0.99):8.2f} ms")
+    p50s = {}
+    # Every request is a fresh isolate of the same version, which starts from
+    # the version's code cache (made by the deploy check) or, with
+    # ISOPOD_CODE_CACHE=off, compiles the bundle from source.
+    for cache in ("on", "off"):
+        proc, port, admin = serve(max_instances=100, threads=1, spares=2, env={"ISOPOD_CODE_CACHE": cache})
+        manifest = json.dumps({"bundle": source, "mode": "isolate-per-request"})
+        admin.conn.request("PUT", "/apps/hono", body=manifest, headers={
+            "Authorization": f"Bearer {TOKEN}", "Host": "admin", "content-type": "application/json"})
+        response = admin.conn.getresponse()
+        assert response.status == 201, response.read()
+        response.read()
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        samples = []
+        for _ in range(20 if QUICK else 60):
+            started = time.perf_counter()
+            assert get(conn, "hono.localhost", "/users/7") == 200
+            samples.append((time.perf_counter() - started) * 1000)
+            # Time for the thread to refill its spares and drop the last
+            # isolate, so each request takes a blank one and only loads.
+            time.sleep(0.1)
+        stop(proc)
+        p50s[cache] = percentile(samples, 0.5)
+        label = "with the code cache   " if cache == "on" else "compiled from source  "
+        print(f"{label} p50 {p50s[cache]:8.2f} ms   p99 {percentile(samples, 0.99):8.2f} ms")
+    print(f"code cache saves {p50s['off'] - p50s['on']:.2f} ms per cold start ({p50s['off'] / p50s['on']:.2f}x)")
 
 
 def bench_replicas():

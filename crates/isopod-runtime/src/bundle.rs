@@ -51,7 +51,13 @@ impl CodeCache {
     }
 
     /// The cached bytes, if a compile has produced them; counts the offer.
+    /// `ISOPOD_CODE_CACHE=off` (read once) turns the cache off, to measure
+    /// or rule it out.
     pub(crate) fn take_for_compile(&self) -> Option<Arc<[u8]>> {
+        static DISABLED: OnceLock<bool> = OnceLock::new();
+        if *DISABLED.get_or_init(|| std::env::var("ISOPOD_CODE_CACHE").is_ok_and(|v| v == "off")) {
+            return None;
+        }
         let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if bytes.is_some() {
             self.offered.fetch_add(1, Ordering::Relaxed);
