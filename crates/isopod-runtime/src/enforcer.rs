@@ -1,8 +1,9 @@
 //! The limit enforcer: the [`WindowHooks`] of every instance.
 //!
-//! At each window's entry it reads the thread's CPU clock and arms the
-//! watchdog with what is left of the budget the window runs under; at exit
-//! it reads the clock again, disarms, and charges the CPU spent.
+//! At each window's entry it takes the thread's CPU time (a fresh or a
+//! recent reading, `cpu_clock.rs`) and arms the watchdog with what is left
+//! of the budget the window runs under; at exit it disarms and charges the
+//! window's CPU (its wall time, for a short window, which bounds it).
 //!
 //! Attribution (the invariant: no request escapes its budget by
 //! interleaving with others):
@@ -46,7 +47,7 @@ pub(crate) struct LimitEnforcer {
     table: Rc<RequestTable>,
     cpu: Cell<Duration>,
     startup_cpu: Cell<Duration>,
-    entered_at: Cell<Duration>,
+    entered_at: Cell<cpu_clock::WindowStart>,
     startup_used: Cell<Duration>,
     background_used: Cell<Duration>,
     total: Cell<Duration>,
@@ -59,7 +60,7 @@ impl LimitEnforcer {
             table,
             cpu: Cell::new(limits.cpu()),
             startup_cpu: Cell::new(limits.startup_cpu()),
-            entered_at: Cell::new(Duration::ZERO),
+            entered_at: Cell::new(cpu_clock::WindowStart::never()),
             startup_used: Cell::new(Duration::ZERO),
             background_used: Cell::new(Duration::ZERO),
             total: Cell::new(Duration::ZERO),
@@ -95,8 +96,9 @@ impl LimitEnforcer {
 
 impl WindowHooks for LimitEnforcer {
     fn entered(&self, kind: WindowKind) {
-        let now = cpu_clock::entry_reading();
-        self.entered_at.set(now);
+        let start = cpu_clock::window_start();
+        self.entered_at.set(start);
+        let now = start.cpu;
         // Crypto results come back in event-loop windows, which follow every
         // batch of dispatches, so the crypto thread's clock (a system call
         // while that thread lives) is read there and not again per dispatch.
@@ -128,7 +130,7 @@ impl WindowHooks for LimitEnforcer {
 
     fn exiting(&self, kind: WindowKind) {
         self.slot.disarm();
-        let spent = cpu_clock::exit_reading().saturating_sub(self.entered_at.get());
+        let spent = cpu_clock::window_spent(self.entered_at.get());
         self.total.set(self.total.get() + spent);
         match kind {
             WindowKind::Dispatch(id) => self.table.charge(id, spent),
