@@ -18,6 +18,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including any named by `Connection`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none (`Connection`, which names the others, is one
+    // itself): one pass over the names then, instead of a hashed removal
+    // per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -62,7 +68,11 @@ pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
         return Err(BadRequest::InvalidHost);
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(format!("http://{authority}{path}"))
+    let mut url = String::with_capacity("http://".len() + host.len() + path.len());
+    url.push_str("http://");
+    url.push_str(authority.as_str());
+    url.push_str(path);
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -107,5 +117,12 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+        // Without Connection, the listed ones still go.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("proxy-connection", "1".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
     }
 }
