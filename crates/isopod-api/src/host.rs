@@ -143,15 +143,7 @@ pub fn op_isopod_respond<'s>(
     } else {
         ResponseBody::Empty
     };
-    host(state).respond(
-        request,
-        HostResponse {
-            status: status as u16,
-            headers,
-            invalid_headers,
-            body,
-        },
-    );
+    deliver(state, request, status, (headers, invalid_headers), body);
 }
 
 /// The response of `new Response(text)`, `Response.json(...)` and the like:
@@ -192,13 +184,26 @@ fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str
             Err(_) => invalid_headers += 1,
         }
     }
+    let body = ResponseBody::Bytes(Bytes::copy_from_slice(body));
+    deliver(state, request, status, (headers, invalid_headers), body);
+}
+
+/// Hands a response, its headers already read (with the count of lines
+/// dropped), to the host.
+fn deliver(
+    state: &OpState,
+    request: u32,
+    status: u32,
+    (headers, invalid_headers): (http::HeaderMap, usize),
+    body: ResponseBody,
+) {
     host(state).respond(
         request,
         HostResponse {
             status: status as u16,
             headers,
             invalid_headers,
-            body: ResponseBody::Bytes(Bytes::copy_from_slice(body)),
+            body,
         },
     );
 }
@@ -264,15 +269,13 @@ pub fn op_isopod_respond_stream<'s>(
         .resource_table
         .take_any(rid)
         .map_err(JsErrorBox::from_err)?;
-    let (headers, invalid_headers) = read_header_list(scope, header_list);
-    host(state).respond(
+    let headers = read_header_list(scope, header_list);
+    deliver(
+        state,
         request,
-        HostResponse {
-            status: status as u16,
-            headers,
-            invalid_headers,
-            body: ResponseBody::Stream(stream),
-        },
+        status,
+        headers,
+        ResponseBody::Stream(stream),
     );
     Ok(())
 }
