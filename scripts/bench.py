@@ -89,9 +89,12 @@ def stop(proc):
         proc.wait()
 
 
-def wrk(port, host="localhost"):
+def wrk(port, host="localhost", threads=1, connections=32, cpu="1"):
+    """Requests/s; the client pinned to `cpu` (None: any core)."""
+    pin = [] if cpu is None else ["taskset", "-c", cpu]
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c32", "-d" + DURATION, "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"],
+        pin + ["wrk", f"-t{threads}", f"-c{connections}", "-d" + DURATION, "-H", f"Host: {host}",
+               f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -116,8 +119,10 @@ class Admin:
     def __init__(self, port):
         self.conn = http.client.HTTPConnection("127.0.0.1", port)
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, content_type=None):
         headers = {"Authorization": f"Bearer {TOKEN}", "Host": "admin"}
+        if content_type:
+            headers["content-type"] = content_type
         self.conn.request(method, path, body=body, headers=headers)
         response = self.conn.getresponse()
         data = response.read()
@@ -280,11 +285,8 @@ def bench_framework_cold_start():
     for cache in ("on", "off"):
         proc, port, admin = serve(max_instances=100, threads=1, spares=2, env={"ISOPOD_CODE_CACHE": cache})
         manifest = json.dumps({"bundle": source, "mode": "isolate-per-request"})
-        admin.conn.request("PUT", "/apps/hono", body=manifest, headers={
-            "Authorization": f"Bearer {TOKEN}", "Host": "admin", "content-type": "application/json"})
-        response = admin.conn.getresponse()
-        assert response.status == 201, response.read()
-        response.read()
+        status, body = admin.call("PUT", "/apps/hono", manifest, "application/json")
+        assert status == 201, body
         conn = http.client.HTTPConnection("127.0.0.1", port)
         samples = []
         for _ in range(20 if QUICK else 60):
@@ -313,11 +315,7 @@ def bench_replicas():
         conn = http.client.HTTPConnection("127.0.0.1", port)
         for _ in range(20):
             get(conn, "busy.localhost")
-        out = subprocess.run(
-            ["wrk", "-t2", "-c16", "-d" + DURATION, "-H", "Host: busy.localhost", f"http://127.0.0.1:{port}/"],
-            capture_output=True, text=True, check=True,
-        ).stdout
-        results[threads] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        results[threads] = wrk(port, "busy.localhost", threads=2, connections=16, cpu=None)
         if threads == 2:
             _, pool = admin.call("GET", "/admin/pool")
             replicas = sum(1 for row in pool["instances"] if row["app"] == "busy" and row["replica"])

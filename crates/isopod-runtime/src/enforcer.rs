@@ -47,7 +47,7 @@ pub(crate) struct LimitEnforcer {
     table: Rc<RequestTable>,
     cpu: Cell<Duration>,
     startup_cpu: Cell<Duration>,
-    entered_at: Cell<cpu_clock::WindowStart>,
+    window_start: Cell<cpu_clock::WindowStart>,
     startup_used: Cell<Duration>,
     background_used: Cell<Duration>,
     total: Cell<Duration>,
@@ -60,7 +60,7 @@ impl LimitEnforcer {
             table,
             cpu: Cell::new(limits.cpu()),
             startup_cpu: Cell::new(limits.startup_cpu()),
-            entered_at: Cell::new(cpu_clock::WindowStart::never()),
+            window_start: Cell::new(cpu_clock::WindowStart::never()),
             startup_used: Cell::new(Duration::ZERO),
             background_used: Cell::new(Duration::ZERO),
             total: Cell::new(Duration::ZERO),
@@ -97,7 +97,7 @@ impl LimitEnforcer {
 impl WindowHooks for LimitEnforcer {
     fn entered(&self, kind: WindowKind) {
         let start = cpu_clock::window_start();
-        self.entered_at.set(start);
+        self.window_start.set(start);
         let now = start.cpu;
         // Crypto results come back in event-loop windows, which follow every
         // batch of dispatches, so the crypto thread's clock (a system call
@@ -130,7 +130,7 @@ impl WindowHooks for LimitEnforcer {
 
     fn exiting(&self, kind: WindowKind) {
         self.slot.disarm();
-        let spent = cpu_clock::window_spent(self.entered_at.get());
+        let spent = cpu_clock::window_spent(self.window_start.get());
         self.total.set(self.total.get() + spent);
         match kind {
             WindowKind::Dispatch(id) => self.table.charge(id, spent),

@@ -28,17 +28,17 @@ fn main() -> std::io::Result<()> {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                    let _ = request;
-                    let mut response = http::Response::new(Full::new(Bytes::from_static(
-                        b"Hello from hyper! You asked for /\n",
-                    )));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                    Ok::<_, Infallible>(response)
-                });
+                let service =
+                    hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+                        let mut response = http::Response::new(Full::new(Bytes::from_static(
+                            b"Hello from hyper! You asked for /\n",
+                        )));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    });
                 let _ = http1::Builder::new()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)

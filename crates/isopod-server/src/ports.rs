@@ -48,7 +48,7 @@ pub enum PortError {
 pub(crate) struct OwnPorts {
     ip: IpAddr,
     /// The main and admin listeners' ports.
-    reserved: Mutex<Vec<u16>>,
+    reserved: Vec<u16>,
     open: Mutex<HashMap<u16, OpenPort>>,
 }
 
@@ -69,17 +69,9 @@ impl OwnPorts {
     pub(crate) fn new(ip: IpAddr, reserved: &[u16]) -> OwnPorts {
         OwnPorts {
             ip,
-            reserved: Mutex::new(reserved.to_vec()),
+            reserved: reserved.to_vec(),
             open: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Adds one of isopod's own ports to those no app may take.
-    pub(crate) fn reserve(&self, port: u16) {
-        self.reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(port);
     }
 
     /// Binds `port` for `app`, one socket per worker thread. Binding the
@@ -90,12 +82,7 @@ impl OwnPorts {
         port: u16,
         threads: usize,
     ) -> Result<BoundPort, PortError> {
-        if self
-            .reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&port)
-        {
+        if self.reserved.contains(&port) {
             return Err(PortError::Reserved(port));
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());

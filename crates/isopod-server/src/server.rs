@@ -138,9 +138,22 @@ impl Server {
         for (thread, listener) in main.into_iter().enumerate() {
             per_thread[thread].push((listener, None, None));
         }
+        // Bound before any app can serve, so that all of isopod's own
+        // listeners are unreachable from apps from their first request on
+        // (apps' own ports are added as they are bound), and before apps'
+        // ports, which may not take its port.
+        let admin = match config.admin {
+            Some(admin) => Some((bind_admin(admin.listen)?, admin.token)),
+            None => None,
+        };
+        let own_listeners: Vec<SocketAddr> = std::iter::once(local_addr)
+            .chain(admin.as_ref().map(|((_, addr), _)| *addr))
+            .collect();
+        isopod_runtime::deny_own_listeners(&own_listeners);
+        let reserved: Vec<u16> = own_listeners.iter().map(SocketAddr::port).collect();
+        let ports = Arc::new(OwnPorts::new(config.listen.ip(), &reserved));
+
         let registry = Arc::new(Registry::default());
-        let ports = Arc::new(OwnPorts::new(config.listen.ip(), &[local_addr.port()]));
-        let mut own_listeners = vec![local_addr];
         for app in config.apps {
             if let Some(port) = app.port {
                 let bound = ports.bind(&app.config.name, port, threads)?;
@@ -158,18 +171,6 @@ impl Server {
                 app.port,
             ));
         }
-
-        // Bound before any app can serve, so that all of isopod's own
-        // listeners are unreachable from apps from their first request on.
-        let admin = match config.admin {
-            Some(admin) => Some((bind_admin(admin.listen)?, admin.token)),
-            None => None,
-        };
-        own_listeners.extend(admin.as_ref().map(|((_, addr), _)| *addr));
-        if let Some(((_, addr), _)) = &admin {
-            ports.reserve(addr.port());
-        }
-        isopod_runtime::deny_own_listeners(&own_listeners);
 
         let listeners = Arc::new(Mutex::new(
             per_thread.into_iter().map(Some).collect::<Vec<_>>(),

@@ -1,38 +1,9 @@
 //! The HTTP semantics a Workers handler relies on.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{temp_bundle, Isopod};
-
-/// Reads from `stream` until `done` says the text so far is complete.
-async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
-    let mut text = String::new();
-    let mut buf = [0u8; 8192];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !done(&text) {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    })
-    .await
-    .expect("response in time");
-    text
-}
-
-async fn raw(isopod: &Isopod, request: &str) -> String {
-    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    read_until(&mut stream, |t| {
-        t.contains("\r\n\r\n") && (t.ends_with('\n') || t.contains("content-length: 0"))
-    })
-    .await
-}
+use crate::support::{raw, read_until, temp_bundle, Isopod};
 
 fn echo_bundle() -> std::path::PathBuf {
     temp_bundle(

@@ -326,28 +326,14 @@ async fn request_hygiene_answers_each_excess_with_its_status_and_reason() {
     // A body over the app's cap, declared up front: 413 before any of it is
     // read. (Only the head is sent: the answer closes the connection, and a
     // client still writing the body would see a broken pipe instead.)
-    let answer = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(isopod.addr).await.unwrap();
-        let head = format!(
+    let answer = crate::support::raw(
+        &isopod,
+        &format!(
             "POST / HTTP/1.1\r\nhost: small.localhost\r\ncontent-length: {}\r\n\r\n",
             2 << 20
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        let mut buf = [0u8; 4096];
-        while !answer.contains("at most") {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
-                .await
-                .expect("an answer in time")
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        answer
-    };
+        ),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("at most 1 MiB"), "{answer}");
 

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The isopod binary under test.
@@ -344,4 +345,33 @@ impl Isopod {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+}
+
+/// Reads from `stream` until `done` says the text so far is complete.
+pub async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(&text) {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("response in time");
+    text
+}
+
+/// Sends `request` as written on a fresh connection; the answer, once its
+/// head and body are in.
+pub async fn raw(isopod: &Isopod, request: &str) -> String {
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until(&mut stream, |t| {
+        t.contains("\r\n\r\n") && (t.ends_with('\n') || t.contains("content-length: 0"))
+    })
+    .await
 }
