@@ -176,15 +176,15 @@ pub fn op_isopod_respond_bytes(
 fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str, body: &[u8]) {
     let mut headers = http::HeaderMap::new();
     let mut invalid_headers = 0;
-    // deno_fetch's serve-fast content types are a handful of literals: those
-    // cost no allocation.
     let value = match content_type {
         "" => None,
-        "text/plain;charset=UTF-8" => Some(Ok(http::HeaderValue::from_static(
-            "text/plain;charset=UTF-8",
-        ))),
-        "application/json" => Some(Ok(http::HeaderValue::from_static("application/json"))),
-        other => Some(http::HeaderValue::from_str(other)),
+        other => Some(
+            KNOWN_CONTENT_TYPES
+                .iter()
+                .find(|known| **known == other)
+                .map(|known| Ok(http::HeaderValue::from_static(known)))
+                .unwrap_or_else(|| http::HeaderValue::from_str(other)),
+        ),
     };
     match value {
         Some(Ok(value)) => {
@@ -196,6 +196,16 @@ fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str
     let body = ResponseBody::Bytes(Bytes::copy_from_slice(body));
     deliver(state, request, status, (headers, invalid_headers), body);
 }
+
+/// deno_fetch's serve-fast content types (a handful of literals) and the
+/// few more handlers mostly set: these cost no allocation per response.
+const KNOWN_CONTENT_TYPES: [&str; 5] = [
+    "text/plain;charset=UTF-8",
+    "application/json",
+    "text/plain; charset=utf-8",
+    "text/html; charset=utf-8",
+    "application/json; charset=utf-8",
+];
 
 /// Hands a response, its headers already read (with the count of lines
 /// dropped), to the host.

@@ -147,7 +147,7 @@ impl LocalPool {
             }
             ExecutionMode::IsolatePerRequest => {
                 self.shared.record_miss();
-                let (handle, _release) = self.create(&version).await?;
+                let (handle, _release) = Box::pin(self.create(&version)).await?;
                 // The only handle goes with this request: once it completes,
                 // the instance's driver stops and drops the isolate.
                 Ok(handle.dispatch(request).await?)
@@ -180,7 +180,9 @@ impl LocalPool {
             return Ok(instance);
         }
         self.shared.record_miss();
-        let (handle, release) = self.create(version).await?;
+        // Boxed: the miss path's future (an isolate's load) is kilobytes,
+        // and every warm request's future would otherwise carry and move it.
+        let (handle, release) = Box::pin(self.create(version)).await?;
         let replica = ((self.home_of)(version.app()) != self.thread).then(|| {
             version.load.replicas.fetch_add(1, Ordering::Relaxed);
             tracing::info!(app = %version.app(), version = %version.id, thread = self.thread, "started a replica");

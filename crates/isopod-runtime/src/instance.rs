@@ -113,7 +113,9 @@ pub struct Instance {
     heap_sampled: Option<std::time::Instant>,
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
-    dispatcher: Option<Dispatcher>,
+    /// Shared with each window that calls into it for the window's length
+    /// (an `Rc` clone: cloning a `v8::Global` makes a new global handle).
+    dispatcher: Option<Rc<Dispatcher>>,
     runtime: ManuallyDrop<JsRuntime>,
 }
 
@@ -383,7 +385,7 @@ impl Instance {
                 abort: get(scope, "abort")?,
             })
         })?;
-        self.dispatcher = Some(dispatcher);
+        self.dispatcher = Some(Rc::new(dispatcher));
         Ok(())
     }
 
@@ -706,7 +708,7 @@ impl Instance {
             let _ = responder.send(Err(DispatchError::InstanceGone));
             return;
         };
-        let dispatch = dispatcher.dispatch.clone();
+        let dispatcher = dispatcher.clone();
         let body_rid = request.body.map(|body| {
             self.runtime
                 .op_state()
@@ -718,7 +720,7 @@ impl Instance {
         self.window(WindowKind::Dispatch(id), |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
-            let dispatch = v8::Local::new(scope, &dispatch);
+            let dispatch = v8::Local::new(scope, &dispatcher.dispatch);
             let id_value = v8::Integer::new_from_unsigned(scope, id).into();
             let method = v8::String::new(scope, request.method.as_str())
                 .unwrap()
@@ -728,18 +730,11 @@ impl Instance {
                 .unwrap_or_else(|| v8::String::empty(scope).into());
             // Flat (name, value, name, value, ...): the bootstrap pairs them
             // only if the handler reads the headers.
-            let mut pairs = Vec::with_capacity(request.headers.len() * 2);
+            let mut pairs: smallvec::SmallVec<[v8::Local<v8::Value>; 32]> =
+                smallvec::SmallVec::with_capacity(request.headers.len() * 2);
             for (name, value) in request.headers.iter() {
-                let name = v8::String::new_from_one_byte(
-                    scope,
-                    name.as_str().as_bytes(),
-                    v8::NewStringType::Normal,
-                );
-                let value = v8::String::new_from_one_byte(
-                    scope,
-                    value.as_bytes(),
-                    v8::NewStringType::Normal,
-                );
+                let name = v8::String::new_from_one_byte(scope, name, v8::NewStringType::Normal);
+                let value = v8::String::new_from_one_byte(scope, value, v8::NewStringType::Normal);
                 if let (Some(name), Some(value)) = (name, value) {
                     pairs.push(name.into());
                     pairs.push(value.into());
@@ -791,11 +786,11 @@ impl Instance {
         let Some(dispatcher) = &self.dispatcher else {
             return;
         };
-        let abort = dispatcher.abort.clone();
+        let dispatcher = dispatcher.clone();
         self.window(WindowKind::Other, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
-            let abort = v8::Local::new(scope, &abort);
+            let abort = v8::Local::new(scope, &dispatcher.abort);
             let id = v8::Integer::new_from_unsigned(scope, id).into();
             let undefined = v8::undefined(scope).into();
             let _ = abort.call(scope, undefined, &[id]);
@@ -1072,7 +1067,7 @@ mod tests {
         IncomingRequest {
             method: http::Method::GET,
             url: url.to_string(),
-            headers: http::HeaderMap::new(),
+            headers: Default::default(),
             body: None,
             received: std::time::Instant::now(),
         }

@@ -41,7 +41,7 @@ pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink}
 pub use isopod_api::{deny_own_listeners, NetPolicy, PermissionError};
 pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};
 pub use platform::init_v8;
-pub use request::{DispatchError, IncomingRequest, OutgoingResponse};
+pub use request::{DispatchError, HeaderList, IncomingRequest, OutgoingResponse};
 pub use scheduling::lower_thread_priority;
 pub use snapshot::snapshot_size;
 pub use window::{WindowHooks, WindowKind};

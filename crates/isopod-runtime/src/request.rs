@@ -13,12 +13,100 @@ pub struct IncomingRequest {
     /// The absolute URL the handler sees as `request.url`.
     pub url: String,
     /// Header lines, in order, repeated names kept.
-    pub headers: HeaderMap,
+    pub headers: HeaderList,
     /// The body, or `None` for a request without one.
     pub body: Option<RequestBody>,
     /// When the HTTP layer received the request: the instance measures how
     /// long requests wait before their handler runs from here.
     pub received: std::time::Instant,
+}
+
+/// A request's header lines, owned in one buffer: what an instance needs of
+/// them (names and values, to hand to JavaScript), in one allocation.
+///
+/// Why not a `HeaderMap`: hyper's header values are slices of its
+/// connection's read buffer. Were they to travel to the instance, hyper's
+/// read-ahead on the connection while the handler runs would find that
+/// buffer shared and allocate a fresh 8 KiB one, on every request. Copying
+/// the lines here costs one small allocation instead.
+///
+/// Invariant: `bytes` is a sequence of lines, each the name's length and the
+/// value's length (`u32`, little-endian) followed by the name and the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+/// The two lengths before each line in a [`HeaderList`]'s buffer.
+const LINE_PREFIX: usize = 8;
+
+impl HeaderList {
+    /// An empty list.
+    pub fn new() -> HeaderList {
+        HeaderList::default()
+    }
+
+    /// Appends a line. A name or value longer than 4 GiB is not one HTTP
+    /// carries; it is dropped.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len()))
+        else {
+            return;
+        };
+        self.bytes.extend_from_slice(&name_len.to_le_bytes());
+        self.bytes.extend_from_slice(&value_len.to_le_bytes());
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        self.lines += 1;
+    }
+
+    /// The number of lines.
+    pub fn len(&self) -> usize {
+        self.lines
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// The lines, in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            let (lengths, tail) = rest.split_at_checked(LINE_PREFIX)?;
+            let name_len = u32::from_le_bytes(lengths[..4].try_into().ok()?) as usize;
+            let value_len = u32::from_le_bytes(lengths[4..].try_into().ok()?) as usize;
+            let (name, tail) = tail.split_at_checked(name_len)?;
+            let (value, tail) = tail.split_at_checked(value_len)?;
+            rest = tail;
+            Some((name, value))
+        })
+    }
+}
+
+impl From<&HeaderMap> for HeaderList {
+    fn from(headers: &HeaderMap) -> HeaderList {
+        let size = headers
+            .iter()
+            .map(|(name, value)| LINE_PREFIX + name.as_str().len() + value.len())
+            .sum();
+        let mut list = HeaderList {
+            bytes: Vec::with_capacity(size),
+            lines: 0,
+        };
+        for (name, value) in headers {
+            list.push(name.as_str().as_bytes(), value.as_bytes());
+        }
+        list
+    }
+}
+
+impl From<HeaderMap> for HeaderList {
+    fn from(headers: HeaderMap) -> HeaderList {
+        HeaderList::from(&headers)
+    }
 }
 
 /// The response to an [`IncomingRequest`].
@@ -53,4 +141,29 @@ pub enum DispatchError {
     /// before the request was answered.
     #[error("the instance stopped before answering")]
     InstanceGone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_list_keeps_lines_in_order_with_repeats_and_raw_bytes() {
+        let mut map = HeaderMap::new();
+        map.append("x-a", "1".parse().unwrap());
+        map.append("x-b", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        map.append("x-a", "".parse().unwrap());
+        let list = HeaderList::from(&map);
+        assert_eq!(list.len(), 3);
+        let lines: Vec<_> = list.iter().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"x-a"[..], &b"1"[..]),
+                (&b"x-a"[..], &b""[..]),
+                (&b"x-b"[..], &b"caf\xe9"[..]),
+            ]
+        );
+        assert!(HeaderList::new().iter().next().is_none());
+    }
 }

@@ -45,9 +45,15 @@ impl Admission {
         self.limit
     }
 
+    /// A turn at once, if one is free: the common case, with no future to
+    /// carry (see [`Admission::admit`] for the waiting one).
+    pub(crate) fn try_admit(&self) -> Option<SemaphorePermit<'_>> {
+        self.permits.try_acquire().ok()
+    }
+
     /// Waits for a turn, for at most `wait`.
     pub(crate) async fn admit(&self, wait: Duration) -> Result<SemaphorePermit<'_>, Refused> {
-        if let Ok(permit) = self.permits.try_acquire() {
+        if let Some(permit) = self.try_admit() {
             return Ok(permit);
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {

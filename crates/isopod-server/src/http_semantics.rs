@@ -63,16 +63,54 @@ pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
         .ok_or(BadRequest::MissingHost)?
         .to_str()
         .map_err(|_| BadRequest::InvalidHost)?;
-    let authority: http::uri::Authority = host.parse().map_err(|_| BadRequest::InvalidHost)?;
-    if authority.as_str().contains('@') {
+    if !is_host_and_port(host) {
         return Err(BadRequest::InvalidHost);
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut url = String::with_capacity("http://".len() + host.len() + path.len());
     url.push_str("http://");
-    url.push_str(authority.as_str());
+    url.push_str(host);
     url.push_str(path);
     Ok(url)
+}
+
+/// Whether a `Host` header is `host[:port]` (RFC 9110 §7.2 with RFC 3986
+/// §3.2.2): a registered name or IPv4 address, or an IPv6 literal in
+/// brackets, then an optional port. No user info (`@`), path or spaces: the
+/// handler's URL is built from it. Checked in place, where parsing it as an
+/// `http::uri::Authority` would copy it.
+fn is_host_and_port(value: &str) -> bool {
+    let (host_ok, port) = match value.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((literal, after)) = bracketed.split_once(']') else {
+                return false;
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return false,
+                },
+            };
+            let literal_ok = !literal.is_empty()
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            (literal_ok, port)
+        }
+        None => {
+            let (host, port) = match value.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (value, None),
+            };
+            let name_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+            (name_ok, port)
+        }
+    };
+    host_ok && port.is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -101,6 +139,17 @@ mod tests {
             absolute_url(&parts("/", Some("a b"))),
             Err(BadRequest::InvalidHost)
         );
+        assert_eq!(
+            absolute_url(&parts("/", Some("[::1]:8080"))).unwrap(),
+            "http://[::1]:8080/"
+        );
+        for bad in ["u@h", "", "h/p", "h:8o", "[::1", "[::1]x", "[]", "a:1:2"] {
+            assert_eq!(
+                absolute_url(&parts("/", Some(bad))),
+                Err(BadRequest::InvalidHost),
+                "{bad}"
+            );
+        }
         assert_eq!(
             absolute_url(&parts("/", Some("u@h"))),
             Err(BadRequest::InvalidHost)

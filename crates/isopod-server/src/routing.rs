@@ -114,7 +114,13 @@ impl RouteTable {
 
     /// The app for a request to `host` (port ignored) and `path`.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<str>> {
-        let host = host_without_port(host).to_ascii_lowercase();
+        let host = host_without_port(host);
+        // Hosts usually arrive in lower case already: no copy then.
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         self.entries
             .iter()
             .filter(|(route, _)| route.matches(&host, path))

@@ -1,5 +1,6 @@
 //! One request, from hyper to an instance and back.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -9,10 +10,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use isopod_pool::{PoolError, PoolThread};
-use isopod_runtime::{DispatchError, IncomingRequest, ResponseBody};
+use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
 
 use crate::http_semantics::{absolute_url, strip_hop_by_hop};
-use crate::registry::Registry;
+use crate::registry::{Deployed, Registry};
 
 /// What every connection accepted on one listener of one thread shares.
 pub(crate) struct Connection {
@@ -25,102 +26,65 @@ pub(crate) struct Connection {
 }
 
 /// Answers one request with the app's handler.
-pub(crate) async fn handle(
+///
+/// The request is prepared at once, when hyper hands it over, not when the
+/// returned future is first polled: hyper reads ahead on the connection in
+/// between, and the request's head still holding its read buffer then
+/// costs a fresh buffer (see [`prepare`]).
+pub(crate) fn handle(
     connection: Rc<Connection>,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let received = std::time::Instant::now();
-    let (parts, body) = request.into_parts();
-    let url = match absolute_url(&parts) {
-        Ok(url) => url,
-        Err(bad) => return Ok(text(StatusCode::BAD_REQUEST, bad.reason())),
-    };
-    let apps = connection.registry.snapshot();
-    let deployed = match &connection.dedicated {
-        Some(name) => apps.app(name),
-        None => {
-            let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
-            apps.route(host.unwrap_or_default(), parts.uri.path())
+) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> {
+    let prepared = prepare(&connection, request);
+    async move {
+        match prepared {
+            Prepared::ForApp(deployed, incoming) => {
+                Ok(serve(&connection, &deployed, incoming).await)
+            }
+            Prepared::Answered(answer) => Ok(answer),
         }
-    };
-    let Some(deployed) = deployed else {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            "Not Found: no app is routed for this host and path",
-        ));
-    };
-    let deployed = deployed.clone();
-    let version = deployed.version.clone();
-    let limits = &version.config.limits;
-    let max_body = limits.max_request_body_bytes();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_body) {
-        return Ok(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Payload Too Large: a request body is at most {} MiB for this app",
-                limits.max_request_body_mb
-            ),
-        ));
     }
-    let timeout = limits.response_timeout();
-    let _turn = match deployed.admission.admit(timeout).await {
+}
+
+/// Waits for the app's admission and its instance's response.
+async fn serve(
+    connection: &Connection,
+    deployed: &Deployed,
+    incoming: IncomingRequest,
+) -> Response<ResponseBody> {
+    let version = &deployed.version;
+    let timeout = version.config.limits.response_timeout();
+    // The wait is boxed: its future would otherwise make every request's
+    // larger, and hyper moves that future on each request.
+    let admitted = match deployed.admission.try_admit() {
+        Some(permit) => Ok(permit),
+        None => Box::pin(deployed.admission.admit(timeout)).await,
+    };
+    let _turn = match admitted {
         Ok(permit) => permit,
         Err(refused) => {
             tracing::warn!(app = %version.app(), ?refused, "request refused by the app's concurrency cap");
-            return Ok(text(
+            return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
                     "Service Unavailable: the app already serves {} requests at once and as many wait",
                     deployed.admission.limit()
                 ),
-            ));
+            );
         }
     };
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    // A chunked body past the cap fails the handler's read of it.
-    let body = (!body.is_end_stream()).then(|| {
-        let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
-        http_body_util::Limited::new(body, cap)
-            .map_err(|error| -> isopod_runtime::BoxError {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    "the request body exceeds the app's size limit".into()
-                } else {
-                    error
-                }
-            })
-            .boxed()
-    });
-    let incoming = IncomingRequest {
-        method: parts.method,
-        url,
-        headers,
-        body,
-        received,
-    };
-
-    let dispatched = tokio::time::timeout(timeout, connection.thread.dispatch(&version, incoming));
+    let dispatched = tokio::time::timeout(timeout, connection.thread.dispatch(version, incoming));
     let Ok(dispatched) = dispatched.await else {
         // Dropping the dispatch aborts the request's signal; its instance
         // keeps it only until the `waitUntil` bound.
         tracing::warn!(target: "isopod::handler", app = %version.app(), timeout_ms = timeout.as_millis() as u64, "no response before the response timeout; answered 504");
-        return Ok(text(
+        return text(
             StatusCode::GATEWAY_TIMEOUT,
             &format!(
                 "Gateway Timeout: the app did not respond within {} ms",
                 timeout.as_millis()
             ),
-        ));
+        );
     };
     let response = match dispatched {
         Ok(mut response) => {
@@ -163,7 +127,88 @@ pub(crate) async fn handle(
             "Service Unavailable: the app's instance stopped before answering",
         ),
     };
-    Ok(response)
+    response
+}
+
+/// A request made ready for its app, or answered by isopod itself (no
+/// route, a bad `Host`, a body over the app's limit).
+enum Prepared {
+    ForApp(Arc<Deployed>, IncomingRequest),
+    Answered(Response<ResponseBody>),
+}
+
+/// Everything about a request that needs no waiting: its URL, its app, its
+/// size against the app's limit, its headers in the form an instance takes.
+///
+/// Invariant: nothing it returns refers to hyper's read buffer (the URI and
+/// header values do; they are dropped here). hyper reads ahead on the
+/// connection while the handler runs, and a buffer still shared then is
+/// replaced by a fresh allocation, on every request.
+fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
+    let received = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let url = match absolute_url(&parts) {
+        Ok(url) => url,
+        Err(bad) => return Prepared::Answered(text(StatusCode::BAD_REQUEST, bad.reason())),
+    };
+    let apps = connection.registry.snapshot();
+    let deployed = match &connection.dedicated {
+        Some(name) => apps.app(name),
+        None => {
+            let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
+            apps.route(host.unwrap_or_default(), parts.uri.path())
+        }
+    };
+    let Some(deployed) = deployed else {
+        return Prepared::Answered(text(
+            StatusCode::NOT_FOUND,
+            "Not Found: no app is routed for this host and path",
+        ));
+    };
+    let limits = &deployed.version.config.limits;
+    let max_body = limits.max_request_body_bytes();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Prepared::Answered(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "Payload Too Large: a request body is at most {} MiB for this app",
+                limits.max_request_body_mb
+            ),
+        ));
+    }
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    // A chunked body past the cap fails the handler's read of it.
+    let body = (!body.is_end_stream()).then(|| {
+        let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
+        http_body_util::Limited::new(body, cap)
+            .map_err(|error| -> isopod_runtime::BoxError {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    "the request body exceeds the app's size limit".into()
+                } else {
+                    error
+                }
+            })
+            .boxed()
+    });
+    let incoming = IncomingRequest {
+        method: parts.method,
+        url,
+        headers: HeaderList::from(&headers),
+        body,
+        received,
+    };
+    Prepared::ForApp(deployed.clone(), incoming)
 }
 
 /// A short plain-text answer from isopod itself.
