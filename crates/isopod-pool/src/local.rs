@@ -23,7 +23,7 @@ use isopod_runtime::{Graveyard, IncomingRequest, Instance, InstanceHandle, Outgo
 use rustc_hash::FxBuildHasher;
 
 use crate::stats::{InstanceRow, Shared};
-use crate::version::{AppVersion, ExecutionMode, VersionId};
+use crate::version::{AppVersion, ExecutionMode};
 use crate::PoolError;
 
 /// A warm instance of one version on this thread.
@@ -59,7 +59,10 @@ struct Slot {
     instance: RefCell<Option<Rc<Pooled>>>,
 }
 
-type SlotKey = (Arc<str>, VersionId);
+/// A slot's key: its version's deploy id, unique in the process (a hash of
+/// one integer per request, where name and content hash would cost two
+/// string hashes and their reference counts).
+type SlotKey = u64;
 
 /// One worker thread's share of the pool.
 pub(crate) struct LocalPool {
@@ -157,7 +160,7 @@ impl LocalPool {
 
     /// Whether this thread has a live pooled instance of `version`.
     pub(crate) fn has_warm(&self, version: &Arc<AppVersion>) -> bool {
-        let key = (version.config.name.clone(), version.id.clone());
+        let key = version.id.deploy;
         self.slots
             .borrow()
             .get(&key)
@@ -202,7 +205,7 @@ impl LocalPool {
     }
 
     fn slot(&self, version: &Arc<AppVersion>) -> Rc<Slot> {
-        let key = (version.config.name.clone(), version.id.clone());
+        let key = version.id.deploy;
         self.slots
             .borrow_mut()
             .entry(key)
@@ -435,16 +438,21 @@ impl LocalPool {
     pub(crate) fn note_version(&self, version: &Arc<AppVersion>) {
         let newer = {
             let mut current = self.current.borrow_mut();
-            let seen = current.entry(version.config.name.clone()).or_insert(0);
-            let newer = version.id.deploy > *seen;
-            if newer {
-                *seen = version.id.deploy;
+            match current.get_mut(version.app()) {
+                Some(seen) if *seen >= version.id.deploy => false,
+                Some(seen) => {
+                    *seen = version.id.deploy;
+                    true
+                }
+                None => {
+                    current.insert(version.config.name.clone(), version.id.deploy);
+                    true
+                }
             }
-            newer
         };
         if newer {
-            self.slots.borrow_mut().retain(|(app, id), _| {
-                app.as_ref() != version.app() || id.deploy >= version.id.deploy
+            self.slots.borrow_mut().retain(|&deploy, slot| {
+                slot.version.app() != version.app() || deploy >= version.id.deploy
             });
         }
     }
@@ -454,7 +462,7 @@ impl LocalPool {
     pub(crate) fn remove_app(&self, app: &str) {
         self.slots
             .borrow_mut()
-            .retain(|(name, _), _| name.as_ref() != app);
+            .retain(|_, slot| slot.version.app() != app);
         self.current.borrow_mut().remove(app);
     }
 

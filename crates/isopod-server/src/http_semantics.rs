@@ -6,7 +6,9 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// A `static`: a `const` array of `HeaderName`s is built and dropped at
+/// every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
