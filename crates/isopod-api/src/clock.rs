@@ -12,12 +12,15 @@
 //! the bootstrap hands each isolate's clock buffer (16 bytes: wall-clock and
 //! monotonic milliseconds, as two `f64`s) to [`op_isopod_clock`], which
 //! keeps its backing store in an isolate slot; [`advance_clock`], called at
-//! every window entry, writes the current time into it; JavaScript reads the
-//! `Float64Array` over it, with no op call. Both values are whole
-//! milliseconds.
+//! every window entry with the instant the host read there, writes that
+//! time into it; JavaScript reads the `Float64Array` over it, with no op
+//! call. Both values are whole milliseconds. The wall clock is read once a
+//! second per thread and derived from the monotonic instant in between, so
+//! a window's entry costs one clock read, shared with the host.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deno_core::{op2, v8};
 
@@ -27,21 +30,50 @@ struct ClockSlot(v8::SharedRef<v8::BackingStore>);
 /// The size of the clock buffer: two `f64`s.
 const CLOCK_BYTES: usize = 16;
 
-/// Sets the isolate's clock to now. Called by the host at every window
+/// Sets the isolate's clock to `now` (the window's entry, read once by the
+/// host for everything timed there). Called by the host at every window
 /// entry; does nothing for an isolate whose bootstrap has not registered a
 /// clock (a snapshot being made).
-pub fn advance_clock(isolate: &v8::Isolate) {
+pub fn advance_clock(isolate: &v8::Isolate, now: Instant) {
     if let Some(ClockSlot(store)) = isolate.get_slot::<ClockSlot>() {
-        write_now(store);
+        write_time(store, now);
     }
 }
 
-fn write_now(store: &v8::BackingStore) {
+/// How long the thread's pairing of the wall clock with the monotonic one
+/// serves before the wall clock is read again: the wall time tenants see is
+/// derived from the window's monotonic instant in between, so it follows a
+/// step of the system clock within this long.
+const WALL_ANCHOR_FOR: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// A wall-clock reading (milliseconds since the epoch) and the
+    /// monotonic instant it was taken at.
+    static WALL_ANCHOR: Cell<Option<(f64, Instant)>> = const { Cell::new(None) };
+}
+
+/// The wall clock at `now`, in milliseconds since the epoch, from the
+/// thread's anchor (read again when older than [`WALL_ANCHOR_FOR`]).
+fn wall_millis(now: Instant) -> f64 {
+    let anchored = WALL_ANCHOR.get().and_then(|(wall, at)| {
+        let since = now.checked_duration_since(at)?;
+        (since <= WALL_ANCHOR_FOR).then_some(wall + since.as_secs_f64() * 1000.0)
+    });
+    anchored.unwrap_or_else(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        WALL_ANCHOR.set(Some((wall, now)));
+        wall
+    })
+}
+
+fn write_time(store: &v8::BackingStore, now: Instant) {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_millis() as f64);
-    let monotonic = BASE.get_or_init(Instant::now).elapsed().as_millis() as f64;
+    let wall = wall_millis(now).floor();
+    let monotonic = now
+        .saturating_duration_since(*BASE.get_or_init(Instant::now))
+        .as_millis() as f64;
     let mut bytes = [0u8; CLOCK_BYTES];
     bytes[..8].copy_from_slice(&wall.to_ne_bytes());
     bytes[8..].copy_from_slice(&monotonic.to_ne_bytes());
@@ -65,7 +97,7 @@ pub fn op_isopod_clock(
             "the clock buffer must be a 16-byte ArrayBuffer",
         ));
     }
-    write_now(&store);
+    write_time(&store, Instant::now());
     scope.set_slot(ClockSlot(store));
     Ok(())
 }

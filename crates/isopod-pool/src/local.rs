@@ -130,7 +130,8 @@ impl LocalPool {
             ExecutionMode::Pooled => {
                 let instance = self.pooled_instance(&version).await?;
                 instance.served.set(instance.served.get() + 1);
-                instance.last_used.set(Instant::now());
+                // The LRU's order needs no fresh reading.
+                instance.last_used.set(request.received);
                 let home = instance.replica.is_none();
                 if home {
                     version.load.home_in_flight.fetch_add(1, Ordering::Relaxed);

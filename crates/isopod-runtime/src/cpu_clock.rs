@@ -62,10 +62,9 @@ impl WindowStart {
     }
 }
 
-/// The start of a window: the thread's last real reading if it is fresh
-/// enough, else a new one.
-pub(crate) fn window_start() -> WindowStart {
-    let wall = Instant::now();
+/// The start of a window entered at `wall`: the thread's last real reading
+/// if it is fresh enough, else a new one.
+pub(crate) fn window_start(wall: Instant) -> WindowStart {
     if let Some((taken_at, cpu)) = LAST_READING.get() {
         if wall.saturating_duration_since(taken_at) <= REUSE_WITHIN {
             return WindowStart { cpu, wall };
@@ -182,7 +181,7 @@ mod tests {
         // at its exit, rightly: most of a hundred must not.
         let mut reading_exits = 0;
         for _ in 0..100 {
-            let start = window_start();
+            let start = window_start(Instant::now());
             let reads = reads_here();
             let spent = window_spent(start);
             if reads_here() != reads {
@@ -200,13 +199,13 @@ mod tests {
     #[test]
     fn long_windows_are_charged_their_cpu_not_their_wall_time() {
         // Busy: charged at least its CPU.
-        let start = window_start();
+        let start = window_start(Instant::now());
         spin(Duration::from_millis(3));
         let busy = window_spent(start);
         assert!(busy >= Duration::from_millis(3), "{busy:?}");
         // Idle (blocked): charged its CPU (the gap before it at most), not
         // its 20 ms of wall time.
-        let start = window_start();
+        let start = window_start(Instant::now());
         std::thread::sleep(Duration::from_millis(20));
         let idle = window_spent(start);
         assert!(idle < REUSE_WITHIN + Duration::from_millis(2), "{idle:?}");

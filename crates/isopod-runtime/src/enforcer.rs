@@ -95,8 +95,8 @@ impl LimitEnforcer {
 }
 
 impl WindowHooks for LimitEnforcer {
-    fn entered(&self, kind: WindowKind) {
-        let start = cpu_clock::window_start();
+    fn entered(&self, kind: WindowKind, at: std::time::Instant) {
+        let start = cpu_clock::window_start(at);
         self.window_start.set(start);
         let now = start.cpu;
         // Crypto results come back in event-loop windows, which follow every

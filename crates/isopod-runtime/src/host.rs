@@ -236,6 +236,7 @@ impl RequestTable {
     /// on it only lingers until the `waitUntil` timeout.
     pub(crate) fn abandoned(&self, id: u32) {
         if let Some(request) = self.pending.borrow_mut().get_mut(&id) {
+            // Outside any window: the last one may be long past.
             request.answered_at.get_or_insert_with(Instant::now);
         }
     }
@@ -267,7 +268,7 @@ impl RequestTable {
 
     fn take_responder(&self, id: u32) -> Option<Responder> {
         self.pending.borrow_mut().get_mut(&id).and_then(|r| {
-            r.answered_at = Some(Instant::now());
+            r.answered_at = Some(answered_now());
             r.responder.take()
         })
     }
@@ -376,4 +377,11 @@ impl Host for RequestTable {
 /// The table as the `Rc<dyn Host>` that goes into `OpState`.
 pub(crate) fn as_host(table: &Rc<RequestTable>) -> Rc<dyn Host> {
     table.clone()
+}
+
+/// When a request was answered, for the `waitUntil` bound: the entry of the
+/// window it was answered in (responses and failures come from JavaScript,
+/// so inside one), early by at most the window's length, for no clock read.
+fn answered_now() -> Instant {
+    crate::window::entered_at().unwrap_or_else(Instant::now)
 }

@@ -644,8 +644,13 @@ impl Instance {
                         responder,
                         ..
                     })) => {
-                        self.queue_wait.record(request.received.elapsed());
-                        self.dispatch(id, request, responder)
+                        let received = request.received;
+                        self.dispatch(id, request, responder);
+                        // Up to the dispatch window's entry: no read of its own.
+                        let dispatched = crate::window::entered_at();
+                        self.queue_wait.record(
+                            dispatched.map_or(Duration::ZERO, |at| at.saturating_duration_since(received)),
+                        );
                     }
                     Poll::Ready(Some(Command::Abort(id))) => self.abort(id),
                     Poll::Ready(None) => handles_gone = true,

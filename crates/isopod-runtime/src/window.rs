@@ -8,6 +8,14 @@
 //! does the exit). Nothing that holds a V8 handle or scope outlives a window,
 //! so every `.await` sees the thread's isolate stack as it was before.
 //! Entering a window is also what advances the clock tenant code reads.
+//!
+//! A window's entry reads the monotonic clock once, and that instant serves
+//! everything timed at it: the tenant's clock, the CPU accounting's base,
+//! and the bookkeeping of the work done inside the window
+//! ([`entered_at`]), which is at most the window's length early.
+
+use std::cell::Cell;
+use std::time::Instant;
 
 use deno_core::v8;
 
@@ -27,8 +35,8 @@ pub enum WindowKind {
 /// Called at the entry and exit of every window of one instance. The limit
 /// enforcer (`enforcer.rs`) hangs CPU accounting and deadlines here.
 pub trait WindowHooks {
-    /// The isolate has just been entered.
-    fn entered(&self, kind: WindowKind);
+    /// The isolate has just been entered, `at` this instant.
+    fn entered(&self, kind: WindowKind, at: Instant);
     /// The work is done; the isolate is about to be exited.
     fn exiting(&self, kind: WindowKind);
 }
@@ -56,16 +64,30 @@ impl<'h> Window<'h> {
         let isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate) };
         // SAFETY: as above.
         unsafe { isolate.enter() };
+        let at = Instant::now();
+        ENTERED_AT.set(Some(at));
         // Time moves only here, between windows: JavaScript sees one
         // instant for the whole window (isopod_api's coarse clock).
-        isopod_api::advance_clock(&isolate);
-        hooks.entered(kind);
+        isopod_api::advance_clock(&isolate, at);
+        hooks.entered(kind, at);
         Window {
             isolate,
             hooks,
             kind,
         }
     }
+}
+
+thread_local! {
+    /// When this thread last entered a window.
+    static ENTERED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// When this thread last entered a window (the current one, inside a
+/// window): a timestamp for work done in it, without a clock read of its
+/// own. `None` before the thread's first window.
+pub(crate) fn entered_at() -> Option<Instant> {
+    ENTERED_AT.get()
 }
 
 impl Drop for Window<'_> {
