@@ -73,7 +73,10 @@ async fn serve(
             );
         }
     };
-    let dispatched = tokio::time::timeout(timeout, connection.thread.dispatch(version, incoming));
+    // Counted from the request's receipt (admission waits included).
+    let deadline = tokio::time::Instant::from_std(incoming.received) + timeout;
+    let dispatched =
+        tokio::time::timeout_at(deadline, connection.thread.dispatch(version, incoming));
     let Ok(dispatched) = dispatched.await else {
         // Dropping the dispatch aborts the request's signal; its instance
         // keeps it only until the `waitUntil` bound.
