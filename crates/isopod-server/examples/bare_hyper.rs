@@ -1,6 +1,6 @@
 //! The ceiling the benchmarks measure isopod's HTTP path against: a hello
 //! world served by hyper alone, with the HTTP/1 settings isopod's listeners
-//! use (keep-alive, `TCP_NODELAY`) on one current-thread tokio runtime, as
+//! use (keep-alive, `TCP_NODELAY`, flat writes) on one current-thread tokio runtime, as
 //! one of isopod's worker threads runs. No isolate, no routing.
 //!
 //! `cargo run --release --example bare_hyper -p isopod-server -- PORT`
@@ -41,6 +41,7 @@ fn main() -> std::io::Result<()> {
                     });
                 let _ = http1::Builder::new()
                     .keep_alive(true)
+                    .writev(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -385,6 +385,13 @@ async fn accept_loop(
                 hyper::service::service_fn(move |request| handle(connection.clone(), request));
             let served = http1::Builder::new()
                 .keep_alive(true)
+                // One flat buffer and one `send` per response rather than a
+                // `writev` of head and body: for the small responses that
+                // dominate, copying the body costs less than the vectored
+                // write (measured: 7–12 % more requests/s for hello world;
+                // `deno serve`, traced, also sends each response in one
+                // `sendto`).
+                .writev(false)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(REQUEST_HEAD_TIMEOUT)
                 .max_headers(MAX_HEADER_LINES)
