@@ -176,22 +176,20 @@ pub fn op_isopod_respond_bytes(
 fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str, body: &[u8]) {
     let mut headers = http::HeaderMap::new();
     let mut invalid_headers = 0;
-    let value = match content_type {
-        "" => None,
-        other => Some(
-            KNOWN_CONTENT_TYPES
-                .iter()
-                .find(|known| **known == other)
-                .map(|known| Ok(http::HeaderValue::from_static(known)))
-                .unwrap_or_else(|| http::HeaderValue::from_str(other)),
-        ),
-    };
-    match value {
-        Some(Ok(value)) => {
-            headers.insert(http::header::CONTENT_TYPE, value);
+    if !content_type.is_empty() {
+        let value = match KNOWN_CONTENT_TYPES
+            .iter()
+            .find(|known| **known == content_type)
+        {
+            Some(known) => Ok(http::HeaderValue::from_static(known)),
+            None => http::HeaderValue::from_str(content_type),
+        };
+        match value {
+            Ok(value) => {
+                headers.insert(http::header::CONTENT_TYPE, value);
+            }
+            Err(_) => invalid_headers += 1,
         }
-        Some(Err(_)) => invalid_headers += 1,
-        None => {}
     }
     let body = ResponseBody::Bytes(Bytes::copy_from_slice(body));
     deliver(state, request, status, (headers, invalid_headers), body);
@@ -275,6 +273,8 @@ fn with_latin1<'s, T>(
     }
 }
 
+/// The handler's response with a streamed body: the readable resource `rid`
+/// that the host pumps to the client at its pace.
 #[op2(fast)]
 pub fn op_isopod_respond_stream<'s>(
     scope: &mut v8::PinScope<'s, '_>,

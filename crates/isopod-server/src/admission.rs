@@ -46,16 +46,14 @@ impl Admission {
     }
 
     /// A turn at once, if one is free: the common case, with no future to
-    /// carry (see [`Admission::admit`] for the waiting one).
+    /// carry (then [`Admission::admit`] waits for one).
     pub(crate) fn try_admit(&self) -> Option<SemaphorePermit<'_>> {
         self.permits.try_acquire().ok()
     }
 
-    /// Waits for a turn, for at most `wait`.
+    /// Waits for a turn, for at most `wait`: the path after
+    /// [`Admission::try_admit`] found none free.
     pub(crate) async fn admit(&self, wait: Duration) -> Result<SemaphorePermit<'_>, Refused> {
-        if let Some(permit) = self.try_admit() {
-            return Ok(permit);
-        }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::QueueFull);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Isopod, ADMIN_TOKEN};
+use crate::support::{assert_admin_refused, Isopod, ADMIN_TOKEN};
 
 fn server() -> Isopod {
     let config =
@@ -158,23 +158,9 @@ async fn a_deploy_opens_moves_and_closes_an_apps_own_port() {
 
     // Ports that cannot be the app's, with the reason; nothing changes.
     let (status, body) = deploy("other", "o", first).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already belongs to app 'ported'"),
-        "{body}"
-    );
+    assert_admin_refused(status, &body, "already belongs to app 'ported'");
     let (status, body) = deploy("ported", "v3", isopod.addr.port()).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("isopod's own listeners"),
-        "{body}"
-    );
+    assert_admin_refused(status, &body, "isopod's own listeners");
     assert_eq!(on_port(first).get_host("x", "/").await.2, "v2");
 
     // A manifest with another port moves the app there.
@@ -218,11 +204,7 @@ async fn a_broken_bundle_is_refused_with_file_and_line_and_the_old_version_keeps
     let (status, body) = isopod
         .admin("PUT", "/apps/app", token, js("throw new Error('at load');"))
         .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"].as_str().unwrap().contains("at load"),
-        "{body}"
-    );
+    assert_admin_refused(status, &body, "at load");
 
     let (status, body) = isopod
         .admin(
@@ -232,14 +214,7 @@ async fn a_broken_bundle_is_refused_with_file_and_line_and_the_old_version_keeps
             js("while (true) {}\nexport default {};"),
         )
         .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("startup CPU budget of 400 ms"),
-        "{body}"
-    );
+    assert_admin_refused(status, &body, "startup CPU budget of 400 ms");
 
     assert_eq!(isopod.get_host("app.localhost", "/").await.2, "good");
 }

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use crate::support::{temp_bundle, Isopod, ADMIN_TOKEN};
+use crate::support::{assert_admin_refused, temp_bundle, Isopod, ADMIN_TOKEN};
 
 /// The app: fetches `?url=` and reports what happened.
 const PROBE: &str = "export default { async fetch(request) {\n\
@@ -322,14 +322,7 @@ async fn the_admin_manifest_takes_allow_net() {
     let (status, body) = isopod
         .admin("PUT", "/apps/probe", token, manifest(json!(["*"])))
         .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("invalid allow_net entry '*'"),
-        "{body}"
-    );
+    assert_admin_refused(status, &body, "invalid allow_net entry '*'");
 
     let url = format!("http://{}/hello", upstream.addr);
     let (status, body) = isopod

@@ -375,3 +375,11 @@ pub async fn raw(isopod: &Isopod, request: &str) -> String {
     })
     .await
 }
+
+/// Asserts that an admin call was refused with 400 and an `error` that
+/// contains `reason`.
+pub fn assert_admin_refused(status: u16, body: &Value, reason: &str) {
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains(reason), "expected '{reason}' in {body}");
+}
