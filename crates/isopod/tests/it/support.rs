@@ -42,14 +42,23 @@ pub fn example_dist(name: &str) -> PathBuf {
 }
 
 /// Writes `source` to a fresh temporary bundle file.
+///
+/// Each call gets its own directory: tests run concurrently and several
+/// write a bundle of the same name, and one test's `isopod` must never read
+/// a file another test is rewriting (it would see it empty).
 pub fn temp_bundle(name: &str, source: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("isopod-it-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "isopod-it-{}-{}",
+        std::process::id(),
+        BUNDLE_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, source).unwrap();
     path
 }
 
+static BUNDLE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static SERVE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A free loopback port (bound and released; fine for tests).
