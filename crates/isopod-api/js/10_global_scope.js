@@ -38,6 +38,7 @@ const {
   StringPrototypeEndsWith,
   StringPrototypeIndexOf,
   StringPrototypeSlice,
+  StringPrototypeSplit,
   StringPrototypeToUpperCase,
   TypedArrayPrototypeGetBuffer,
   TypedArrayPrototypeGetByteOffset,
@@ -749,13 +750,14 @@ const FAIL_NOT_A_RESPONSE = 1;
 // scavenges took milliseconds). As a class, every request shares one shape.
 // The members are the ones deno_fetch reads and writes (method, headerList,
 // body, urlList, urlListProcessed, url(), currentUrl(), redirect state).
-// `headerPairs` is flat, [name, value, name, value, ...]: the list of pairs
-// deno_fetch wants is made only if the handler reads the headers.
+// `headerText` is every header line as `name NUL value NUL` in one string
+// (HTTP carries no NUL in either): the list of pairs deno_fetch wants is made
+// only if the handler reads the headers.
 class IncomingInnerRequest {
-  constructor(method, url, headerPairs, body) {
+  constructor(method, url, headerText, body) {
     this.methodInner = method;
     this.urlString = url;
-    this.headerPairs = headerPairs;
+    this.headerText = headerText;
     this.headerListInner = null;
     this.urlListInner = null;
     this.urlListProcessedInner = null;
@@ -773,12 +775,14 @@ class IncomingInnerRequest {
   }
   get headerList() {
     if (this.headerListInner === null) {
-      const pairs = this.headerPairs;
+      const fields = StringPrototypeSplit(this.headerText, "\0");
       const list = [];
-      for (let i = 0; i + 1 < pairs.length; i += 2) {
-        ArrayPrototypePush(list, [pairs[i], pairs[i + 1]]);
+      // The terminator after the last value leaves one empty field over.
+      for (let i = 0; i + 1 < fields.length; i += 2) {
+        ArrayPrototypePush(list, [fields[i], fields[i + 1]]);
       }
       this.headerListInner = list;
+      this.headerText = "";
     }
     return this.headerListInner;
   }
@@ -847,15 +851,22 @@ function untrackRequest(context) {
   context.req = null;
 }
 
+// The methods the host passes by index (instance.rs's
+// `standard_method_index`, in this order); any other comes as a string.
+const STANDARD_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 function createDispatcher(handler, env) {
-  function dispatch(id, method, requestUrl, headerPairs, bodyRid) {
+  function dispatch(id, methodOrIndex, requestUrl, headerText, bodyRid) {
+    const method = typeof methodOrIndex === "number"
+      ? STANDARD_METHODS[methodOrIndex]
+      : methodOrIndex;
     const innerBody = bodyRid < 0
       ? null
       : new body.InnerBody(streams.readableStreamForRid(bodyRid));
     const inner = new IncomingInnerRequest(
       method,
       requestUrl,
-      headerPairs,
+      headerText,
       innerBody,
     );
     const req = request.fromInnerRequest(inner, "immutable");

@@ -125,7 +125,7 @@ impl WindowHooks for LimitEnforcer {
             self.slot.terminate_here(reason);
             return;
         }
-        self.slot.arm(now, budget - used, reason);
+        self.slot.arm(at, now, budget - used, reason);
     }
 
     fn exiting(&self, kind: WindowKind) {

@@ -122,6 +122,20 @@ pub struct Instance {
 struct Dispatcher {
     dispatch: v8::Global<v8::Function>,
     abort: v8::Global<v8::Function>,
+    /// The main context, held here so that entering it per request makes a
+    /// local handle only (deno_core's `scope!` clones the runtime's global
+    /// handle to it, a global handle made and destroyed per call).
+    context: v8::Global<v8::Context>,
+}
+
+/// Opens a handle scope in `$dispatcher`'s context on `$runtime`'s isolate.
+macro_rules! dispatcher_scope {
+    ($scope:ident, $runtime:expr, $dispatcher:expr) => {
+        let isolate = &mut *$runtime.v8_isolate();
+        v8::scope!($scope, isolate);
+        let context = v8::Local::new($scope, &$dispatcher.context);
+        let $scope = &mut v8::ContextScope::new($scope, context);
+    };
 }
 
 impl Instance {
@@ -380,9 +394,11 @@ impl Instance {
                     .map(|f| v8::Global::new(scope, f))
                     .ok_or_else(|| InstanceError::Bundle(format!("bootstrap returned no {name}")))
             };
+            let context = scope.get_current_context();
             Ok::<_, InstanceError>(Dispatcher {
                 dispatch: get(scope, "dispatch")?,
                 abort: get(scope, "abort")?,
+                context: v8::Global::new(scope, context),
             })
         })?;
         self.dispatcher = Some(Rc::new(dispatcher));
@@ -723,29 +739,28 @@ impl Instance {
         });
         let table = self.table.clone();
         self.window(WindowKind::Dispatch(id), |runtime| {
-            deno_core::scope!(scope, runtime);
+            dispatcher_scope!(scope, runtime, dispatcher);
             v8::tc_scope!(let scope, scope);
             let dispatch = v8::Local::new(scope, &dispatcher.dispatch);
             let id_value = v8::Integer::new_from_unsigned(scope, id).into();
-            let method = v8::String::new(scope, request.method.as_str())
-                .unwrap()
-                .into();
+            let method: v8::Local<v8::Value> = match standard_method_index(&request.method) {
+                Some(index) => v8::Integer::new(scope, index).into(),
+                None => v8::String::new(scope, request.method.as_str())
+                    .map(Into::into)
+                    .unwrap_or_else(|| v8::String::empty(scope).into()),
+            };
             let url = v8::String::new(scope, &request.url)
                 .map(Into::into)
                 .unwrap_or_else(|| v8::String::empty(scope).into());
-            // Flat (name, value, name, value, ...): the bootstrap pairs them
-            // only if the handler reads the headers.
-            let mut pairs: smallvec::SmallVec<[v8::Local<v8::Value>; 32]> =
-                smallvec::SmallVec::with_capacity(request.headers.len() * 2);
-            for (name, value) in request.headers.iter() {
-                let name = v8::String::new_from_one_byte(scope, name, v8::NewStringType::Normal);
-                let value = v8::String::new_from_one_byte(scope, value, v8::NewStringType::Normal);
-                if let (Some(name), Some(value)) = (name, value) {
-                    pairs.push(name.into());
-                    pairs.push(value.into());
-                }
-            }
-            let headers = v8::Array::new_with_elements(scope, &pairs).into();
+            // One string for all the lines; the bootstrap splits it only if
+            // the handler reads the headers.
+            let headers = v8::String::new_from_one_byte(
+                scope,
+                request.headers.as_bytes(),
+                v8::NewStringType::Normal,
+            )
+            .map(Into::into)
+            .unwrap_or_else(|| v8::String::empty(scope).into());
             let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
             let undefined = v8::undefined(scope).into();
             // In the table before any JavaScript runs: the ops look it up.
@@ -793,7 +808,7 @@ impl Instance {
         };
         let dispatcher = dispatcher.clone();
         self.window(WindowKind::Other, |runtime| {
-            deno_core::scope!(scope, runtime);
+            dispatcher_scope!(scope, runtime, dispatcher);
             v8::tc_scope!(let scope, scope);
             let abort = v8::Local::new(scope, &dispatcher.abort);
             let id = v8::Integer::new_from_unsigned(scope, id).into();
@@ -906,6 +921,25 @@ enum Stop {
     Failed(deno_core::error::CoreError),
     /// A limit terminated the isolate.
     Killed(Termination),
+}
+
+/// The methods the bootstrap knows by index (its `STANDARD_METHODS`, in
+/// this order): the dispatcher passes a small integer for them rather than
+/// making a string per request.
+fn standard_method_index(method: &http::Method) -> Option<i32> {
+    const STANDARD_METHODS: [http::Method; 7] = [
+        http::Method::GET,
+        http::Method::HEAD,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::DELETE,
+        http::Method::OPTIONS,
+        http::Method::PATCH,
+    ];
+    STANDARD_METHODS
+        .iter()
+        .position(|known| known == method)
+        .map(|index| index as i32)
 }
 
 enum Command {

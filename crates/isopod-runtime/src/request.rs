@@ -30,16 +30,16 @@ pub struct IncomingRequest {
 /// buffer shared and allocate a fresh 8 KiB one, on every request. Copying
 /// the lines here costs one small allocation instead.
 ///
-/// Invariant: `bytes` is a sequence of lines, each the name's length and the
-/// value's length (`u32`, little-endian) followed by the name and the value.
+/// Invariant: `bytes` is each line's name, a NUL byte, its value and a NUL
+/// byte, in order ([`HeaderList::as_bytes`]). HTTP carries no NUL in a name
+/// or a value, so the separator is unambiguous; it is also the form the
+/// instance hands to JavaScript, as one string that is split only if the
+/// handler reads the headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderList {
     bytes: Vec<u8>,
     lines: usize,
 }
-
-/// The two lengths before each line in a [`HeaderList`]'s buffer.
-const LINE_PREFIX: usize = 8;
 
 impl HeaderList {
     /// An empty list.
@@ -47,17 +47,17 @@ impl HeaderList {
         HeaderList::default()
     }
 
-    /// Appends a line. A name or value longer than 4 GiB is not one HTTP
-    /// carries; it is dropped.
+    /// Appends a line. A line with a NUL byte in its name or value is not
+    /// one HTTP carries; it is dropped.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len()))
-        else {
+        if name.contains(&0) || value.contains(&0) {
             return;
-        };
-        self.bytes.extend_from_slice(&name_len.to_le_bytes());
-        self.bytes.extend_from_slice(&value_len.to_le_bytes());
+        }
+        self.bytes.reserve(name.len() + value.len() + 2);
         self.bytes.extend_from_slice(name);
+        self.bytes.push(0);
         self.bytes.extend_from_slice(value);
+        self.bytes.push(0);
         self.lines += 1;
     }
 
@@ -73,16 +73,19 @@ impl HeaderList {
 
     /// The lines, in order: (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let mut rest = self.bytes.as_slice();
+        let mut fields = self.bytes.split(|&b| b == 0);
         std::iter::from_fn(move || {
-            let (lengths, tail) = rest.split_at_checked(LINE_PREFIX)?;
-            let name_len = u32::from_le_bytes(lengths[..4].try_into().ok()?) as usize;
-            let value_len = u32::from_le_bytes(lengths[4..].try_into().ok()?) as usize;
-            let (name, tail) = tail.split_at_checked(name_len)?;
-            let (value, tail) = tail.split_at_checked(value_len)?;
-            rest = tail;
+            let name = fields.next()?;
+            let value = fields.next()?;
+            // The terminator after the last value yields one empty field,
+            // which has no value after it.
             Some((name, value))
         })
+    }
+
+    /// Every line as `name NUL value NUL`, in order (empty for no lines).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -90,7 +93,7 @@ impl From<&HeaderMap> for HeaderList {
     fn from(headers: &HeaderMap) -> HeaderList {
         let size = headers
             .iter()
-            .map(|(name, value)| LINE_PREFIX + name.as_str().len() + value.len())
+            .map(|(name, value)| name.as_str().len() + value.len() + 2)
             .sum();
         let mut list = HeaderList {
             bytes: Vec::with_capacity(size),
@@ -164,6 +167,19 @@ mod tests {
                 (&b"x-b"[..], &b"caf\xe9"[..]),
             ]
         );
+        assert_eq!(
+            list.as_bytes(),
+            b"x-a\x001\x00x-a\x00\x00x-b\x00caf\xe9\x00"
+        );
         assert!(HeaderList::new().iter().next().is_none());
+        assert!(HeaderList::new().as_bytes().is_empty());
+        let mut with_nul = HeaderList::new();
+        with_nul.push(b"x-bad", b"a\0b");
+        with_nul.push(b"x-good", b"");
+        assert_eq!(with_nul.len(), 1);
+        assert_eq!(
+            with_nul.iter().collect::<Vec<_>>(),
+            [(&b"x-good"[..], &b""[..])]
+        );
     }
 }

@@ -74,12 +74,20 @@ impl WatchSlot {
         slot
     }
 
-    /// Arms the slot: the window that has just been entered, with the
-    /// thread's CPU clock reading `cpu_now`, may run for `budget` of CPU.
-    pub(crate) fn arm(&self, cpu_now: Duration, budget: Duration, reason: KillReason) {
+    /// Arms the slot: the window that has just been entered, at `entered`
+    /// with the thread's CPU clock reading `cpu_now`, may run for `budget`
+    /// of CPU.
+    pub(crate) fn arm(
+        &self,
+        entered: Instant,
+        cpu_now: Duration,
+        budget: Duration,
+        reason: KillReason,
+    ) {
         self.reason.store(reason as u8, Ordering::Relaxed);
         let watchdog = watchdog();
-        let now = watchdog.now_ns();
+        // The window's entry instant, not a reading of its own.
+        let now = watchdog.ns_at(entered);
         self.next_check_ns
             .store(now.saturating_add(nanos(budget)), Ordering::Relaxed);
         // Published last: a deadline the watchdog sees comes with its
@@ -222,7 +230,11 @@ struct Watchdog {
 
 impl Watchdog {
     fn now_ns(&self) -> u64 {
-        nanos(self.epoch.elapsed())
+        self.ns_at(Instant::now())
+    }
+
+    fn ns_at(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.epoch))
     }
 
     fn add(&self, slot: &Arc<WatchSlot>) {

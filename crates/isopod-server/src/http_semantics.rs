@@ -63,11 +63,12 @@ pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
         .headers
         .get(header::HOST)
         .ok_or(BadRequest::MissingHost)?
-        .to_str()
-        .map_err(|_| BadRequest::InvalidHost)?;
-    if !is_host_and_port(host) {
-        return Err(BadRequest::InvalidHost);
-    }
+        .as_bytes();
+    // Checked as bytes: what passes is ASCII, so it is a `str` as well.
+    let host = match is_host_and_port(host).then(|| std::str::from_utf8(host)) {
+        Some(Ok(host)) => host,
+        _ => return Err(BadRequest::InvalidHost),
+    };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut url = String::with_capacity("http://".len() + host.len() + path.len());
     url.push_str("http://");
@@ -81,39 +82,54 @@ pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
 /// brackets, then an optional port. No user info (`@`), path or spaces: the
 /// handler's URL is built from it. Checked in place, where parsing it as an
 /// `http::uri::Authority` would copy it.
-fn is_host_and_port(value: &str) -> bool {
-    let (host_ok, port) = match value.strip_prefix('[') {
+fn is_host_and_port(value: &[u8]) -> bool {
+    let (host_ok, port) = match value.strip_prefix(b"[") {
         Some(bracketed) => {
-            let Some((literal, after)) = bracketed.split_once(']') else {
+            let Some(close) = bracketed.iter().position(|&b| b == b']') else {
                 return false;
             };
+            let (literal, after) = (&bracketed[..close], &bracketed[close + 1..]);
             let port = match after {
-                "" => None,
-                _ => match after.strip_prefix(':') {
-                    Some(port) => Some(port),
-                    None => return false,
-                },
+                [] => None,
+                [b':', port @ ..] => Some(port),
+                _ => return false,
             };
             let literal_ok = !literal.is_empty()
                 && literal
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
             (literal_ok, port)
         }
         None => {
-            let (host, port) = match value.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
+            let (host, port) = match value.iter().position(|&b| b == b':') {
+                Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
                 None => (value, None),
             };
-            let name_ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+            let name_ok = !host.is_empty() && host.iter().all(|&b| HOST_NAME_BYTES[b as usize]);
             (name_ok, port)
         }
     };
-    host_ok && port.is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()))
+    host_ok && port.is_none_or(|port| port.iter().all(u8::is_ascii_digit))
 }
+
+/// The bytes of a registered name or IPv4 address (RFC 3986's unreserved,
+/// sub-delims and `%`), as a table: one load per byte.
+static HOST_NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

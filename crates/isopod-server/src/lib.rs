@@ -25,6 +25,7 @@
 
 mod admin;
 mod admission;
+mod head_deadline;
 mod http_semantics;
 mod listener;
 mod manifest;

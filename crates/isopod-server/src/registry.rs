@@ -1,10 +1,15 @@
 //! The deployed apps and their routes, shared by every worker thread.
 //!
-//! Readers take an `Arc` snapshot (one uncontended read lock per request);
-//! a deploy builds a new snapshot and swaps it in, so a request sees either
-//! the old set of versions or the new one, never a mix.
+//! A deploy builds a new snapshot and swaps it in, so a request sees either
+//! the old set of versions or the new one, never a mix. Each listener of a
+//! worker thread keeps the snapshot it last saw ([`LocalSnapshot`]) and
+//! takes the lock again only when the registry's generation has moved: a
+//! request costs one read of a counter that only deploys write, rather
+//! than a lock and a reference count shared by every thread.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use isopod_pool::AppVersion;
@@ -68,6 +73,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
+    /// Bumped, under the write lock, after every swap of `current`.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -101,6 +108,41 @@ impl Registry {
             routes.add(name, &apps[name].routes);
         }
         *current = Arc::new(Snapshot { apps, routes });
+        self.generation.fetch_add(1, Ordering::Release);
         result
+    }
+}
+
+/// One thread's copy of the registry's current snapshot, refreshed when a
+/// deploy has changed it. `!Sync`: each listener of each thread has its own.
+#[derive(Debug)]
+pub(crate) struct LocalSnapshot {
+    /// The registry generation `snapshot` was taken at.
+    seen: Cell<u64>,
+    snapshot: RefCell<Arc<Snapshot>>,
+}
+
+impl LocalSnapshot {
+    /// A copy of `registry`'s current snapshot.
+    pub(crate) fn new(registry: &Registry) -> LocalSnapshot {
+        let seen = registry.generation.load(Ordering::Acquire);
+        LocalSnapshot {
+            seen: Cell::new(seen),
+            snapshot: RefCell::new(registry.snapshot()),
+        }
+    }
+
+    /// Runs `read` on `registry`'s current snapshot: the copy, refreshed
+    /// first if a deploy has happened since it was taken.
+    ///
+    /// The generation is bumped after the swap, under the write lock, so a
+    /// copy taken after reading a generation is at least that new.
+    pub(crate) fn with<R>(&self, registry: &Registry, read: impl FnOnce(&Snapshot) -> R) -> R {
+        let generation = registry.generation.load(Ordering::Acquire);
+        if generation != self.seen.get() {
+            *self.snapshot.borrow_mut() = registry.snapshot();
+            self.seen.set(generation);
+        }
+        read(&self.snapshot.borrow())
     }
 }

@@ -11,9 +11,10 @@ use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
 use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
 use tokio::sync::watch;
 
+use crate::head_deadline::HeadWatch;
 use crate::listener::bind_reuseport;
 use crate::ports::{stopped, BoundPort, OwnPorts, PortError};
-use crate::registry::{Deployed, Registry};
+use crate::registry::{Deployed, LocalSnapshot, Registry};
 use crate::routing::Route;
 use crate::service::{handle, Connection};
 
@@ -292,10 +293,6 @@ pub(crate) fn check_bundle(config: &AppConfig, bundle: &Bundle) -> Result<(), In
     outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
 }
 
-/// How long a client may take to send a request head (slow-client
-/// protection).
-const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Header lines in one request; more are answered 431.
 const MAX_HEADER_LINES: usize = 100;
 
@@ -348,6 +345,7 @@ async fn accept_on(thread: PoolThread, registry: Arc<Registry>, listener: Thread
     };
     let connection = Rc::new(Connection {
         thread,
+        apps: LocalSnapshot::new(&registry),
         registry,
         dedicated,
     });
@@ -380,9 +378,12 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let connection = connection.clone();
-        tokio::task::spawn_local(async move {
-            let service =
-                hyper::service::service_fn(move |request| handle(connection.clone(), request));
+        let watch = HeadWatch::new();
+        let watched = watch.clone();
+        let task = tokio::task::spawn_local(async move {
+            let service = hyper::service::service_fn(move |request| {
+                handle(connection.clone(), request, watched.request_started())
+            });
             let served = http1::Builder::new()
                 .keep_alive(true)
                 // One flat buffer and one `send` per response rather than a
@@ -392,8 +393,9 @@ async fn accept_loop(
                 // `deno serve`, traced, also sends each response in one
                 // `sendto`).
                 .writev(false)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+                // The head timeout is `head_deadline`'s sweep, not a timer
+                // per request.
+                .header_read_timeout(None)
                 .max_headers(MAX_HEADER_LINES)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
@@ -401,5 +403,6 @@ async fn accept_loop(
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
+        watch.start(task.abort_handle());
     }
 }

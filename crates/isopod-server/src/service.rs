@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use isopod_pool::{PoolError, PoolThread};
 use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
 
+use crate::head_deadline::{Busy, WatchedBody};
 use crate::http_semantics::{absolute_url, strip_hop_by_hop};
-use crate::registry::{Deployed, Registry};
+use crate::registry::{Deployed, LocalSnapshot, Registry};
 
 /// What every connection accepted on one listener of one thread shares.
 pub(crate) struct Connection {
@@ -23,6 +24,8 @@ pub(crate) struct Connection {
     pub(crate) registry: Arc<Registry>,
     /// The app this listener belongs to, if it is an app's own port.
     pub(crate) dedicated: Option<Arc<str>>,
+    /// This listener's copy of the registry's snapshot.
+    pub(crate) apps: LocalSnapshot,
 }
 
 /// Answers one request with the app's handler.
@@ -31,18 +34,21 @@ pub(crate) struct Connection {
 /// returned future is first polled: hyper reads ahead on the connection in
 /// between, and the request's head still holding its read buffer then
 /// costs a fresh buffer (see [`prepare`]).
+///
+/// `busy` keeps the connection safe from the head timeout until the
+/// response's body has been sent.
 pub(crate) fn handle(
     connection: Rc<Connection>,
     request: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> {
+    busy: Busy,
+) -> impl Future<Output = Result<Response<WatchedBody>, std::convert::Infallible>> {
     let prepared = prepare(&connection, request);
     async move {
-        match prepared {
-            Prepared::ForApp(deployed, incoming) => {
-                Ok(serve(&connection, &deployed, incoming).await)
-            }
-            Prepared::Answered(answer) => Ok(answer),
-        }
+        let response = match prepared {
+            Prepared::ForApp(deployed, incoming) => serve(&connection, &deployed, incoming).await,
+            Prepared::Answered(answer) => answer,
+        };
+        Ok(response.map(|body| WatchedBody::new(body, busy)))
     }
 }
 
@@ -154,19 +160,21 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
         Ok(url) => url,
         Err(bad) => return Prepared::Answered(text(StatusCode::BAD_REQUEST, bad.reason())),
     };
-    let apps = connection.registry.snapshot();
-    let deployed = match &connection.dedicated {
-        Some(name) => apps.app(name),
-        None => {
-            let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
-            apps.route(host.unwrap_or_default(), parts.uri.path())
-        }
-    };
+    let deployed = connection
+        .apps
+        .with(&connection.registry, |apps| match &connection.dedicated {
+            Some(name) => apps.app(name).cloned(),
+            None => {
+                let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                });
+                apps.route(host.unwrap_or_default(), parts.uri.path())
+                    .cloned()
+            }
+        });
     let Some(deployed) = deployed else {
         return Prepared::Answered(text(
             StatusCode::NOT_FOUND,
@@ -211,7 +219,7 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
         body,
         received,
     };
-    Prepared::ForApp(deployed.clone(), incoming)
+    Prepared::ForApp(deployed, incoming)
 }
 
 /// A short plain-text answer from isopod itself.

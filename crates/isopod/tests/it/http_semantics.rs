@@ -163,3 +163,106 @@ async fn expect_100_continue() {
         "{text}"
     );
 }
+
+/// Reads until the server closes the connection (or `limit` passes); what
+/// came, and when the close came, counted from `since`.
+async fn read_to_close(
+    stream: &mut TcpStream,
+    since: std::time::Instant,
+    limit: std::time::Duration,
+) -> (String, Option<std::time::Duration>) {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return since.elapsed(),
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+    .await
+    .ok();
+    (text, closed)
+}
+
+/// Slow-client protection: a connection that sends no complete request head
+/// within 10 s of becoming idle is closed, whether it sent part of a head or
+/// sits idle after an answered request; a response that takes longer than
+/// that to stream keeps its connection to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_and_idle_connections_are_closed_but_long_responses_are_not() {
+    use std::time::{Duration, Instant};
+    const CHUNKS: usize = 13;
+    let bundle = temp_bundle(
+        "drip.js",
+        &format!(
+            "export default {{ fetch(request) {{\n\
+               if (new URL(request.url).pathname !== '/drip') return new Response('quick');\n\
+               let sent = 0;\n\
+               const body = new ReadableStream({{ async pull(controller) {{\n\
+                 await new Promise((resolve) => setTimeout(resolve, 1000));\n\
+                 controller.enqueue(new TextEncoder().encode('tick;'));\n\
+                 if (++sent === {CHUNKS}) controller.close();\n\
+               }} }});\n\
+               return new Response(body);\n\
+             }} }};\n"
+        ),
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    let limit = Duration::from_secs(25);
+    let started = Instant::now();
+    let partial_head = async {
+        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: loc")
+            .await
+            .unwrap();
+        read_to_close(&mut stream, started, limit).await
+    };
+    let idle_keep_alive = async {
+        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_close(&mut stream, started, limit).await
+    };
+    let long_stream = async {
+        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+        stream
+            .write_all(b"GET /drip HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_close(&mut stream, started, limit).await
+    };
+    let ((partial, partial_closed), (idle, idle_closed), (dripped, drip_closed)) =
+        tokio::join!(partial_head, idle_keep_alive, long_stream);
+
+    let in_window = |closed: Option<Duration>| {
+        closed.is_some_and(|at| at >= Duration::from_secs(9) && at < Duration::from_secs(16))
+    };
+    assert!(partial.is_empty(), "no answer to half a head: {partial}");
+    assert!(
+        in_window(partial_closed),
+        "partial head closed at {partial_closed:?}"
+    );
+    assert!(
+        idle.starts_with("HTTP/1.1 200") && idle.ends_with("quick"),
+        "{idle}"
+    );
+    assert!(
+        in_window(idle_closed),
+        "idle connection closed at {idle_closed:?}"
+    );
+    assert_eq!(dripped.matches("tick;").count(), CHUNKS, "{dripped}");
+    assert!(
+        dripped.ends_with("0\r\n\r\n"),
+        "the stream ended cleanly: {dripped}"
+    );
+    assert!(
+        drip_closed.is_some_and(|at| at >= Duration::from_secs(CHUNKS as u64)),
+        "{drip_closed:?}"
+    );
+}

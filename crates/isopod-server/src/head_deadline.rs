@@ -1,0 +1,217 @@
+//! Slow-client protection at a second's precision, with no timer per
+//! request.
+//!
+//! A connection must send each request head within [`HEAD_TIMEOUT`] of
+//! becoming idle (accepted, or its last response sent in full); one that
+//! does not is closed. That is hyper's `header_read_timeout`, which also
+//! closes idle keep-alive connections. hyper implements it with a fresh
+//! boxed sleep in the runtime's timer wheel for every request head (an
+//! allocation, a wheel insertion and a removal per request). Here each
+//! worker thread instead runs one sweep a second over its connections.
+//!
+//! Invariants:
+//! - A connection with a request in the service or a response still being
+//!   sent (a stream included, however long it lasts) is never closed by
+//!   the sweep; [`Busy`] guards mark those, and the last one dropped makes
+//!   the connection idle again.
+//! - Everything here belongs to one worker thread (`Rc`, thread-locals): a
+//!   connection's watch lives on the thread its task runs on.
+//! - The sweep runs only while its thread has connections, so an idle
+//!   thread is not woken each second.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use isopod_runtime::{BoxError, ResponseBody};
+use tokio::task::AbortHandle;
+
+/// How long a client may take to send a request head, counted from when its
+/// connection became idle (slow-client protection). Enforced at a second's
+/// precision: a connection is closed after between this and one second
+/// more.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sweep's period, and so the unit of its clock.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// One connection, as its thread's sweep sees it.
+pub(crate) struct HeadWatch {
+    /// Requests handed to the service whose response is not yet sent in full.
+    busy: Cell<u32>,
+    /// The sweep's tick when the connection last became idle.
+    idle_since: Cell<u64>,
+    /// Ends the connection's task (and so closes its socket).
+    abort: OnceCell<AbortHandle>,
+}
+
+impl HeadWatch {
+    /// A watch for a connection accepted now. It is swept once
+    /// [`HeadWatch::start`] has given it the connection's task.
+    pub(crate) fn new() -> Rc<HeadWatch> {
+        Rc::new(HeadWatch {
+            busy: Cell::new(0),
+            idle_since: Cell::new(SWEEP.with(|sweep| sweep.tick.get())),
+            abort: OnceCell::new(),
+        })
+    }
+
+    /// Starts sweeping this connection: `abort` ends its task.
+    pub(crate) fn start(self: &Rc<Self>, abort: AbortHandle) {
+        let _ = self.abort.set(abort);
+        SWEEP.with(|sweep| {
+            sweep.watched.borrow_mut().push(Rc::downgrade(self));
+            if !sweep.running.replace(true) {
+                tokio::task::spawn_local(run_sweep());
+            }
+        });
+    }
+
+    /// Marks a request head as received: the connection is busy until the
+    /// returned guard is dropped (with the response's body, once sent).
+    pub(crate) fn request_started(self: &Rc<Self>) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(self.clone())
+    }
+
+    /// Whether the sweep at `tick` should close this connection.
+    fn overdue(&self, tick: u64) -> bool {
+        self.busy.get() == 0 && tick.saturating_sub(self.idle_since.get()) > HEAD_TIMEOUT.as_secs()
+    }
+}
+
+/// Keeps a connection busy (see [`HeadWatch::request_started`]).
+pub(crate) struct Busy(Rc<HeadWatch>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let watch = &self.0;
+        let busy = watch.busy.get().saturating_sub(1);
+        watch.busy.set(busy);
+        if busy == 0 {
+            // `try_with`: a connection may be dropped as its thread exits.
+            let tick = SWEEP.try_with(|sweep| sweep.tick.get()).unwrap_or(0);
+            watch.idle_since.set(tick);
+        }
+    }
+}
+
+/// A response body that keeps its connection busy until hyper has sent it
+/// in full (or given up on it) and dropped it.
+pub(crate) struct WatchedBody {
+    body: ResponseBody,
+    _busy: Busy,
+}
+
+impl WatchedBody {
+    /// `body`, holding `busy` for as long as it lives.
+    pub(crate) fn new(body: ResponseBody, busy: Busy) -> WatchedBody {
+        WatchedBody { body, _busy: busy }
+    }
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A worker thread's sweep: its clock, in ticks of [`SWEEP_EVERY`], and the
+/// connections it watches.
+struct Sweep {
+    tick: Cell<u64>,
+    watched: RefCell<Vec<Weak<HeadWatch>>>,
+    running: Cell<bool>,
+}
+
+thread_local! {
+    static SWEEP: Sweep = const {
+        Sweep {
+            tick: Cell::new(0),
+            watched: RefCell::new(Vec::new()),
+            running: Cell::new(false),
+        }
+    };
+}
+
+/// Once a second: advances the thread's tick, forgets connections that have
+/// ended, and closes those idle for longer than [`HEAD_TIMEOUT`]. Returns
+/// when the thread has no connections left (the next one starts it again).
+async fn run_sweep() {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let any_left = SWEEP.with(|sweep| {
+            let tick = sweep.tick.get() + 1;
+            sweep.tick.set(tick);
+            sweep.watched.borrow_mut().retain(|watched| {
+                let Some(watch) = watched.upgrade() else {
+                    return false;
+                };
+                if !watch.overdue(tick) {
+                    return true;
+                }
+                tracing::debug!(
+                    timeout_s = HEAD_TIMEOUT.as_secs(),
+                    "connection closed: no complete request head within the timeout"
+                );
+                if let Some(abort) = watch.abort.get() {
+                    abort.abort();
+                }
+                false
+            });
+            let any_left = !sweep.watched.borrow().is_empty();
+            if !any_left {
+                sweep.running.set(false);
+            }
+            any_left
+        });
+        if !any_left {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_overdue_only_when_idle_for_longer_than_the_timeout() {
+        let watch = HeadWatch::new();
+        let start = watch.idle_since.get();
+        let limit = HEAD_TIMEOUT.as_secs();
+        assert!(!watch.overdue(start + limit));
+        assert!(watch.overdue(start + limit + 1));
+        let busy = watch.request_started();
+        assert!(!watch.overdue(start + 10 * limit), "busy is never overdue");
+        let second = watch.request_started();
+        drop(busy);
+        assert!(!watch.overdue(start + 10 * limit), "one request still busy");
+        drop(second);
+        assert!(
+            watch.overdue(start + limit + 1),
+            "idle again from the same tick"
+        );
+    }
+}
