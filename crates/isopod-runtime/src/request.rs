@@ -53,6 +53,12 @@ impl HeaderList {
         if name.contains(&0) || value.contains(&0) {
             return;
         }
+        self.push_unchecked(name, value);
+    }
+
+    /// Appends a line known to hold no NUL byte (one from a `HeaderMap`:
+    /// its names are tokens and its values exclude control bytes but tab).
+    fn push_unchecked(&mut self, name: &[u8], value: &[u8]) {
         self.bytes.reserve(name.len() + value.len() + 2);
         self.bytes.extend_from_slice(name);
         self.bytes.push(0);
@@ -100,7 +106,7 @@ impl From<&HeaderMap> for HeaderList {
             lines: 0,
         };
         for (name, value) in headers {
-            list.push(name.as_str().as_bytes(), value.as_bytes());
+            list.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
         }
         list
     }
