@@ -213,30 +213,15 @@ async fn slow_heads_and_idle_connections_are_closed_but_long_responses_are_not()
     let isopod = Isopod::start(&bundle, &[]);
     let limit = Duration::from_secs(25);
     let started = Instant::now();
-    let partial_head = async {
+    let send_then_read = |request: &'static [u8]| async move {
         let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: loc")
-            .await
-            .unwrap();
+        stream.write_all(request).await.unwrap();
         read_to_close(&mut stream, started, limit).await
     };
-    let idle_keep_alive = async {
-        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        read_to_close(&mut stream, started, limit).await
-    };
-    let long_stream = async {
-        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
-        stream
-            .write_all(b"GET /drip HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        read_to_close(&mut stream, started, limit).await
-    };
+    let partial_head = send_then_read(b"GET / HTTP/1.1\r\nhost: loc");
+    let idle_keep_alive = send_then_read(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    let long_stream =
+        send_then_read(b"GET /drip HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
     let ((partial, partial_closed), (idle, idle_closed), (dripped, drip_closed)) =
         tokio::join!(partial_head, idle_keep_alive, long_stream);
 
