@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use deno_core::ResourceId;
 use http::StatusCode;
 use isopod_api::{FailureKind, Host, HostResponse, LogLevel, UncaughtKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::body::{pump_stream, ResponseBody};
 use crate::crypto_pool::CryptoPool;
 use crate::request::{DispatchError, OutgoingResponse};
 
-pub(crate) type Responder = oneshot::Sender<Result<OutgoingResponse, DispatchError>>;
+pub(crate) type Responder =
+    crate::local_channel::OneshotSender<Result<OutgoingResponse, DispatchError>>;
 
 /// A control message to an instance's driver, from outside a window.
 pub(crate) enum Control {

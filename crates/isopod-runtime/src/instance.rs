@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
 use isopod_api::{IsolateOptions, NetPolicy};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBodyResource;
 use crate::bundle::Bundle;
@@ -36,6 +36,7 @@ use crate::graveyard::Graveyard;
 use crate::host::{as_host, Control, RequestTable, Responder};
 use crate::limits::{KillEvent, KillReason, Limits};
 use crate::loader::BundleLoader;
+use crate::local_channel;
 use crate::memory::MemoryBudget;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
@@ -537,7 +538,7 @@ impl Instance {
     }
 
     fn spawn_inner(self, graveyard: Option<Graveyard>) -> InstanceHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = local_channel::unbounded();
         let (stopped_tx, stopped) = watch::channel(false);
         let handle = InstanceHandle {
             tx,
@@ -643,7 +644,7 @@ impl Instance {
     /// Serves requests until every handle is gone and nothing is in flight,
     /// the event loop fails, or a limit kills the isolate (then returns
     /// true).
-    async fn drive(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> bool {
+    async fn drive(&mut self, mut commands: local_channel::Receiver<Command>) -> bool {
         const LINGER_CHECK: Duration = Duration::from_millis(500);
         let mut handles_gone = false;
         let wait_until_timeout = self.limits.wait_until_timeout();
@@ -952,14 +953,15 @@ enum Command {
     Abort(u32),
 }
 
-/// The way into a running instance. Cheap to clone.
+/// The way into a running instance. Cheap to clone; `!Send`, like the
+/// instance: it is used on the instance's thread.
 ///
 /// The instance runs while any handle exists or any request is in flight:
 /// dropping every handle lets in-flight requests (streams and `waitUntil`
 /// work included) finish, then the instance is dropped on its thread.
 #[derive(Clone)]
 pub struct InstanceHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: local_channel::Sender<Command>,
     next_id: Arc<AtomicU32>,
     in_flight: Arc<AtomicUsize>,
     queue_wait: Arc<QueueWait>,
@@ -973,9 +975,9 @@ impl InstanceHandle {
     pub fn dispatch(
         &self,
         request: IncomingRequest,
-    ) -> impl Future<Output = Result<OutgoingResponse, DispatchError>> + Send + 'static {
+    ) -> impl Future<Output = Result<OutgoingResponse, DispatchError>> + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
-        let (responder, response) = oneshot::channel();
+        let (responder, response) = local_channel::oneshot();
         let sent = self.tx.send(Command::Dispatch {
             id,
             request,
@@ -1050,7 +1052,7 @@ impl QueueWait {
 /// Tells the instance a request was abandoned (its response future dropped
 /// before completion: the client disconnected), so `request.signal` aborts.
 struct AbortOnDrop {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: local_channel::Sender<Command>,
     id: u32,
     armed: bool,
 }

@@ -11,8 +11,10 @@
 //! - Every synchronous piece of V8 work runs inside one window (enter, hooks,
 //!   work, hooks, exit); no V8 handle or scope lives across an `.await`.
 //! - Instances on one thread may be dropped in any order.
-//! - What crosses threads ([`InstanceHandle`], [`IncomingRequest`],
-//!   [`OutgoingResponse`]) is `Send`; what touches V8 is not.
+//! - What crosses threads ([`IncomingRequest`], [`OutgoingResponse`]) is
+//!   `Send`; what touches V8 is not, and neither is an [`InstanceHandle`]:
+//!   a request reaches an instance on its own thread, over channels without
+//!   atomics (another thread hands it over through the pool first).
 #![deny(missing_docs)]
 
 mod body;
@@ -25,6 +27,7 @@ mod host;
 mod instance;
 mod limits;
 mod loader;
+mod local_channel;
 mod memory;
 mod platform;
 mod request;
