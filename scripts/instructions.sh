@@ -7,7 +7,13 @@
 # per second under valgrind raise the per-batch share a little, so compare
 # runs that served similar numbers of requests.
 #
-# usage: scripts/instructions.sh [BUNDLE] [SECONDS] [ISOPOD_BINARY]
+# The warm-up (WARMUP seconds, 30 by default) must outlast V8's optimising
+# compiles: everything runs about 50x slower under valgrind, so a
+# framework's functions are still being compiled by TurboFan (on V8's worker
+# threads, counted here) long after a native warm-up would be over. The
+# profile shows it as `OptimizingCompileTaskExecutor`: warm up longer.
+#
+# usage: [WARMUP=30] scripts/instructions.sh [BUNDLE] [SECONDS] [ISOPOD_BINARY]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$isopod_root"
@@ -35,7 +41,7 @@ for _ in $(seq 120); do
   curl -s -m 2 "http://127.0.0.1:$port/" >/dev/null && break
   sleep 1
 done
-taskset -c 1 wrk -t1 -c32 -d5s "http://127.0.0.1:$port/" >/dev/null
+taskset -c 1 wrk -t1 -c32 -d"${WARMUP:-30}s" "http://127.0.0.1:$port/" >/dev/null
 callgrind_control -i on "$server" >/dev/null 2>&1
 load="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" "http://127.0.0.1:$port/")"
 callgrind_control -i off "$server" >/dev/null 2>&1
