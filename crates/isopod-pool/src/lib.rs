@@ -26,6 +26,7 @@
 
 mod local;
 mod memory;
+mod permits;
 mod pool;
 mod stats;
 mod version;

@@ -22,6 +22,7 @@ use std::time::Instant;
 use isopod_runtime::{Graveyard, IncomingRequest, Instance, InstanceHandle, OutgoingResponse};
 use rustc_hash::FxBuildHasher;
 
+use crate::permits::LocalSemaphore;
 use crate::stats::{InstanceRow, Shared};
 use crate::version::{AppVersion, ExecutionMode};
 use crate::PoolError;
@@ -37,7 +38,7 @@ struct Pooled {
     /// Off its app's home thread: counted in the version's replicas.
     replica: Option<Arc<AppVersion>>,
     /// One permit per request the instance may work on at once.
-    concurrency: tokio::sync::Semaphore,
+    concurrency: LocalSemaphore,
     /// Gives the instance's place under the cap back once it stops.
     release: CapRelease,
 }
@@ -198,7 +199,7 @@ impl LocalPool {
             served: Cell::new(0),
             last_used: Cell::new(Instant::now()),
             replica,
-            concurrency: tokio::sync::Semaphore::new(self.max_concurrency),
+            concurrency: LocalSemaphore::new(self.max_concurrency),
             release,
         });
         *slot.instance.borrow_mut() = Some(instance.clone());
