@@ -139,49 +139,53 @@ mod tests {
         Pin::new(acquire).poll(&mut cx)
     }
 
+    /// The permit `acquire` gets on this poll; panics, saying `why` it
+    /// should have, if it has to wait.
+    fn granted<'a>(acquire: &mut Acquire<'a>, why: &str) -> LocalPermit<'a> {
+        match poll(acquire) {
+            Poll::Ready(permit) => permit,
+            Poll::Pending => panic!("no permit: {why}"),
+        }
+    }
+
+    /// `semaphore`'s one permit held, and two waiters queued behind it.
+    fn held_and_two_waiting(
+        semaphore: &LocalSemaphore,
+    ) -> (LocalPermit<'_>, Acquire<'_>, Acquire<'_>) {
+        let held = granted(&mut semaphore.acquire(), "a free permit is taken at once");
+        let mut first = semaphore.acquire();
+        let mut second = semaphore.acquire();
+        assert!(poll(&mut first).is_pending());
+        assert!(poll(&mut second).is_pending());
+        (held, first, second)
+    }
+
     #[test]
     fn permits_are_capped_and_released_permits_go_to_waiters_in_order() {
         let semaphore = LocalSemaphore::new(1);
-        let Poll::Ready(first) = poll(&mut semaphore.acquire()) else {
-            panic!("a free permit is taken at once");
-        };
-        let mut second = semaphore.acquire();
-        let mut third = semaphore.acquire();
-        assert!(poll(&mut second).is_pending());
-        assert!(poll(&mut third).is_pending());
+        let (first, mut second, mut third) = held_and_two_waiting(&semaphore);
         drop(first);
         // A newcomer does not overtake the waiters.
         assert!(poll(&mut semaphore.acquire()).is_pending());
         assert!(poll(&mut third).is_pending(), "the second waiter is first");
-        let Poll::Ready(second_permit) = poll(&mut second) else {
-            panic!("the first waiter got the released permit");
-        };
-        drop(second_permit);
+        drop(granted(
+            &mut second,
+            "the first waiter gets the released permit",
+        ));
         assert!(poll(&mut third).is_ready());
     }
 
     #[test]
     fn a_cancelled_waiter_loses_no_permit() {
         let semaphore = LocalSemaphore::new(1);
-        let Poll::Ready(held) = poll(&mut semaphore.acquire()) else {
-            panic!("a free permit is taken at once");
-        };
-        let mut handed = semaphore.acquire();
-        let mut queued = semaphore.acquire();
-        assert!(poll(&mut handed).is_pending());
-        assert!(poll(&mut queued).is_pending());
+        let (held, handed, mut queued) = held_and_two_waiting(&semaphore);
         drop(held);
         // Handed the permit, then cancelled: it passes to the next waiter.
         drop(handed);
-        let Poll::Ready(permit) = poll(&mut queued) else {
-            panic!("the permit was passed on");
-        };
-        drop(permit);
+        drop(granted(&mut queued, "the permit was passed on"));
         // A waiter cancelled while still queued just leaves: the permit is
         // free again for anyone.
-        let Poll::Ready(held) = poll(&mut semaphore.acquire()) else {
-            panic!("the permit was put back");
-        };
+        let held = granted(&mut semaphore.acquire(), "the permit was put back");
         let mut leaving = semaphore.acquire();
         assert!(poll(&mut leaving).is_pending());
         drop(leaving);
