@@ -5,7 +5,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,8 +72,6 @@ pub(crate) struct RequestTable {
     /// table cannot reach `OpState` from inside an op).
     released_bodies: RefCell<Vec<ResourceId>>,
     control: mpsc::UnboundedSender<Control>,
-    /// The number of entries in `pending`, readable from any thread.
-    in_flight: Arc<AtomicUsize>,
     /// How long a streaming response may send nothing (the app's limit).
     stream_idle_timeout: std::cell::Cell<Duration>,
     /// Where the requests' `crypto.subtle` work runs, and what it cost.
@@ -89,7 +86,6 @@ impl RequestTable {
             pending: RefCell::new(HashMap::default()),
             released_bodies: RefCell::new(Vec::new()),
             control,
-            in_flight: Arc::new(AtomicUsize::new(0)),
             stream_idle_timeout: std::cell::Cell::new(
                 crate::limits::Limits::default().stream_idle_timeout(),
             ),
@@ -119,7 +115,6 @@ impl RequestTable {
                 answered_at: None,
             },
         );
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The app this instance serves.
@@ -137,11 +132,6 @@ impl RequestTable {
         *self.app.borrow_mut() = app;
     }
 
-    /// The shared in-flight counter, for handles.
-    pub(crate) fn in_flight_counter(&self) -> Arc<AtomicUsize> {
-        self.in_flight.clone()
-    }
-
     /// Body resources of requests completed since the last call.
     pub(crate) fn take_released_bodies(&self) -> Vec<ResourceId> {
         std::mem::take(&mut *self.released_bodies.borrow_mut())
@@ -156,7 +146,6 @@ impl RequestTable {
         update(request);
         if request.script_done && !request.streaming {
             let mut request = pending.remove(&id).expect("present above");
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
             if let Some(responder) = request.responder.take() {
                 let _ = responder.send(Err(DispatchError::InstanceGone));
             }
@@ -229,7 +218,6 @@ impl RequestTable {
             }
             !lingering
         });
-        self.in_flight.store(pending.len(), Ordering::Relaxed);
         expired
     }
 
@@ -246,7 +234,6 @@ impl RequestTable {
     /// `error_for(its id)`, and forgets them all (the instance is going
     /// away).
     pub(crate) fn fail_all(&self, error_for: impl Fn(u32) -> DispatchError) {
-        self.in_flight.store(0, Ordering::Relaxed);
         for (id, mut request) in self.pending.borrow_mut().drain() {
             if let Some(responder) = request.responder.take() {
                 let _ = responder.send(Err(error_for(id)));

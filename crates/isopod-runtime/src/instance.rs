@@ -16,11 +16,12 @@
 //! - `Instance` is `!Send` (it owns a `JsRuntime`): it lives and dies on the
 //!   thread that created it.
 
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
 use std::pin::pin;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -108,7 +109,7 @@ pub struct Instance {
     loader: Rc<BundleLoader>,
     /// How long dispatches wait in this instance's queue (shared with its
     /// handles).
-    queue_wait: Arc<QueueWait>,
+    queue_wait: Rc<QueueWait>,
     /// The V8 heap in use, sampled by the driver (shared with its handles).
     heap_used: Arc<AtomicUsize>,
     heap_sampled: Option<std::time::Instant>,
@@ -210,7 +211,7 @@ impl Instance {
             table,
             control_rx,
             loader,
-            queue_wait: Arc::default(),
+            queue_wait: Rc::default(),
             heap_used,
             heap_sampled: None,
             init: None,
@@ -542,8 +543,8 @@ impl Instance {
         let (stopped_tx, stopped) = watch::channel(false);
         let handle = InstanceHandle {
             tx,
-            next_id: Arc::new(AtomicU32::new(1)),
-            in_flight: self.table.in_flight_counter(),
+            next_id: Rc::new(Cell::new(1)),
+            table: Rc::downgrade(&self.table),
             queue_wait: self.queue_wait.clone(),
             heap_used: self.heap_used.clone(),
             stopped,
@@ -962,9 +963,10 @@ enum Command {
 #[derive(Clone)]
 pub struct InstanceHandle {
     tx: local_channel::Sender<Command>,
-    next_id: Arc<AtomicU32>,
-    in_flight: Arc<AtomicUsize>,
-    queue_wait: Arc<QueueWait>,
+    next_id: Rc<Cell<u32>>,
+    /// For the count of requests in flight (gone with the instance).
+    table: Weak<RequestTable>,
+    queue_wait: Rc<QueueWait>,
     heap_used: Arc<AtomicUsize>,
     stopped: watch::Receiver<bool>,
 }
@@ -976,7 +978,8 @@ impl InstanceHandle {
         &self,
         request: IncomingRequest,
     ) -> impl Future<Output = Result<OutgoingResponse, DispatchError>> + 'static {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let id = self.next_id.get().max(1);
+        self.next_id.set(id.wrapping_add(1));
         let (responder, response) = local_channel::oneshot();
         let sent = self.tx.send(Command::Dispatch {
             id,
@@ -1007,14 +1010,14 @@ impl InstanceHandle {
     /// Requests not yet complete: waiting for a response, streaming one, or
     /// running `waitUntil` work.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.table.upgrade().map_or(0, |table| table.in_flight())
     }
 
     /// A moving average of how long recent requests waited between being
     /// received and their handler running: the sign that the instance's
     /// thread cannot keep up.
     pub fn queue_wait(&self) -> Duration {
-        Duration::from_micros(self.queue_wait.ewma_micros.load(Ordering::Relaxed))
+        Duration::from_micros(self.queue_wait.ewma_micros.get())
     }
 
     /// Bytes of V8 heap in use, as last sampled (at most every 100 ms while
@@ -1037,15 +1040,14 @@ impl InstanceHandle {
 /// sample), in microseconds.
 #[derive(Debug, Default)]
 struct QueueWait {
-    ewma_micros: std::sync::atomic::AtomicU64,
+    ewma_micros: Cell<u64>,
 }
 
 impl QueueWait {
     fn record(&self, wait: Duration) {
         let sample = wait.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.ewma_micros.load(Ordering::Relaxed);
-        let new = old - old / 8 + sample / 8;
-        self.ewma_micros.store(new, Ordering::Relaxed);
+        let old = self.ewma_micros.get();
+        self.ewma_micros.set(old - old / 8 + sample / 8);
     }
 }
 

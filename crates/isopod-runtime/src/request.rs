@@ -1,7 +1,7 @@
 //! What crosses between the HTTP layer and an instance: an incoming request,
 //! and the outcome of dispatching it.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::body::{RequestBody, ResponseBody};
 
@@ -47,6 +47,15 @@ impl HeaderList {
         HeaderList::default()
     }
 
+    /// An empty list with room for `bytes` bytes of lines (a line takes its
+    /// name's and value's lengths and two more).
+    pub fn with_capacity(bytes: usize) -> HeaderList {
+        HeaderList {
+            bytes: Vec::with_capacity(bytes),
+            lines: 0,
+        }
+    }
+
     /// Appends a line. A line with a NUL byte in its name or value is not
     /// one HTTP carries; it is dropped.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
@@ -56,8 +65,12 @@ impl HeaderList {
         self.push_unchecked(name, value);
     }
 
-    /// Appends a line known to hold no NUL byte (one from a `HeaderMap`:
-    /// its names are tokens and its values exclude control bytes but tab).
+    /// Appends a header line: no check needed, as an `http` name is a token
+    /// and a value excludes control bytes but tab.
+    pub fn push_header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
+    }
+
     fn push_unchecked(&mut self, name: &[u8], value: &[u8]) {
         self.bytes.reserve(name.len() + value.len() + 2);
         self.bytes.extend_from_slice(name);
@@ -101,12 +114,9 @@ impl From<&HeaderMap> for HeaderList {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 2)
             .sum();
-        let mut list = HeaderList {
-            bytes: Vec::with_capacity(size),
-            lines: 0,
-        };
+        let mut list = HeaderList::with_capacity(size);
         for (name, value) in headers {
-            list.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
+            list.push_header(name, value);
         }
         list
     }

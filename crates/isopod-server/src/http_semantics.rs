@@ -4,6 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
+use isopod_runtime::HeaderList;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 /// A `static`: a `const` array of `HeaderName`s is built and dropped at
@@ -18,6 +19,17 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// The names `Connection` lists in `headers`, which are hop-by-hop too.
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers, including any named by `Connection`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none (`Connection`, which names the others, is one
@@ -26,16 +38,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named_by_connection(headers).iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// A request's end-to-end header lines, in order, as the handler gets them:
+/// every line but the hop-by-hop ones (those `Connection` lists included),
+/// copied in one pass, the map itself left as it is (it is dropped next).
+pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
+    let size = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 2)
+        .sum();
+    let mut lines = HeaderList::with_capacity(size);
+    // Browsers send `Connection` with nearly every request, so this is the
+    // usual case rather than a rare one.
+    let named = if headers.contains_key(header::CONNECTION) {
+        named_by_connection(headers)
+    } else {
+        Vec::new()
+    };
+    for (name, value) in headers {
+        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
+            lines.push_header(name, value);
+        }
+    }
+    lines
 }
 
 /// Why a request cannot be given to a handler.
@@ -54,10 +83,21 @@ impl BadRequest {
     }
 }
 
-/// The absolute URL of a request, as `request.url` shows it.
-pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
-    if parts.uri.scheme().is_some() && parts.uri.authority().is_some() {
-        return Ok(parts.uri.to_string());
+/// Where a request goes: its absolute URL, as `request.url` shows it, and
+/// the host it was built from, which routing matches.
+pub(crate) struct Target<'a> {
+    pub(crate) url: String,
+    pub(crate) host: &'a str,
+}
+
+/// The request's [`Target`]: from an absolute-form URI as it is, else from
+/// the `Host` header, checked once here for both uses.
+pub(crate) fn request_target(parts: &Parts) -> Result<Target<'_>, BadRequest> {
+    if let (Some(_), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+        return Ok(Target {
+            url: parts.uri.to_string(),
+            host: authority.as_str(),
+        });
     }
     let host = parts
         .headers
@@ -74,7 +114,7 @@ pub(crate) fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
     url.push_str("http://");
     url.push_str(host);
     url.push_str(path);
-    Ok(url)
+    Ok(Target { url, host })
 }
 
 /// Whether a `Host` header is `host[:port]` (RFC 9110 §7.2 with RFC 3986
@@ -143,6 +183,10 @@ mod tests {
         builder.body(()).unwrap().into_parts().0
     }
 
+    fn absolute_url(parts: &Parts) -> Result<String, BadRequest> {
+        request_target(parts).map(|target| target.url)
+    }
+
     #[test]
     fn url_comes_from_the_host_header() {
         assert_eq!(
@@ -168,9 +212,11 @@ mod tests {
                 "{bad}"
             );
         }
+        let absolute = parts("http://abs.example/x", None);
+        let target = request_target(&absolute).unwrap();
         assert_eq!(
-            absolute_url(&parts("/", Some("u@h"))),
-            Err(BadRequest::InvalidHost)
+            (target.url.as_str(), target.host),
+            ("http://abs.example/x", "abs.example")
         );
     }
 
@@ -181,6 +227,15 @@ mod tests {
         headers.insert("x-private", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
+        let lines: Vec<_> = end_to_end_lines(&headers)
+            .iter()
+            .map(|(name, _)| name.to_vec())
+            .collect();
+        assert_eq!(
+            lines,
+            [b"x-kept".to_vec()],
+            "the request's copy keeps the same one"
+        );
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
@@ -189,6 +244,7 @@ mod tests {
         headers.insert(header::TE, "trailers".parse().unwrap());
         headers.insert("proxy-connection", "1".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
+        assert_eq!(end_to_end_lines(&headers).len(), 1);
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
     }

@@ -117,6 +117,7 @@ impl Registry {
 /// deploy has changed it. `!Sync`: each listener of each thread has its own.
 #[derive(Debug)]
 pub(crate) struct LocalSnapshot {
+    registry: Arc<Registry>,
     /// The registry generation `snapshot` was taken at.
     seen: Cell<u64>,
     snapshot: RefCell<Arc<Snapshot>>,
@@ -124,23 +125,25 @@ pub(crate) struct LocalSnapshot {
 
 impl LocalSnapshot {
     /// A copy of `registry`'s current snapshot.
-    pub(crate) fn new(registry: &Registry) -> LocalSnapshot {
+    pub(crate) fn new(registry: Arc<Registry>) -> LocalSnapshot {
         let seen = registry.generation.load(Ordering::Acquire);
+        let snapshot = RefCell::new(registry.snapshot());
         LocalSnapshot {
+            registry,
             seen: Cell::new(seen),
-            snapshot: RefCell::new(registry.snapshot()),
+            snapshot,
         }
     }
 
-    /// Runs `read` on `registry`'s current snapshot: the copy, refreshed
+    /// Runs `read` on the registry's current snapshot: the copy, refreshed
     /// first if a deploy has happened since it was taken.
     ///
     /// The generation is bumped after the swap, under the write lock, so a
     /// copy taken after reading a generation is at least that new.
-    pub(crate) fn with<R>(&self, registry: &Registry, read: impl FnOnce(&Snapshot) -> R) -> R {
-        let generation = registry.generation.load(Ordering::Acquire);
+    pub(crate) fn with<R>(&self, read: impl FnOnce(&Snapshot) -> R) -> R {
+        let generation = self.registry.generation.load(Ordering::Acquire);
         if generation != self.seen.get() {
-            *self.snapshot.borrow_mut() = registry.snapshot();
+            *self.snapshot.borrow_mut() = self.registry.snapshot();
             self.seen.set(generation);
         }
         read(&self.snapshot.borrow())

@@ -345,8 +345,7 @@ async fn accept_on(thread: PoolThread, registry: Arc<Registry>, listener: Thread
     };
     let connection = Rc::new(Connection {
         thread,
-        apps: LocalSnapshot::new(&registry),
-        registry,
+        apps: LocalSnapshot::new(registry),
         dedicated,
     });
     accept_loop(socket, connection, stop).await;

@@ -10,21 +10,19 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use isopod_pool::{PoolError, PoolThread};
-use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
+use isopod_runtime::{DispatchError, IncomingRequest, ResponseBody};
 
 use crate::head_deadline::{Busy, WatchedBody};
-use crate::http_semantics::{absolute_url, strip_hop_by_hop};
-use crate::registry::{Deployed, LocalSnapshot, Registry};
+use crate::http_semantics::{end_to_end_lines, request_target, strip_hop_by_hop};
+use crate::registry::{Deployed, LocalSnapshot};
 
 /// What every connection accepted on one listener of one thread shares.
 pub(crate) struct Connection {
     /// The worker thread's view of the pool.
     pub(crate) thread: PoolThread,
-    /// The deployed apps.
-    pub(crate) registry: Arc<Registry>,
     /// The app this listener belongs to, if it is an app's own port.
     pub(crate) dedicated: Option<Arc<str>>,
-    /// This listener's copy of the registry's snapshot.
+    /// The deployed apps, as this listener last saw them.
     pub(crate) apps: LocalSnapshot,
 }
 
@@ -156,25 +154,14 @@ enum Prepared {
 fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
     let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
-    let url = match absolute_url(&parts) {
-        Ok(url) => url,
+    let target = match request_target(&parts) {
+        Ok(target) => target,
         Err(bad) => return Prepared::Answered(text(StatusCode::BAD_REQUEST, bad.reason())),
     };
-    let deployed = connection
-        .apps
-        .with(&connection.registry, |apps| match &connection.dedicated {
-            Some(name) => apps.app(name).cloned(),
-            None => {
-                let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-                    parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                });
-                apps.route(host.unwrap_or_default(), parts.uri.path())
-                    .cloned()
-            }
-        });
+    let deployed = connection.apps.with(|apps| match &connection.dedicated {
+        Some(name) => apps.app(name).cloned(),
+        None => apps.route(target.host, parts.uri.path()).cloned(),
+    });
     let Some(deployed) = deployed else {
         return Prepared::Answered(text(
             StatusCode::NOT_FOUND,
@@ -197,8 +184,6 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
             ),
         ));
     }
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
     // A chunked body past the cap fails the handler's read of it.
     let body = (!body.is_end_stream()).then(|| {
         let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
@@ -212,10 +197,11 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
             })
             .boxed()
     });
+    let url = target.url;
     let incoming = IncomingRequest {
+        headers: end_to_end_lines(&parts.headers),
         method: parts.method,
         url,
-        headers: HeaderList::from(&headers),
         body,
         received,
     };
