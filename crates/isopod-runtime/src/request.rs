@@ -122,12 +122,6 @@ impl From<&HeaderMap> for HeaderList {
     }
 }
 
-impl From<HeaderMap> for HeaderList {
-    fn from(headers: HeaderMap) -> HeaderList {
-        HeaderList::from(&headers)
-    }
-}
-
 /// The response to an [`IncomingRequest`].
 pub type OutgoingResponse = http::Response<ResponseBody>;
 
