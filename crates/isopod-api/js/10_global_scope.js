@@ -13,7 +13,6 @@ import "ext:isopod_api/00_stubs.js";
 
 const {
   ArrayBuffer,
-  ArrayPrototypePop,
   ArrayPrototypePush,
   Date: OriginalDate,
   DateNow,
@@ -49,18 +48,35 @@ const {
 
 const {
   op_isopod_log,
-  op_isopod_respond,
-  op_isopod_respond_text,
-  op_isopod_respond_bytes,
-  op_isopod_respond_stream,
   op_isopod_fail,
-  op_isopod_done,
   op_isopod_uncaught,
   op_isopod_fetch_refusal,
   op_isopod_clock,
   op_isopod_in_crypto_pool,
   op_void_async_deferred,
 } = core.ops;
+
+// The ops every request calls: the snapshot's slow versions until
+// `__isopodInit` replaces them with their fast-call overloads (see
+// 03_fast_ops.js), which V8 calls from optimised code without the API
+// callback's argument conversion.
+let {
+  op_isopod_respond,
+  op_isopod_respond_text,
+  op_isopod_respond_bytes,
+  op_isopod_respond_stream,
+  op_isopod_done,
+} = core.ops;
+function takeFastOps() {
+  load("ext:isopod_api/03_fast_ops.js");
+  ({
+    op_isopod_respond,
+    op_isopod_respond_text,
+    op_isopod_respond_bytes,
+    op_isopod_respond_stream,
+    op_isopod_done,
+  } = core.ops);
+}
 
 // ---------------------------------------------------------------------------
 // The coarse clock (Spectre hygiene, as workerd does it): time does not
@@ -825,23 +841,28 @@ class IncomingInnerRequest {
   }
 }
 
-// Requests in flight on this isolate, for `abort()`: their contexts, in a
-// dense array (each context knows its index; removal moves the last one into
-// the hole). Not a Map: a Map that churns rehashes into new tables, and V8
-// keeps each obsolete table (with its entries) linked to its successor for
-// live iterators; the chain held every request's objects through
-// scavenges (measured: 0.85 MB survived each one at 60k requests/s).
+// Requests in flight on this isolate, for `abort()`: their contexts, in the
+// first `inFlightCount` slots of a dense array (each context knows its index;
+// removal moves the last one into the hole). Not a Map: a Map that churns
+// rehashes into new tables, and V8 keeps each obsolete table (with its
+// entries) linked to its successor for live iterators; the chain held every
+// request's objects through scavenges (measured: 0.85 MB survived each one
+// at 60k requests/s). Nor push and pop: popping the last element shrinks
+// the array's store, and the next push grows it again, through the runtime,
+// on every request of an isolate serving one at a time.
 const inFlight = [];
+let inFlightCount = 0;
 function trackRequest(context) {
-  context.inFlightIndex = inFlight.length;
-  ArrayPrototypePush(inFlight, context);
+  context.inFlightIndex = inFlightCount;
+  inFlight[inFlightCount++] = context;
 }
 function untrackRequest(context) {
   const index = context.inFlightIndex;
   if (index < 0) {
     return;
   }
-  const last = ArrayPrototypePop(inFlight);
+  const last = inFlight[--inFlightCount];
+  inFlight[inFlightCount] = undefined;
   if (last !== context) {
     inFlight[index] = last;
     last.inFlightIndex = index;
@@ -909,7 +930,7 @@ function createDispatcher(handler, env) {
 
   function abort(id) {
     let context;
-    for (let i = 0; i < inFlight.length; i++) {
+    for (let i = 0; i < inFlightCount; i++) {
       if (inFlight[i].id === id) {
         context = inFlight[i];
         break;
@@ -1089,6 +1110,7 @@ function init(exported, env, limits) {
 ObjectDefineProperty(globalThis, "__isopodInit", {
   value: () => {
     delete globalThis.__isopodInit;
+    takeFastOps();
     // Per isolate, not per snapshot: this isolate's clock buffer, which the
     // host rewrites at every window entry, and performance.timeOrigin, this
     // isolate's birth.

@@ -58,6 +58,7 @@ deno_core::extension!(
         dir "js",
         "ext:deno_net/02_tls.js" = "01_tls_stub.js",
         "02_captured_ops.js",
+        "03_fast_ops.js",
     ],
 );
 

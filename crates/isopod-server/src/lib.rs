@@ -31,6 +31,7 @@ mod listener;
 mod manifest;
 mod ports;
 mod registry;
+mod response_deadline;
 mod routing;
 mod server;
 mod service;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use isopod_pool::AppVersion;
+use rustc_hash::FxBuildHasher;
 
 use crate::routing::{Route, RouteTable};
 
@@ -46,7 +47,9 @@ impl Deployed {
 /// A consistent view of every deployed app.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    apps: HashMap<Arc<str>, Arc<Deployed>>,
+    /// Looked up on every request: hashed with Fx, not SipHash (the names
+    /// are the operator's, and no tenant chooses the keys).
+    apps: AppMap,
     routes: RouteTable,
 }
 
@@ -68,6 +71,8 @@ impl Snapshot {
         self.apps.values()
     }
 }
+
+type AppMap = HashMap<Arc<str>, Arc<Deployed>, FxBuildHasher>;
 
 /// The deployed apps.
 #[derive(Debug, Default)]
@@ -97,7 +102,7 @@ impl Registry {
         self.update(|apps| apps.remove(name))
     }
 
-    fn update<R>(&self, change: impl FnOnce(&mut HashMap<Arc<str>, Arc<Deployed>>) -> R) -> R {
+    fn update<R>(&self, change: impl FnOnce(&mut AppMap) -> R) -> R {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let mut apps = current.apps.clone();
         let result = change(&mut apps);

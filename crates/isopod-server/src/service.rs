@@ -15,6 +15,7 @@ use isopod_runtime::{DispatchError, IncomingRequest, ResponseBody};
 use crate::head_deadline::{Busy, WatchedBody};
 use crate::http_semantics::{end_to_end_lines, request_target, strip_hop_by_hop};
 use crate::registry::{Deployed, LocalSnapshot};
+use crate::response_deadline::within;
 
 /// What every connection accepted on one listener of one thread shares.
 pub(crate) struct Connection {
@@ -78,9 +79,8 @@ async fn serve(
         }
     };
     // Counted from the request's receipt (admission waits included).
-    let deadline = tokio::time::Instant::from_std(incoming.received) + timeout;
-    let dispatched =
-        tokio::time::timeout_at(deadline, connection.thread.dispatch(version, incoming));
+    let deadline = incoming.received + timeout;
+    let dispatched = within(deadline, connection.thread.dispatch(version, incoming));
     let Ok(dispatched) = dispatched.await else {
         // Dropping the dispatch aborts the request's signal; its instance
         // keeps it only until the `waitUntil` bound.
