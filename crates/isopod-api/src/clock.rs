@@ -20,7 +20,7 @@
 
 use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use deno_core::{op2, v8};
 
@@ -41,40 +41,48 @@ pub fn advance_clock(isolate: &v8::Isolate, now: Instant) {
 }
 
 /// How long the thread's pairing of the wall clock with the monotonic one
-/// serves before the wall clock is read again: the wall time tenants see is
-/// derived from the window's monotonic instant in between, so it follows a
-/// step of the system clock within this long.
-const WALL_ANCHOR_FOR: Duration = Duration::from_secs(1);
+/// serves before the wall clock is read again, in nanoseconds: the wall time
+/// tenants see is derived from the window's monotonic instant in between, so
+/// it follows a step of the system clock within this long.
+const WALL_ANCHOR_FOR_NS: u64 = 1_000_000_000;
 
 thread_local! {
     /// A wall-clock reading (milliseconds since the epoch) and the
-    /// monotonic instant it was taken at.
-    static WALL_ANCHOR: Cell<Option<(f64, Instant)>> = const { Cell::new(None) };
+    /// monotonic instant it was taken at (nanoseconds since [`base`]).
+    static WALL_ANCHOR: Cell<Option<(f64, u64)>> = const { Cell::new(None) };
 }
 
-/// The wall clock at `now`, in milliseconds since the epoch, from the
-/// thread's anchor (read again when older than [`WALL_ANCHOR_FOR`]).
-fn wall_millis(now: Instant) -> f64 {
-    let anchored = WALL_ANCHOR.get().and_then(|(wall, at)| {
-        let since = now.checked_duration_since(at)?;
-        (since <= WALL_ANCHOR_FOR).then_some(wall + since.as_secs_f64() * 1000.0)
-    });
-    anchored.unwrap_or_else(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        WALL_ANCHOR.set(Some((wall, now)));
-        wall
-    })
-}
-
-fn write_time(store: &v8::BackingStore, now: Instant) {
+/// The instant monotonic time is counted from, for the whole process.
+fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let wall = wall_millis(now).floor();
-    // Whole milliseconds without `Duration::as_millis`, whose u128
-    // division costs more than everything else here.
-    let since_base = now.saturating_duration_since(*BASE.get_or_init(Instant::now));
-    let monotonic = since_base.as_secs() as f64 * 1000.0 + f64::from(since_base.subsec_millis());
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The wall clock at `now_ns` (nanoseconds since [`base`]), in milliseconds
+/// since the epoch, from the thread's anchor (read again when older than
+/// [`WALL_ANCHOR_FOR_NS`]).
+fn wall_millis(now_ns: u64) -> f64 {
+    if let Some((wall, at_ns)) = WALL_ANCHOR.get() {
+        let since = now_ns.wrapping_sub(at_ns);
+        if now_ns >= at_ns && since <= WALL_ANCHOR_FOR_NS {
+            return wall + since as f64 / 1e6;
+        }
+    }
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    WALL_ANCHOR.set(Some((wall, now_ns)));
+    wall
+}
+
+/// Writes `now` into the clock buffer. Run at every window entry: its
+/// arithmetic is in integer nanoseconds, one subtraction of instants and no
+/// `Duration` conversions, which cost more than all the rest.
+fn write_time(store: &v8::BackingStore, now: Instant) {
+    let since_base = now.saturating_duration_since(base());
+    let now_ns = since_base.as_secs() * 1_000_000_000 + u64::from(since_base.subsec_nanos());
+    let wall = wall_millis(now_ns).floor();
+    let monotonic = (now_ns / 1_000_000) as f64;
     let mut bytes = [0u8; CLOCK_BYTES];
     bytes[..8].copy_from_slice(&wall.to_ne_bytes());
     bytes[8..].copy_from_slice(&monotonic.to_ne_bytes());

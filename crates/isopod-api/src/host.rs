@@ -5,6 +5,7 @@
 //! synchronous and only records or forwards; none of them runs JavaScript,
 //! so a host may not call back into the isolate from these methods.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -134,7 +135,7 @@ pub fn op_isopod_respond<'s>(
     let body = if body.is_null_or_undefined() {
         ResponseBody::Empty
     } else if let Ok(text) = v8::Local::<v8::String>::try_from(body) {
-        ResponseBody::Bytes(Bytes::from(text.to_rust_string_lossy(scope)))
+        ResponseBody::Bytes(utf8_bytes(scope, text))
     } else if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
         let mut bytes = vec![0; view.byte_length()];
         let copied = view.copy_contents(&mut bytes);
@@ -147,18 +148,32 @@ pub fn op_isopod_respond<'s>(
 }
 
 /// The response of `new Response(text)`, `Response.json(...)` and the like:
-/// status, an optional content type (empty for none) and a body known in
-/// full, as deno_fetch records them when the `Response` is constructed. One
-/// fast call, with no header list and no `Uint8Array` made for the text.
+/// status, a content type (empty for none) and a body known in full, as
+/// deno_fetch records them when the `Response` is constructed. One fast
+/// call, with no header list and no `Uint8Array` made for the text.
+///
+/// The content type comes as its Latin-1 bytes (a `ByteString`, as the
+/// header-list path sends it), the body as the string itself: V8 gives a
+/// fast call only flat one-byte strings, and a template literal's result is
+/// a rope, which would send the whole call down the slow path's
+/// conversions. [`utf8_bytes`] reads either kind in place.
 #[op2(fast)]
-pub fn op_isopod_respond_text(
+pub fn op_isopod_respond_text<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] status: u32,
-    #[string] content_type: &str,
-    #[string] body: &str,
+    #[string(onebyte)] content_type: Cow<'_, [u8]>,
+    body: v8::Local<'s, v8::String>,
 ) {
-    respond_static(state, request, status, content_type, body.as_bytes());
+    let body = utf8_bytes(scope, body);
+    deliver(
+        state,
+        request,
+        status,
+        content_type_header(&content_type),
+        ResponseBody::Bytes(body),
+    );
 }
 
 /// Like `op_isopod_respond_text`, for a body given as bytes.
@@ -167,32 +182,57 @@ pub fn op_isopod_respond_bytes(
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] status: u32,
-    #[string] content_type: &str,
+    #[string(onebyte)] content_type: Cow<'_, [u8]>,
     #[buffer] body: &[u8],
 ) {
-    respond_static(state, request, status, content_type, body);
+    let body = Bytes::copy_from_slice(body);
+    deliver(
+        state,
+        request,
+        status,
+        content_type_header(&content_type),
+        ResponseBody::Bytes(body),
+    );
 }
 
-fn respond_static(state: &OpState, request: u32, status: u32, content_type: &str, body: &[u8]) {
+/// The headers of a serve-fast response: its content type, if not empty,
+/// with the count of lines dropped as invalid.
+fn content_type_header(content_type: &[u8]) -> (http::HeaderMap, usize) {
     let mut headers = http::HeaderMap::new();
-    let mut invalid_headers = 0;
-    if !content_type.is_empty() {
-        let value = match KNOWN_CONTENT_TYPES
-            .iter()
-            .find(|known| known.as_bytes() == content_type.as_bytes())
-        {
-            Some(known) => Ok(known.clone()),
-            None => http::HeaderValue::from_str(content_type),
-        };
-        match value {
-            Ok(value) => {
-                headers.insert(http::header::CONTENT_TYPE, value);
-            }
-            Err(_) => invalid_headers += 1,
-        }
+    if content_type.is_empty() {
+        return (headers, 0);
     }
-    let body = ResponseBody::Bytes(Bytes::copy_from_slice(body));
-    deliver(state, request, status, (headers, invalid_headers), body);
+    let value = match KNOWN_CONTENT_TYPES
+        .iter()
+        .find(|known| known.as_bytes() == content_type)
+    {
+        Some(known) => Ok(known.clone()),
+        None => http::HeaderValue::from_bytes(content_type),
+    };
+    match value {
+        Ok(value) => {
+            headers.insert(http::header::CONTENT_TYPE, value);
+            (headers, 0)
+        }
+        Err(_) => (headers, 1),
+    }
+}
+
+/// A string's UTF-8 encoding, read in place (V8 flattens a rope first):
+/// ASCII, the usual case, is copied once; a lone surrogate becomes U+FFFD,
+/// as the encoding of a body string does everywhere.
+fn utf8_bytes<'s>(scope: &mut v8::PinScope<'s, '_>, text: v8::Local<'s, v8::String>) -> Bytes {
+    let view = v8::ValueView::new(scope, text);
+    match view.data() {
+        v8::ValueViewData::OneByte(latin1) if latin1.is_ascii() => Bytes::copy_from_slice(latin1),
+        v8::ValueViewData::OneByte(latin1) => Bytes::from(
+            latin1
+                .iter()
+                .map(|&byte| char::from(byte))
+                .collect::<String>(),
+        ),
+        v8::ValueViewData::TwoByte(utf16) => Bytes::from(String::from_utf16_lossy(utf16)),
+    }
 }
 
 /// deno_fetch's serve-fast content types (a handful of literals) and the
@@ -262,6 +302,8 @@ fn read_header_list<'s>(
 
 /// Calls `read` with the Latin-1 bytes of `string` (a `ByteString`, as
 /// `Headers` keeps them), or gives `None` for a string with wider characters.
+/// V8 may keep a string of Latin-1 characters in two-byte form (a slice of a
+/// wider one, say): that one is narrowed into a copy.
 fn with_latin1<'s, T>(
     scope: &mut v8::PinScope<'s, '_>,
     string: v8::Local<'s, v8::String>,
@@ -270,7 +312,11 @@ fn with_latin1<'s, T>(
     let view = v8::ValueView::new(scope, string);
     match view.data() {
         v8::ValueViewData::OneByte(bytes) => read(bytes),
-        v8::ValueViewData::TwoByte(_) => None,
+        v8::ValueViewData::TwoByte(wide) => {
+            let narrow: Option<Vec<u8>> =
+                wide.iter().map(|&unit| u8::try_from(unit).ok()).collect();
+            read(&narrow?)
+        }
     }
 }
 

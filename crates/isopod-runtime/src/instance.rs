@@ -751,7 +751,18 @@ impl Instance {
                     .map(Into::into)
                     .unwrap_or_else(|| v8::String::empty(scope).into()),
             };
-            let url = v8::String::new(scope, &request.url)
+            // Always ASCII (built from a parsed URI and a checked `Host`):
+            // made as one-byte, without UTF-8 decoding.
+            let url = if request.url.is_ascii() {
+                v8::String::new_from_one_byte(
+                    scope,
+                    request.url.as_bytes(),
+                    v8::NewStringType::Normal,
+                )
+            } else {
+                v8::String::new(scope, &request.url)
+            };
+            let url = url
                 .map(Into::into)
                 .unwrap_or_else(|| v8::String::empty(scope).into());
             // One string for all the lines; the bootstrap splits it only if

@@ -106,6 +106,10 @@ async fn static_responses_keep_their_type_and_a_body_is_sent_once() {
              case '/typed': return new Response('{}', { headers: { 'Content-Type': 'application/json' } });\n\
              case '/bytes': return new Response(new Uint8Array([104, 105]));\n\
              case '/utf8': return new Response('h\\u00e9 \\u{1F980}');\n\
+             case '/rope': return new Response(`rope ${request.method} \\u00e9`);\n\
+             case '/lone': return new Response('a\\ud800b');\n\
+             case '/type-fast': return new Response('t', { headers: { 'content-type': 'text/x; q=\\u00e9' } });\n\
+             case '/type-list': return new Response('t', { headers: { 'content-type': 'text/x; q=\\u00e9', 'x-b': '2' } });\n\
              case '/status': return new Response('made', { status: 201, headers: { 'x-a': '1' } });\n\
              case '/cached': return cached;\n\
              case '/used': return new Response(cached.bodyUsed ? 'used' : 'unused');\n\
@@ -135,6 +139,19 @@ async fn static_responses_keep_their_type_and_a_body_is_sent_once() {
     let (_, headers, body) = isopod.get("/utf8").await;
     assert_eq!(body, "h\u{e9} \u{1F980}");
     assert_eq!(headers.get("content-length").unwrap(), "8");
+    // A template literal's result is a rope, not a flat string.
+    assert_eq!(isopod.get("/rope").await.2, "rope GET \u{e9}");
+    assert_eq!(isopod.get("/lone").await.2, "a\u{FFFD}b");
+    // A header value is a ByteString: its Latin-1 bytes go out, whichever
+    // path the response takes.
+    for path in ["/type-fast", "/type-list"] {
+        let (_, headers, _) = isopod.get(path).await;
+        assert_eq!(
+            headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"text/x; q=\xe9"[..]),
+            "{path}"
+        );
+    }
     let (status, headers, body) = isopod.get("/status").await;
     assert_eq!((status, body.as_str()), (201, "made"));
     assert_eq!(headers.get("x-a").unwrap(), "1");
