@@ -169,15 +169,31 @@ impl LocalPool {
             .is_some_and(|slot| slot.open_instance().is_some())
     }
 
+    /// The live pooled instance of `version`: the warm one (a hit, with no
+    /// wait), else one created now.
     async fn pooled_instance(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
     ) -> Result<Rc<Pooled>, PoolError> {
-        let slot = self.slot(version);
-        if let Some(instance) = slot.live_instance() {
-            self.shared.record_hit();
-            return Ok(instance);
+        match self.slot(version).live_instance() {
+            Some(instance) => {
+                self.shared.record_hit();
+                Ok(instance)
+            }
+            // Boxed: the miss path's future (the creation lock's wait, an
+            // isolate's load) is kilobytes, and every warm request's future
+            // would otherwise carry and move it.
+            None => Box::pin(self.pooled_miss(version)).await,
         }
+    }
+
+    /// Creates the pooled instance of `version`, or waits for the request
+    /// already creating it.
+    async fn pooled_miss(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+    ) -> Result<Rc<Pooled>, PoolError> {
+        let slot = self.slot(version);
         let _creating = slot.creating.lock().await;
         if let Some(instance) = slot.live_instance() {
             // Another request created it while this one waited.
@@ -185,9 +201,7 @@ impl LocalPool {
             return Ok(instance);
         }
         self.shared.record_miss();
-        // Boxed: the miss path's future (an isolate's load) is kilobytes,
-        // and every warm request's future would otherwise carry and move it.
-        let (handle, release) = Box::pin(self.create(version)).await?;
+        let (handle, release) = self.create(version).await?;
         let replica = ((self.home_of)(version.app()) != self.thread).then(|| {
             version.load.replicas.fetch_add(1, Ordering::Relaxed);
             tracing::info!(app = %version.app(), version = %version.id, thread = self.thread, "started a replica");

@@ -185,15 +185,18 @@ impl PoolThread {
         version: &Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
+        // The hops to other threads are boxed: served locally, as nearly
+        // every request is, the future stays the size of the local path's
+        // (hyper moves it with every request).
         if version.load.quarantined() {
             let quarantine = self.inner.quarantine();
-            return self.inner.dispatch_on(quarantine, version, request).await;
+            return Box::pin(self.inner.dispatch_on(quarantine, version, request)).await;
         }
         let home = self.inner.home_thread(version.app());
         if home == self.index || self.local.has_warm(version) || self.should_replicate(version) {
             self.local.dispatch(version.clone(), request).await
         } else {
-            self.inner.dispatch_on(home, version, request).await
+            Box::pin(self.inner.dispatch_on(home, version, request)).await
         }
     }
 

@@ -992,19 +992,24 @@ impl InstanceHandle {
         let id = self.next_id.get().max(1);
         self.next_id.set(id.wrapping_add(1));
         let (responder, response) = local_channel::oneshot();
-        let sent = self.tx.send(Command::Dispatch {
-            id,
-            request,
-            responder,
-        });
+        // A bool, not the send's result: a refused command (the request
+        // inside it) would otherwise be carried in every request's future.
+        let sent = self
+            .tx
+            .send(Command::Dispatch {
+                id,
+                request,
+                responder,
+            })
+            .is_ok();
         let abort_on_drop = AbortOnDrop {
             tx: self.tx.clone(),
             id,
-            armed: sent.is_ok(),
+            armed: sent,
         };
         async move {
             let mut abort_on_drop = abort_on_drop;
-            if sent.is_err() {
+            if !sent {
                 return Err(DispatchError::InstanceGone);
             }
             let outcome = response.await.unwrap_or(Err(DispatchError::InstanceGone));
