@@ -167,13 +167,7 @@ pub fn op_isopod_respond_text<'s>(
     body: v8::Local<'s, v8::String>,
 ) {
     let body = utf8_bytes(scope, body);
-    deliver(
-        state,
-        request,
-        status,
-        content_type_header(&content_type),
-        ResponseBody::Bytes(body),
-    );
+    deliver_static(state, request, status, &content_type, body);
 }
 
 /// Like `op_isopod_respond_text`, for a body given as bytes.
@@ -185,14 +179,20 @@ pub fn op_isopod_respond_bytes(
     #[string(onebyte)] content_type: Cow<'_, [u8]>,
     #[buffer] body: &[u8],
 ) {
-    let body = Bytes::copy_from_slice(body);
-    deliver(
+    deliver_static(
         state,
         request,
         status,
-        content_type_header(&content_type),
-        ResponseBody::Bytes(body),
+        &content_type,
+        Bytes::copy_from_slice(body),
     );
+}
+
+/// Hands a serve-fast response to the host: a body known in full, and a
+/// content type (its Latin-1 bytes; empty for none) as its only header.
+fn deliver_static(state: &OpState, request: u32, status: u32, content_type: &[u8], body: Bytes) {
+    let headers = content_type_header(content_type);
+    deliver(state, request, status, headers, ResponseBody::Bytes(body));
 }
 
 /// The headers of a serve-fast response: its content type, if not empty,

@@ -156,12 +156,8 @@ thread_local! {
 /// ended, and closes those idle for longer than [`HEAD_TIMEOUT`]. Returns
 /// when the thread has no connections left (the next one starts it again).
 async fn run_sweep() {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let any_left = SWEEP.with(|sweep| {
+    crate::periodic::every_until_idle(SWEEP_EVERY, || {
+        SWEEP.with(|sweep| {
             let tick = sweep.tick.get() + 1;
             sweep.tick.set(tick);
             sweep.watched.borrow_mut().retain(|watched| {
@@ -185,11 +181,9 @@ async fn run_sweep() {
                 sweep.running.set(false);
             }
             any_left
-        });
-        if !any_left {
-            return;
-        }
-    }
+        })
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod head_deadline;
 mod http_semantics;
 mod listener;
 mod manifest;
+mod periodic;
 mod ports;
 mod registry;
 mod response_deadline;

@@ -147,13 +147,9 @@ fn register(deadline: Instant, waker: &Waker) -> usize {
 /// Returns at the first tick that finds no request waiting (the next one
 /// starts it again).
 async fn run_sweep() {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await;
-    loop {
-        every.tick().await;
+    crate::periodic::every_until_idle(SWEEP_EVERY, || {
         let now = Instant::now();
-        let any_left = SWEEP.with(|sweep| {
+        SWEEP.with(|sweep| {
             let mut entries = sweep.entries.borrow_mut();
             for (_, entry) in entries.iter_mut() {
                 if !entry.expired && entry.deadline <= now {
@@ -166,11 +162,9 @@ async fn run_sweep() {
                 sweep.running.set(false);
             }
             any_left
-        });
-        if !any_left {
-            return;
-        }
-    }
+        })
+    })
+    .await;
 }
 
 #[cfg(test)]
