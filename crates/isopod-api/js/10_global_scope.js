@@ -913,14 +913,14 @@ function createDispatcher(handler, env) {
       core.setAsyncContext(previous);
     }
     if (!core.isPromise(result)) {
-      finish(context, waitUntil, () => respond(id, result));
+      finish(context, waitUntil, (last) => respond(id, result, last));
       return;
     }
     const previousForSettle = enterRequest(context);
     try {
       PromisePrototypeThen(
         result,
-          (res) => finish(context, waitUntil, () => respond(id, res)),
+          (res) => finish(context, waitUntil, (last) => respond(id, res, last)),
         (error) => finish(context, waitUntil, () => fail(id, FAIL_THREW, error)),
       );
     } finally {
@@ -950,14 +950,20 @@ function createDispatcher(handler, env) {
   return { dispatch, abort };
 }
 
+// `sendResponse(last)` answers the request; given `last` (no `waitUntil`
+// work), it may end the request in the same op and then returns true.
 function finish(context, waitUntil, sendResponse) {
   const id = context.id;
+  let ended = false;
   try {
-    sendResponse();
+    ended = sendResponse(waitUntil.length === 0) === true;
   } catch (error) {
     fail(id, FAIL_THREW, error);
   }
   untrackRequest(context);
+  if (ended) {
+    return;
+  }
   if (waitUntil.length === 0) {
     op_isopod_done(id);
     return;
@@ -981,7 +987,9 @@ function fail(id, kind, error) {
   );
 }
 
-function respond(id, res) {
+// Answers request `id` with `res`; returns true when it also ended the
+// request (only a serve-fast response given `last` does).
+function respond(id, res, last) {
   if (!ObjectPrototypeIsPrototypeOf(response.ResponsePrototype, res)) {
     const what = res === null
       ? "null"
@@ -995,8 +1003,8 @@ function respond(id, res) {
     );
     return;
   }
-  if (respondFast(id, res)) {
-    return;
+  if (respondFast(id, res, last)) {
+    return last;
   }
   const inner = response.toInnerResponse(res);
   const headerList = inner.headerList;
@@ -1034,7 +1042,7 @@ const {
   SERVE_FAST_HEADER_DEFAULT_TEXT,
   SERVE_FAST_HEADER_CONTENT_TYPE,
 } = response;
-function respondFast(id, res) {
+function respondFast(id, res, last) {
   const status = res[serveFastStatusKey];
   if (status === 0 || status === undefined || res[serveFastConsumedKey]) {
     return false;
@@ -1051,10 +1059,11 @@ function respondFast(id, res) {
   if (staticBody?.consumed === false) {
     staticBody.consumed = true;
   }
+  const ends = last ? 1 : 0;
   if (typeof source === "string") {
-    op_isopod_respond_text(id, status, contentType, source);
+    op_isopod_respond_text(id, status, contentType, source, ends);
   } else {
-    op_isopod_respond_bytes(id, status, contentType, source);
+    op_isopod_respond_bytes(id, status, contentType, source, ends);
   }
   return true;
 }

@@ -157,6 +157,9 @@ pub fn op_isopod_respond<'s>(
 /// fast call only flat one-byte strings, and a template literal's result is
 /// a rope, which would send the whole call down the slow path's
 /// conversions. [`utf8_bytes`] reads either kind in place.
+///
+/// `last` is 1 when the request registered no `waitUntil` work: the call
+/// then also ends the request, as `op_isopod_done` would, in the same call.
 #[op2(fast)]
 pub fn op_isopod_respond_text<'s>(
     scope: &mut v8::PinScope<'s, '_>,
@@ -165,9 +168,10 @@ pub fn op_isopod_respond_text<'s>(
     #[smi] status: u32,
     #[string(onebyte)] content_type: Cow<'_, [u8]>,
     body: v8::Local<'s, v8::String>,
+    #[smi] last: u32,
 ) {
     let body = utf8_bytes(scope, body);
-    deliver_static(state, request, status, &content_type, body);
+    deliver_static(state, request, status, &content_type, body, last != 0);
 }
 
 /// Like `op_isopod_respond_text`, for a body given as bytes.
@@ -178,6 +182,7 @@ pub fn op_isopod_respond_bytes(
     #[smi] status: u32,
     #[string(onebyte)] content_type: Cow<'_, [u8]>,
     #[buffer] body: &[u8],
+    #[smi] last: u32,
 ) {
     deliver_static(
         state,
@@ -185,14 +190,26 @@ pub fn op_isopod_respond_bytes(
         status,
         &content_type,
         Bytes::copy_from_slice(body),
+        last != 0,
     );
 }
 
 /// Hands a serve-fast response to the host: a body known in full, and a
-/// content type (its Latin-1 bytes; empty for none) as its only header.
-fn deliver_static(state: &OpState, request: u32, status: u32, content_type: &[u8], body: Bytes) {
+/// content type (its Latin-1 bytes; empty for none) as its only header;
+/// then ends the request if this was `last` of it.
+fn deliver_static(
+    state: &OpState,
+    request: u32,
+    status: u32,
+    content_type: &[u8],
+    body: Bytes,
+    last: bool,
+) {
     let headers = content_type_header(content_type);
     deliver(state, request, status, headers, ResponseBody::Bytes(body));
+    if last {
+        host(state).done(request);
+    }
 }
 
 /// The headers of a serve-fast response: its content type, if not empty,
