@@ -25,7 +25,7 @@ mod host;
 mod permissions;
 
 pub use address::{classify, ReservedRange};
-pub use clock::advance_clock;
+pub use clock::{advance_clock, monotonic_ns};
 pub use crypto::warm_up_crypto;
 pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody, UncaughtKind};
 pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};

@@ -31,11 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How old the thread's last real CPU reading may be to serve as a
-/// window's base.
-const REUSE_WITHIN: Duration = Duration::from_millis(1);
+/// window's base, in nanoseconds of wall time.
+const REUSE_WITHIN_NS: u64 = 1_000_000;
 
-/// Windows up to this long (wall time) are charged their wall time.
-const SHORT_WINDOW: Duration = Duration::from_micros(200);
+/// Windows up to this long (wall time, in nanoseconds) are charged their
+/// wall time.
+const SHORT_WINDOW_NS: u64 = 200_000;
 
 /// The calling thread's CPU time: a fresh reading.
 pub fn thread_cpu_time() -> Duration {
@@ -49,7 +50,8 @@ pub(crate) struct WindowStart {
     /// The thread's CPU time at entry, or a lower bound of it (a reused
     /// reading).
     pub(crate) cpu: Duration,
-    wall: Instant,
+    /// When, as `isopod_api::monotonic_ns`.
+    wall_ns: u64,
 }
 
 impl WindowStart {
@@ -57,35 +59,36 @@ impl WindowStart {
     pub(crate) fn never() -> WindowStart {
         WindowStart {
             cpu: Duration::ZERO,
-            wall: Instant::now(),
+            wall_ns: isopod_api::monotonic_ns(Instant::now()),
         }
     }
 }
 
-/// The start of a window entered at `wall`: the thread's last real reading
-/// if it is fresh enough, else a new one.
-pub(crate) fn window_start(wall: Instant) -> WindowStart {
-    if let Some((taken_at, cpu)) = LAST_READING.get() {
-        if wall.saturating_duration_since(taken_at) <= REUSE_WITHIN {
-            return WindowStart { cpu, wall };
+/// The start of a window entered at `wall_ns` (as
+/// `isopod_api::monotonic_ns`): the thread's last real reading if it is
+/// fresh enough, else a new one.
+pub(crate) fn window_start(wall_ns: u64) -> WindowStart {
+    if let Some((taken_ns, cpu)) = LAST_READING.get() {
+        if wall_ns.saturating_sub(taken_ns) <= REUSE_WITHIN_NS {
+            return WindowStart { cpu, wall_ns };
         }
     }
     let cpu = thread_cpu_time();
-    LAST_READING.set(Some((wall, cpu)));
-    WindowStart { cpu, wall }
+    LAST_READING.set(Some((wall_ns, cpu)));
+    WindowStart { cpu, wall_ns }
 }
 
 /// What the window that began at `start` is charged at its exit: its wall
 /// time if it was short, else the CPU the clock says since `start` (a real
 /// reading, remembered for the windows after it).
 pub(crate) fn window_spent(start: WindowStart) -> Duration {
-    let now = Instant::now();
-    let wall = now.saturating_duration_since(start.wall);
-    if wall <= SHORT_WINDOW {
-        return wall;
+    let now_ns = isopod_api::monotonic_ns(Instant::now());
+    let wall_ns = now_ns.saturating_sub(start.wall_ns);
+    if wall_ns <= SHORT_WINDOW_NS {
+        return Duration::from_nanos(wall_ns);
     }
     let cpu = thread_cpu_time();
-    LAST_READING.set(Some((now, cpu)));
+    LAST_READING.set(Some((now_ns, cpu)));
     cpu.saturating_sub(start.cpu)
 }
 
@@ -114,7 +117,7 @@ pub fn cpu_clock_read_cost() -> Duration {
 
 thread_local! {
     /// The thread's last real reading, with when it was taken.
-    static LAST_READING: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    static LAST_READING: Cell<Option<(u64, Duration)>> = const { Cell::new(None) };
     /// This thread's read count; only this thread writes it.
     static READS: Arc<AtomicU64> = {
         let counter = Arc::new(AtomicU64::new(0));
@@ -181,13 +184,13 @@ mod tests {
         // at its exit, rightly: most of a hundred must not.
         let mut reading_exits = 0;
         for _ in 0..100 {
-            let start = window_start(Instant::now());
+            let start = window_start(isopod_api::monotonic_ns(Instant::now()));
             let reads = reads_here();
             let spent = window_spent(start);
             if reads_here() != reads {
                 reading_exits += 1;
             } else {
-                assert!(spent <= SHORT_WINDOW, "{spent:?}");
+                assert!(spent <= Duration::from_nanos(SHORT_WINDOW_NS), "{spent:?}");
             }
         }
         assert!(
@@ -199,15 +202,18 @@ mod tests {
     #[test]
     fn long_windows_are_charged_their_cpu_not_their_wall_time() {
         // Busy: charged at least its CPU.
-        let start = window_start(Instant::now());
+        let start = window_start(isopod_api::monotonic_ns(Instant::now()));
         spin(Duration::from_millis(3));
         let busy = window_spent(start);
         assert!(busy >= Duration::from_millis(3), "{busy:?}");
         // Idle (blocked): charged its CPU (the gap before it at most), not
         // its 20 ms of wall time.
-        let start = window_start(Instant::now());
+        let start = window_start(isopod_api::monotonic_ns(Instant::now()));
         std::thread::sleep(Duration::from_millis(20));
         let idle = window_spent(start);
-        assert!(idle < REUSE_WITHIN + Duration::from_millis(2), "{idle:?}");
+        assert!(
+            idle < Duration::from_nanos(REUSE_WITHIN_NS) + Duration::from_millis(2),
+            "{idle:?}"
+        );
     }
 }

@@ -95,8 +95,8 @@ impl LimitEnforcer {
 }
 
 impl WindowHooks for LimitEnforcer {
-    fn entered(&self, kind: WindowKind, at: std::time::Instant) {
-        let start = cpu_clock::window_start(at);
+    fn entered(&self, kind: WindowKind, at_ns: u64) {
+        let start = cpu_clock::window_start(at_ns);
         self.window_start.set(start);
         let now = start.cpu;
         // Crypto results come back in event-loop windows, which follow every
@@ -125,7 +125,7 @@ impl WindowHooks for LimitEnforcer {
             self.slot.terminate_here(reason);
             return;
         }
-        self.slot.arm(at, now, budget - used, reason);
+        self.slot.arm(at_ns, now, budget - used, reason);
     }
 
     fn exiting(&self, kind: WindowKind) {

@@ -49,8 +49,8 @@ pub(crate) struct WatchSlot {
     cpu_deadline_ns: AtomicU64,
     /// What going past the armed deadline means (a `KillReason` as `u8`).
     reason: AtomicU8,
-    /// When the watchdog should next read the CPU clock, in ns since its
-    /// epoch.
+    /// When the watchdog should next read the CPU clock, as
+    /// `isopod_api::monotonic_ns`.
     next_check_ns: AtomicU64,
     /// An interrupt has been requested and has not run yet.
     interrupt_pending: AtomicBool,
@@ -79,15 +79,14 @@ impl WatchSlot {
     /// of CPU.
     pub(crate) fn arm(
         &self,
-        entered: Instant,
+        entered_ns: u64,
         cpu_now: Duration,
         budget: Duration,
         reason: KillReason,
     ) {
         self.reason.store(reason as u8, Ordering::Relaxed);
-        let watchdog = watchdog();
         // The window's entry instant, not a reading of its own.
-        let now = watchdog.ns_at(entered);
+        let now = entered_ns;
         self.next_check_ns
             .store(now.saturating_add(nanos(budget)), Ordering::Relaxed);
         // Published last: a deadline the watchdog sees comes with its
@@ -224,17 +223,13 @@ pub(crate) fn forget_context(slot: &Arc<WatchSlot>) {
 }
 
 struct Watchdog {
-    epoch: Instant,
     slots: Mutex<Vec<Weak<WatchSlot>>>,
 }
 
 impl Watchdog {
+    /// Now, on the scale windows are armed with (`isopod_api::monotonic_ns`).
     fn now_ns(&self) -> u64 {
-        self.ns_at(Instant::now())
-    }
-
-    fn ns_at(&self, at: Instant) -> u64 {
-        nanos(at.saturating_duration_since(self.epoch))
+        isopod_api::monotonic_ns(Instant::now())
     }
 
     fn add(&self, slot: &Arc<WatchSlot>) {
@@ -269,7 +264,6 @@ fn watchdog() -> &'static Watchdog {
     static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
     WATCHDOG.get_or_init(|| {
         let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
-            epoch: Instant::now(),
             slots: Mutex::new(Vec::new()),
         }));
         std::thread::Builder::new()
@@ -280,6 +274,10 @@ fn watchdog() -> &'static Watchdog {
     })
 }
 
+/// `duration` in nanoseconds (saturating), without `as_nanos`'s `u128`.
 fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+    duration
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(duration.subsec_nanos()))
 }

@@ -35,8 +35,9 @@ pub enum WindowKind {
 /// Called at the entry and exit of every window of one instance. The limit
 /// enforcer (`enforcer.rs`) hangs CPU accounting and deadlines here.
 pub trait WindowHooks {
-    /// The isolate has just been entered, `at` this instant.
-    fn entered(&self, kind: WindowKind, at: Instant);
+    /// The isolate has just been entered, `at_ns` this instant (as
+    /// `isopod_api::monotonic_ns`).
+    fn entered(&self, kind: WindowKind, at_ns: u64);
     /// The work is done; the isolate is about to be exited.
     fn exiting(&self, kind: WindowKind);
 }
@@ -66,10 +67,11 @@ impl<'h> Window<'h> {
         unsafe { isolate.enter() };
         let at = Instant::now();
         ENTERED_AT.set(Some(at));
+        let at_ns = isopod_api::monotonic_ns(at);
         // Time moves only here, between windows: JavaScript sees one
         // instant for the whole window (isopod_api's coarse clock).
-        isopod_api::advance_clock(&isolate, at);
-        hooks.entered(kind, at);
+        isopod_api::advance_clock(&isolate, at_ns);
+        hooks.entered(kind, at_ns);
         Window {
             isolate,
             hooks,
