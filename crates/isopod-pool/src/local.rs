@@ -71,6 +71,9 @@ pub(crate) struct LocalPool {
     shared: Arc<Shared>,
     /// Blank instances (snapshot loaded, no bundle), counted in the cap.
     spares: RefCell<Vec<Instance>>,
+    /// Signalled when a spare is taken or evicted, so the refill waits for
+    /// that instead of polling a full set.
+    spare_gone: tokio::sync::Notify,
     /// Stopped instances, dropped by `reap` when the thread is idle.
     graveyard: Graveyard,
     spares_wanted: usize,
@@ -101,6 +104,7 @@ impl LocalPool {
             thread,
             shared,
             spares: RefCell::new(Vec::new()),
+            spare_gone: tokio::sync::Notify::new(),
             graveyard: Graveyard::default(),
             spares_wanted: config.spares_per_thread,
             active: Cell::new(0),
@@ -299,6 +303,7 @@ impl LocalPool {
     fn take_spare(&self) -> Option<Instance> {
         let spare = self.spares.borrow_mut().pop()?;
         self.shared.spares_changed(false);
+        self.spare_gone.notify_one();
         Some(spare)
     }
 
@@ -315,10 +320,14 @@ impl LocalPool {
     /// Keeps `spares_wanted` blank instances ready. Runs for the thread's
     /// life; creates one at a time, only while no request is being
     /// dispatched on this thread, at most one per `SPARE_REFILL_INTERVAL`,
-    /// and only under the cap.
+    /// and only under the cap. With the set full it sleeps until a spare is
+    /// taken or evicted, so an idle thread is not woken for it.
     pub(crate) async fn refill_spares(self: Rc<Self>) {
         const SPARE_REFILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
         loop {
+            if self.spares.borrow().len() >= self.spares_wanted {
+                self.spare_gone.notified().await;
+            }
             tokio::time::sleep(SPARE_REFILL_INTERVAL).await;
             if self.active.get() > 0 || self.spares.borrow().len() >= self.spares_wanted {
                 continue;
@@ -341,10 +350,12 @@ impl LocalPool {
 
     /// Drops stopped instances while no request is being dispatched on this
     /// thread (teardown costs milliseconds, never on a request's path), or
-    /// regardless once too many have piled up. Runs for the thread's life.
+    /// regardless once too many have piled up. Runs for the thread's life,
+    /// asleep while the graveyard is empty.
     pub(crate) async fn reap(self: Rc<Self>) {
         const MAX_UNREAPED: usize = 8;
         loop {
+            self.graveyard.occupied().await;
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             while (self.active.get() == 0 || self.graveyard.len() > MAX_UNREAPED)
                 && self.graveyard.reap_one()
@@ -434,6 +445,7 @@ impl LocalPool {
             let spare = self.spares.borrow_mut().pop()?;
             drop(spare);
             self.shared.spares_changed(false);
+            self.spare_gone.notify_one();
             self.shared.release();
             return Some(Box::pin(std::future::ready(())));
         };

@@ -10,17 +10,31 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use tokio::sync::Notify;
+
 use crate::Instance;
 
 /// Stopped instances of one thread, oldest first.
 #[derive(Clone, Default)]
 pub struct Graveyard {
     dead: Rc<RefCell<VecDeque<Instance>>>,
+    /// Signalled at each burial, so a reaper waits for one instead of
+    /// polling an empty graveyard.
+    buried: Rc<Notify>,
 }
 
 impl Graveyard {
     pub(crate) fn bury(&self, instance: Instance) {
         self.dead.borrow_mut().push_back(instance);
+        self.buried.notify_one();
+    }
+
+    /// Resolves once something waits to be dropped (at once if something
+    /// already does).
+    pub async fn occupied(&self) {
+        while self.is_empty() {
+            self.buried.notified().await;
+        }
     }
 
     /// Stopped instances not yet dropped.
