@@ -188,6 +188,31 @@ fn a_miss_when_every_instance_is_busy_at_the_cap_is_refused() {
     });
 }
 
+/// Waits (up to ten seconds) until the pool holds `spares` spares.
+async fn await_spares(pool: &Pool, spares: usize, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.stats().await.spares < spares {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn a_taken_spare_is_replaced() {
+    // Room under the cap for the app's instance and a new spare.
+    let pool = pool(1, 10, 1);
+    runtime().block_on(async {
+        await_spares(&pool, 1, "the spare never appeared").await;
+        let app = version("replaced", COUNTER, ExecutionMode::Pooled);
+        assert_eq!(text(&pool, &app, "/").await, "1");
+        // The refill sleeps while the set is full; taking the spare wakes it.
+        await_spares(&pool, 1, "the taken spare was not replaced").await;
+        let stats = pool.stats().await;
+        assert_eq!(stats.blank_creations, 2, "{stats:?}");
+        assert_eq!((stats.cached, stats.spares), (2, 1), "{stats:?}");
+    });
+}
+
 #[test]
 fn spares_are_kept_ready_and_taken_by_misses() {
     // The cap leaves room for the spares only, so the refill cannot race
@@ -195,14 +220,7 @@ fn spares_are_kept_ready_and_taken_by_misses() {
     let pool = pool(2, 2, 1);
     runtime().block_on(async {
         // The refill runs while the threads are idle.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while pool.stats().await.spares < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "spares never appeared"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        await_spares(&pool, 2, "spares never appeared").await;
         let stats = pool.stats().await;
         assert_eq!(
             (stats.cached, stats.spares),
