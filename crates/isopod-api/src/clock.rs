@@ -45,11 +45,7 @@ pub fn advance_clock(isolate: &v8::Isolate, now_ns: u64) {
 /// so an instant is converted once per window and compared as an integer
 /// after that (`Instant` arithmetic costs about 50 instructions a step).
 pub fn monotonic_ns(at: Instant) -> u64 {
-    let since = at.saturating_duration_since(base());
-    since
-        .as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(since.subsec_nanos()))
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How long the thread's pairing of the wall clock with the monotonic one

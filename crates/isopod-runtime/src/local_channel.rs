@@ -31,11 +31,19 @@ fn wake(slot: &RefCell<Option<Waker>>) {
     }
 }
 
+/// Shared by the senders and the receiver, each holding one reference: the
+/// count of senders is the reference count less the receiver's own.
 struct Queue<T> {
     items: RefCell<VecDeque<T>>,
     receiver_waker: RefCell<Option<Waker>>,
-    senders: Cell<usize>,
     receiver_alive: Cell<bool>,
+}
+
+impl<T> Queue<T> {
+    /// Senders alive, counted through `queue` (one of the references).
+    fn senders(queue: &Rc<Queue<T>>) -> usize {
+        Rc::strong_count(queue) - usize::from(queue.receiver_alive.get())
+    }
 }
 
 /// The sending end of an [`unbounded`] channel. Cheap to clone.
@@ -49,7 +57,6 @@ pub(crate) fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
     let queue = Rc::new(Queue {
         items: RefCell::new(VecDeque::new()),
         receiver_waker: RefCell::new(None),
-        senders: Cell::new(1),
         receiver_alive: Cell::new(true),
     });
     (Sender(queue.clone()), Receiver(queue))
@@ -74,16 +81,14 @@ impl<T> Sender<T> {
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Sender<T> {
-        self.0.senders.set(self.0.senders.get() + 1);
         Sender(self.0.clone())
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let senders = self.0.senders.get() - 1;
-        self.0.senders.set(senders);
-        if senders == 0 {
+        // Counted before this sender's reference goes.
+        if Queue::senders(&self.0) == 1 {
             wake(&self.0.receiver_waker);
         }
     }
@@ -96,7 +101,7 @@ impl<T> Receiver<T> {
         if let Some(item) = self.0.items.borrow_mut().pop_front() {
             return Poll::Ready(Some(item));
         }
-        if self.0.senders.get() == 0 {
+        if Queue::senders(&self.0) == 0 {
             return Poll::Ready(None);
         }
         register(&self.0.receiver_waker, cx.waker());

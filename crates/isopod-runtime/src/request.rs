@@ -1,7 +1,7 @@
 //! What crosses between the HTTP layer and an instance: an incoming request,
 //! and the outcome of dispatching it.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 use crate::body::{RequestBody, ResponseBody};
 
@@ -47,13 +47,27 @@ impl HeaderList {
         HeaderList::default()
     }
 
-    /// An empty list with room for `bytes` bytes of lines (a line takes its
-    /// name's and value's lengths and two more).
-    pub fn with_capacity(bytes: usize) -> HeaderList {
-        HeaderList {
-            bytes: Vec::with_capacity(bytes),
+    /// The lines of `headers` whose name `keep` accepts, in order, copied in
+    /// one pass into a buffer sized once. No NUL check: an `http` name is a
+    /// token and a value excludes control bytes but tab.
+    pub fn from_map_where(
+        headers: &HeaderMap,
+        mut keep: impl FnMut(&HeaderName) -> bool,
+    ) -> HeaderList {
+        let size = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 2)
+            .sum();
+        let mut list = HeaderList {
+            bytes: Vec::with_capacity(size),
             lines: 0,
+        };
+        for (name, value) in headers {
+            if keep(name) {
+                list.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
+            }
         }
+        list
     }
 
     /// Appends a line. A line with a NUL byte in its name or value is not
@@ -63,12 +77,6 @@ impl HeaderList {
             return;
         }
         self.push_unchecked(name, value);
-    }
-
-    /// Appends a header line: no check needed, as an `http` name is a token
-    /// and a value excludes control bytes but tab.
-    pub fn push_header(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
     }
 
     fn push_unchecked(&mut self, name: &[u8], value: &[u8]) {
@@ -110,15 +118,7 @@ impl HeaderList {
 
 impl From<&HeaderMap> for HeaderList {
     fn from(headers: &HeaderMap) -> HeaderList {
-        let size = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 2)
-            .sum();
-        let mut list = HeaderList::with_capacity(size);
-        for (name, value) in headers {
-            list.push_header(name, value);
-        }
-        list
+        HeaderList::from_map_where(headers, |_| true)
     }
 }
 

@@ -74,9 +74,9 @@ impl WatchSlot {
         slot
     }
 
-    /// Arms the slot: the window that has just been entered, at `entered`
-    /// with the thread's CPU clock reading `cpu_now`, may run for `budget`
-    /// of CPU.
+    /// Arms the slot: the window that has just been entered, at
+    /// `entered_ns` (as `isopod_api::monotonic_ns`) with the thread's CPU
+    /// clock reading `cpu_now`, may run for `budget` of CPU.
     pub(crate) fn arm(
         &self,
         entered_ns: u64,
@@ -86,9 +86,8 @@ impl WatchSlot {
     ) {
         self.reason.store(reason as u8, Ordering::Relaxed);
         // The window's entry instant, not a reading of its own.
-        let now = entered_ns;
         self.next_check_ns
-            .store(now.saturating_add(nanos(budget)), Ordering::Relaxed);
+            .store(entered_ns.saturating_add(nanos(budget)), Ordering::Relaxed);
         // Published last: a deadline the watchdog sees comes with its
         // check time and reason.
         self.cpu_deadline_ns.store(
@@ -274,10 +273,6 @@ fn watchdog() -> &'static Watchdog {
     })
 }
 
-/// `duration` in nanoseconds (saturating), without `as_nanos`'s `u128`.
 fn nanos(duration: Duration) -> u64 {
-    duration
-        .as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(duration.subsec_nanos()))
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -30,6 +30,8 @@ use http_body::{Body, Frame, SizeHint};
 use isopod_runtime::{BoxError, ResponseBody};
 use tokio::task::AbortHandle;
 
+use crate::periodic::{every_until_idle, Sweeper};
+
 /// How long a client may take to send a request head, counted from when its
 /// connection became idle (slow-client protection). Enforced at a second's
 /// precision: a connection is closed after between this and one second
@@ -65,9 +67,7 @@ impl HeadWatch {
         let _ = self.abort.set(abort);
         SWEEP.with(|sweep| {
             sweep.watched.borrow_mut().push(Rc::downgrade(self));
-            if !sweep.running.replace(true) {
-                tokio::task::spawn_local(run_sweep());
-            }
+            sweep.sweeper.ensure_running(run_sweep);
         });
     }
 
@@ -139,7 +139,7 @@ impl Body for WatchedBody {
 struct Sweep {
     tick: Cell<u64>,
     watched: RefCell<Vec<Weak<HeadWatch>>>,
-    running: Cell<bool>,
+    sweeper: Sweeper,
 }
 
 thread_local! {
@@ -147,7 +147,7 @@ thread_local! {
         Sweep {
             tick: Cell::new(0),
             watched: RefCell::new(Vec::new()),
-            running: Cell::new(false),
+            sweeper: Sweeper::new(),
         }
     };
 }
@@ -156,7 +156,7 @@ thread_local! {
 /// ended, and closes those idle for longer than [`HEAD_TIMEOUT`]. Returns
 /// when the thread has no connections left (the next one starts it again).
 async fn run_sweep() {
-    crate::periodic::every_until_idle(SWEEP_EVERY, || {
+    every_until_idle(SWEEP_EVERY, || {
         SWEEP.with(|sweep| {
             let tick = sweep.tick.get() + 1;
             sweep.tick.set(tick);
@@ -176,11 +176,7 @@ async fn run_sweep() {
                 }
                 false
             });
-            let any_left = !sweep.watched.borrow().is_empty();
-            if !any_left {
-                sweep.running.set(false);
-            }
-            any_left
+            sweep.sweeper.go_on(!sweep.watched.borrow().is_empty())
         })
     })
     .await;

@@ -47,11 +47,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// every line but the hop-by-hop ones (those `Connection` lists included),
 /// copied in one pass, the map itself left as it is (it is dropped next).
 pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
-    let size = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 2)
-        .sum();
-    let mut lines = HeaderList::with_capacity(size);
     // Browsers send `Connection` with nearly every request, so this is the
     // usual case rather than a rare one.
     let named = if headers.contains_key(header::CONNECTION) {
@@ -59,12 +54,9 @@ pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
     } else {
         Vec::new()
     };
-    for (name, value) in headers {
-        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
-            lines.push_header(name, value);
-        }
-    }
-    lines
+    HeaderList::from_map_where(headers, |name| {
+        !HOP_BY_HOP.contains(name) && !named.contains(name)
+    })
 }
 
 /// Why a request cannot be given to a handler.

@@ -20,13 +20,15 @@
 //!   at the first tick that finds none (so a thread serving one request at a
 //!   time starts it at most once per tick, not once per request).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
+
+use crate::periodic::{every_until_idle, Sweeper};
 
 /// The sweep's period: a deadline's precision.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -103,7 +105,7 @@ struct Entry {
 /// A worker thread's waiting requests.
 struct Sweep {
     entries: RefCell<Slab<Entry>>,
-    running: Cell<bool>,
+    sweeper: Sweeper,
 }
 
 impl Sweep {
@@ -124,7 +126,7 @@ thread_local! {
     static SWEEP: Sweep = const {
         Sweep {
             entries: RefCell::new(Slab::new()),
-            running: Cell::new(false),
+            sweeper: Sweeper::new(),
         }
     };
 }
@@ -136,9 +138,7 @@ fn register(deadline: Instant, waker: &Waker) -> usize {
             waker: waker.clone(),
             expired: false,
         });
-        if !sweep.running.replace(true) {
-            tokio::task::spawn_local(run_sweep());
-        }
+        sweep.sweeper.ensure_running(run_sweep);
         key
     })
 }
@@ -147,7 +147,7 @@ fn register(deadline: Instant, waker: &Waker) -> usize {
 /// Returns at the first tick that finds no request waiting (the next one
 /// starts it again).
 async fn run_sweep() {
-    crate::periodic::every_until_idle(SWEEP_EVERY, || {
+    every_until_idle(SWEEP_EVERY, || {
         let now = Instant::now();
         SWEEP.with(|sweep| {
             let mut entries = sweep.entries.borrow_mut();
@@ -157,11 +157,7 @@ async fn run_sweep() {
                     entry.waker.wake_by_ref();
                 }
             }
-            let any_left = !entries.is_empty();
-            if !any_left {
-                sweep.running.set(false);
-            }
-            any_left
+            sweep.sweeper.go_on(!entries.is_empty())
         })
     })
     .await;
@@ -219,12 +215,12 @@ mod tests {
             let mut waiting = Box::pin(waiting);
             assert!(futures::poll!(waiting.as_mut()).is_pending());
             assert_eq!(SWEEP.with(|sweep| sweep.entries.borrow().len()), 1);
-            assert!(SWEEP.with(|sweep| sweep.running.get()));
+            assert!(SWEEP.with(|sweep| sweep.sweeper.is_running()));
             drop(waiting);
             assert!(SWEEP.with(|sweep| sweep.entries.borrow().is_empty()));
             // The sweep notices at its next tick that nothing waits.
             tokio::time::sleep(SWEEP_EVERY * 3).await;
-            assert!(!SWEEP.with(|sweep| sweep.running.get()));
+            assert!(!SWEEP.with(|sweep| sweep.sweeper.is_running()));
         })
         .await;
     }

@@ -197,6 +197,7 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
             })
             .boxed()
     });
+    // Taken out first: `target.host` borrows `parts`, which moves below.
     let url = target.url;
     let incoming = IncomingRequest {
         headers: end_to_end_lines(&parts.headers),
