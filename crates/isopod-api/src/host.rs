@@ -103,6 +103,11 @@ pub trait Host {
     /// The host gives each isolate its own, to bound that work and to
     /// charge its CPU to the isolate's requests.
     fn crypto_runtime(&self) -> std::io::Result<tokio::runtime::Handle>;
+    /// An empty map for a response's headers (the host may hand back one
+    /// it recycled, saving the allocations of a fresh one).
+    fn header_map(&self) -> http::HeaderMap {
+        http::HeaderMap::new()
+    }
 }
 
 pub(crate) fn host(state: &OpState) -> Rc<dyn Host> {
@@ -131,7 +136,7 @@ pub fn op_isopod_respond<'s>(
     header_list: v8::Local<'s, v8::Array>,
     body: v8::Local<'s, v8::Value>,
 ) {
-    let (headers, invalid_headers) = read_header_list(scope, header_list);
+    let (headers, invalid_headers) = read_header_list(scope, host(state).header_map(), header_list);
     let body = if body.is_null_or_undefined() {
         ResponseBody::Empty
     } else if let Ok(text) = v8::Local::<v8::String>::try_from(body) {
@@ -205,17 +210,19 @@ fn deliver_static(
     body: Bytes,
     last: bool,
 ) {
-    let headers = content_type_header(content_type);
+    let headers = content_type_header(host(state).header_map(), content_type);
     deliver(state, request, status, headers, ResponseBody::Bytes(body));
     if last {
         host(state).done(request);
     }
 }
 
-/// The headers of a serve-fast response: its content type, if not empty,
-/// with the count of lines dropped as invalid.
-fn content_type_header(content_type: &[u8]) -> (http::HeaderMap, usize) {
-    let mut headers = http::HeaderMap::new();
+/// The headers of a serve-fast response, in the empty map `headers`: its
+/// content type, if not empty, with the count of lines dropped as invalid.
+fn content_type_header(
+    mut headers: http::HeaderMap,
+    content_type: &[u8],
+) -> (http::HeaderMap, usize) {
     if content_type.is_empty() {
         return (headers, 0);
     }
@@ -284,13 +291,15 @@ fn deliver(
 }
 
 /// Reads deno_fetch's header list, `[[name, value], ...]` of byte strings,
-/// straight into a `HeaderMap` (no intermediate strings for one-byte ones).
+/// straight into the empty map `headers` (no intermediate strings for
+/// one-byte ones).
 fn read_header_list<'s>(
     scope: &mut v8::PinScope<'s, '_>,
+    mut headers: http::HeaderMap,
     list: v8::Local<'s, v8::Array>,
 ) -> (http::HeaderMap, usize) {
     let lines = list.length();
-    let mut headers = http::HeaderMap::with_capacity(lines as usize);
+    headers.reserve(lines as usize);
     let mut invalid = 0;
     for index in 0..lines {
         let line = list
@@ -352,7 +361,7 @@ pub fn op_isopod_respond_stream<'s>(
         .resource_table
         .take_any(rid)
         .map_err(JsErrorBox::from_err)?;
-    let headers = read_header_list(scope, header_list);
+    let headers = read_header_list(scope, host(state).header_map(), header_list);
     deliver(
         state,
         request,

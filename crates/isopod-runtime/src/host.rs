@@ -348,6 +348,10 @@ impl Host for RequestTable {
         self.crypto.handle()
     }
 
+    fn header_map(&self) -> http::HeaderMap {
+        crate::header_maps::take()
+    }
+
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {
         let app = self.app.borrow().clone();
         let app = &*app;

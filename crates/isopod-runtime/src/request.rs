@@ -47,6 +47,15 @@ impl HeaderList {
         HeaderList::default()
     }
 
+    /// An empty list with room for `bytes` of names and values (each line
+    /// takes two more).
+    pub fn with_capacity(bytes: usize) -> HeaderList {
+        HeaderList {
+            bytes: Vec::with_capacity(bytes),
+            lines: 0,
+        }
+    }
+
     /// The lines of `headers` whose name `keep` accepts, in order, copied in
     /// one pass into a buffer sized once. No NUL check: an `http` name is a
     /// token and a value excludes control bytes but tab.
@@ -58,10 +67,7 @@ impl HeaderList {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 2)
             .sum();
-        let mut list = HeaderList {
-            bytes: Vec::with_capacity(size),
-            lines: 0,
-        };
+        let mut list = HeaderList::with_capacity(size);
         for (name, value) in headers {
             if keep(name) {
                 list.push_unchecked(name.as_str().as_bytes(), value.as_bytes());
@@ -77,6 +83,19 @@ impl HeaderList {
             return;
         }
         self.push_unchecked(name, value);
+    }
+
+    /// Appends a line as it came on the wire, its name lowercased (names
+    /// are case-insensitive, and the rest of isopod sees them lowercase, as
+    /// `http` keeps them). A line with a NUL byte is dropped, as by
+    /// [`HeaderList::push`].
+    pub fn push_wire(&mut self, name: &[u8], value: &[u8]) {
+        if name.contains(&0) || value.contains(&0) {
+            return;
+        }
+        let start = self.bytes.len();
+        self.push_unchecked(name, value);
+        self.bytes[start..start + name.len()].make_ascii_lowercase();
     }
 
     fn push_unchecked(&mut self, name: &[u8], value: &[u8]) {
@@ -181,6 +200,9 @@ mod tests {
             list.as_bytes(),
             b"x-a\x001\x00x-a\x00\x00x-b\x00caf\xe9\x00"
         );
+        let mut wire = HeaderList::new();
+        wire.push_wire(b"X-Mixed-Case", b"Kept As Is");
+        assert_eq!(wire.as_bytes(), b"x-mixed-case\x00Kept As Is\x00");
         assert!(HeaderList::new().iter().next().is_none());
         assert!(HeaderList::new().as_bytes().is_empty());
         let mut with_nul = HeaderList::new();

@@ -2,7 +2,7 @@
 //! request URLs from the `Host` header, and no hop-by-hop headers in either
 //! direction.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use isopod_runtime::HeaderList;
 
@@ -59,6 +59,35 @@ pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
     })
 }
 
+/// [`end_to_end_lines`] for header lines as they came on the wire, names in
+/// any case: the lines the handler gets, names lowercased.
+pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderList {
+    let is_named = |name: &str, value: &[u8]| {
+        value
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let connection_values: Vec<&[u8]> = lines
+        .iter()
+        .filter(|line| line.name.eq_ignore_ascii_case(header::CONNECTION.as_str()))
+        .map(|line| line.value)
+        .collect();
+    let size = lines.iter().map(|l| l.name.len() + l.value.len() + 2).sum();
+    let mut list = HeaderList::with_capacity(size);
+    for line in lines {
+        let hop_by_hop = HOP_BY_HOP
+            .iter()
+            .any(|name| line.name.eq_ignore_ascii_case(name.as_str()))
+            || connection_values
+                .iter()
+                .any(|value| is_named(line.name, value));
+        if !hop_by_hop {
+            list.push_wire(line.name.as_bytes(), line.value);
+        }
+    }
+    list
+}
+
 /// Why a request cannot be given to a handler.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum BadRequest {
@@ -91,17 +120,24 @@ pub(crate) fn request_target(parts: &Parts) -> Result<Target<'_>, BadRequest> {
             host: authority.as_str(),
         });
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .ok_or(BadRequest::MissingHost)?
-        .as_bytes();
+    origin_target(
+        parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    )
+}
+
+/// The [`Target`] of an origin-form request (`/path?query`): its URL from
+/// the `Host` header's value, checked here.
+pub(crate) fn origin_target<'a>(
+    host: Option<&'a [u8]>,
+    path: &str,
+) -> Result<Target<'a>, BadRequest> {
+    let host = host.ok_or(BadRequest::MissingHost)?;
     // Checked as bytes: what passes is ASCII, so it is a `str` as well.
     let host = match is_host_and_port(host).then(|| std::str::from_utf8(host)) {
         Some(Ok(host)) => host,
         _ => return Err(BadRequest::InvalidHost),
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut url = String::with_capacity("http://".len() + host.len() + path.len());
     url.push_str("http://");
     url.push_str(host);
@@ -146,22 +182,24 @@ fn is_host_and_port(value: &[u8]) -> bool {
 
 /// The bytes of a registered name or IPv4 address (RFC 3986's unreserved,
 /// sub-delims and `%`), as a table: one load per byte.
-static HOST_NAME_BYTES: [bool; 256] = {
+static HOST_NAME_BYTES: [bool; 256] = alphanumerics_and(b"-._~!$&'()*+,;=%");
+
+/// A byte table (`table[byte]`) that holds ASCII letters and digits and
+/// the bytes of `extra`.
+pub(crate) const fn alphanumerics_and(extra: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut byte = 0;
     while byte < 256 {
-        let b = byte as u8;
-        table[byte] = b.is_ascii_alphanumeric();
+        table[byte] = (byte as u8).is_ascii_alphanumeric();
         byte += 1;
     }
-    let extra = b"-._~!$&'()*+,;=%";
     let mut i = 0;
     while i < extra.len() {
         table[extra[i] as usize] = true;
         i += 1;
     }
     table
-};
+}
 
 #[cfg(test)]
 mod tests {
@@ -227,6 +265,29 @@ mod tests {
             lines,
             [b"x-kept".to_vec()],
             "the request's copy keeps the same one"
+        );
+        let wire = [
+            httparse::Header {
+                name: "Connection",
+                value: b"keep-alive, X-Private",
+            },
+            httparse::Header {
+                name: "X-Private",
+                value: b"1",
+            },
+            httparse::Header {
+                name: "Keep-Alive",
+                value: b"timeout=5",
+            },
+            httparse::Header {
+                name: "X-Kept",
+                value: b"1",
+            },
+        ];
+        assert_eq!(
+            end_to_end_wire_lines(&wire),
+            end_to_end_lines(&headers),
+            "the same lines from the wire as from the map"
         );
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);

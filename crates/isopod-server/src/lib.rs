@@ -7,7 +7,8 @@
 //! A request is routed to an app by host and path (or by the port it came
 //! in on), and served on the accepting thread when that thread has a warm
 //! instance of the app or is its home thread; otherwise it is handed to the
-//! app's home thread.
+//! app's home thread. HTTP/1.1 requests without a body are read and
+//! answered by isopod's own path (`h1`), everything else by hyper.
 //!
 //! Invariants:
 //! - Every app's bundle is evaluated in a scratch isolate before any thread
@@ -25,6 +26,7 @@
 
 mod admin;
 mod admission;
+mod h1;
 mod head_deadline;
 mod http_semantics;
 mod listener;

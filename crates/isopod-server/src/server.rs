@@ -11,6 +11,7 @@ use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
 use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
 use tokio::sync::watch;
 
+use crate::h1::{Replay, MAX_HEADER_LINES, MAX_HEAD_BYTES};
 use crate::head_deadline::HeadWatch;
 use crate::listener::bind_reuseport;
 use crate::ports::{stopped, BoundPort, OwnPorts, PortError};
@@ -293,12 +294,6 @@ pub(crate) fn check_bundle(config: &AppConfig, bundle: &Bundle) -> Result<(), In
     outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
 }
 
-/// Header lines in one request; more are answered 431.
-const MAX_HEADER_LINES: usize = 100;
-
-/// The largest request head hyper buffers; a bigger one is answered 431.
-const MAX_HEAD_BYTES: usize = 32 * 1024;
-
 async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {
     let mut loops = Vec::new();
     for listener in listeners {
@@ -379,29 +374,32 @@ async fn accept_loop(
         let connection = connection.clone();
         let watch = HeadWatch::new();
         let watched = watch.clone();
-        let task = tokio::task::spawn_local(async move {
-            let service = hyper::service::service_fn(move |request| {
-                handle(connection.clone(), request, watched.request_started())
-            });
-            let served = http1::Builder::new()
-                .keep_alive(true)
-                // One flat buffer and one `send` per response rather than a
-                // `writev` of head and body: for the small responses that
-                // dominate, copying the body costs less than the vectored
-                // write (measured: 7–12 % more requests/s for hello world;
-                // `deno serve`, traced, also sends each response in one
-                // `sendto`).
-                .writev(false)
-                // The head timeout is `head_deadline`'s sweep, not a timer
-                // per request.
-                .header_read_timeout(None)
-                .max_headers(MAX_HEADER_LINES)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = served.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        let task = tokio::task::spawn_local(crate::h1::serve(stream, connection, watched));
         watch.start(task.abort_handle());
+    }
+}
+
+/// Serves the rest of a connection with hyper: the requests isopod's own
+/// HTTP/1.1 path leaves to it (see `h1`), and every one after them.
+pub(crate) async fn serve_with_hyper(io: Replay, connection: Rc<Connection>, watch: Rc<HeadWatch>) {
+    let service = hyper::service::service_fn(move |request| {
+        handle(connection.clone(), request, watch.request_started())
+    });
+    let served = http1::Builder::new()
+        .keep_alive(true)
+        // One flat buffer and one `send` per response rather than a
+        // `writev` of head and body: for the small responses that
+        // dominate, copying the body costs less than the vectored write
+        // (measured: 7–12 % more requests/s for hello world; `deno serve`,
+        // traced, also sends each response in one `sendto`).
+        .writev(false)
+        // The head timeout is `head_deadline`'s sweep, not a timer per
+        // request.
+        .header_read_timeout(None)
+        .max_headers(MAX_HEADER_LINES)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(error) = served.await {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }

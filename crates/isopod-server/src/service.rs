@@ -1,19 +1,22 @@
-//! One request, from hyper to an instance and back.
+//! One request, from the HTTP layer (hyper's or isopod's own, see `h1`) to
+//! an instance and back.
 
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use isopod_pool::{PoolError, PoolThread};
-use isopod_runtime::{DispatchError, IncomingRequest, ResponseBody};
+use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
 
 use crate::head_deadline::{Busy, WatchedBody};
-use crate::http_semantics::{end_to_end_lines, request_target, strip_hop_by_hop};
+use crate::http_semantics::{
+    end_to_end_lines, origin_target, request_target, strip_hop_by_hop, BadRequest, Target,
+};
 use crate::registry::{Deployed, LocalSnapshot};
 use crate::response_deadline::within;
 
@@ -43,10 +46,7 @@ pub(crate) fn handle(
 ) -> impl Future<Output = Result<Response<WatchedBody>, std::convert::Infallible>> {
     let prepared = prepare(&connection, request);
     async move {
-        let response = match prepared {
-            Prepared::ForApp(deployed, incoming) => serve(&connection, &deployed, incoming).await,
-            Prepared::Answered(answer) => answer,
-        };
+        let response = prepared.answer(&connection).await;
         Ok(response.map(|body| WatchedBody::new(body, busy)))
     }
 }
@@ -139,9 +139,19 @@ async fn serve(
 
 /// A request made ready for its app, or answered by isopod itself (no
 /// route, a bad `Host`, a body over the app's limit).
-enum Prepared {
+pub(crate) enum Prepared {
     ForApp(Arc<Deployed>, IncomingRequest),
     Answered(Response<ResponseBody>),
+}
+
+impl Prepared {
+    /// The response: the handler's, or isopod's own answer.
+    pub(crate) async fn answer(self, connection: &Connection) -> Response<ResponseBody> {
+        match self {
+            Prepared::ForApp(deployed, incoming) => serve(connection, &deployed, incoming).await,
+            Prepared::Answered(answer) => answer,
+        }
+    }
 }
 
 /// Everything about a request that needs no waiting: its URL, its app, its
@@ -154,38 +164,23 @@ enum Prepared {
 fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
     let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
-    let target = match request_target(&parts) {
-        Ok(target) => target,
-        Err(bad) => return Prepared::Answered(text(StatusCode::BAD_REQUEST, bad.reason())),
-    };
-    let deployed = connection.apps.with(|apps| match &connection.dedicated {
-        Some(name) => apps.app(name).cloned(),
-        None => apps.route(target.host, parts.uri.path()).cloned(),
-    });
-    let Some(deployed) = deployed else {
-        return Prepared::Answered(text(
-            StatusCode::NOT_FOUND,
-            "Not Found: no app is routed for this host and path",
-        ));
-    };
-    let limits = &deployed.version.config.limits;
-    let max_body = limits.max_request_body_bytes();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_body) {
-        return Prepared::Answered(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Payload Too Large: a request body is at most {} MiB for this app",
-                limits.max_request_body_mb
-            ),
-        ));
-    }
+    let (deployed, url) = match route(
+        connection,
+        request_target(&parts),
+        parts.uri.path(),
+        declared,
+    ) {
+        Ok(routed) => routed,
+        Err(unrouted) => return Prepared::Answered(unrouted.answer()),
+    };
     // A chunked body past the cap fails the handler's read of it.
     let body = (!body.is_end_stream()).then(|| {
+        let max_body = deployed.version.config.limits.max_request_body_bytes();
         let cap = usize::try_from(max_body).unwrap_or(usize::MAX);
         http_body_util::Limited::new(body, cap)
             .map_err(|error| -> isopod_runtime::BoxError {
@@ -197,16 +192,90 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
             })
             .boxed()
     });
-    // Taken out first: `target.host` borrows `parts`, which moves below.
-    let url = target.url;
     let incoming = IncomingRequest {
+        url,
         headers: end_to_end_lines(&parts.headers),
         method: parts.method,
-        url,
         body,
         received,
     };
     Prepared::ForApp(deployed, incoming)
+}
+
+/// [`prepare`] for a request without a body whose head isopod's own HTTP/1.1
+/// path parsed (see `h1`): its method, origin-form target, `Host` header
+/// value and end-to-end header lines.
+pub(crate) fn prepare_bodiless(
+    connection: &Connection,
+    method: Method,
+    path_and_query: &str,
+    host: Option<&[u8]>,
+    headers: HeaderList,
+    received: std::time::Instant,
+) -> Prepared {
+    let path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path);
+    match route(connection, origin_target(host, path_and_query), path, None) {
+        Ok((deployed, url)) => Prepared::ForApp(
+            deployed,
+            IncomingRequest {
+                method,
+                url,
+                headers,
+                body: None,
+                received,
+            },
+        ),
+        Err(unrouted) => Prepared::Answered(unrouted.answer()),
+    }
+}
+
+/// Why isopod answers a request itself instead of routing it to an app.
+enum Unrouted {
+    /// 400: no usable target.
+    BadTarget(BadRequest),
+    /// 404.
+    NoRoute,
+    /// 413: the declared body is over the app's limit (in MiB).
+    BodyTooLarge(u64),
+}
+
+impl Unrouted {
+    fn answer(self) -> Response<ResponseBody> {
+        match self {
+            Unrouted::BadTarget(bad) => text(StatusCode::BAD_REQUEST, bad.reason()),
+            Unrouted::NoRoute => text(
+                StatusCode::NOT_FOUND,
+                "Not Found: no app is routed for this host and path",
+            ),
+            Unrouted::BodyTooLarge(max_mb) => text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Payload Too Large: a request body is at most {max_mb} MiB for this app"),
+            ),
+        }
+    }
+}
+
+/// The app a request goes to and the URL its handler sees, or why isopod
+/// answers it itself.
+fn route(
+    connection: &Connection,
+    target: Result<Target<'_>, BadRequest>,
+    path: &str,
+    declared_length: Option<u64>,
+) -> Result<(Arc<Deployed>, String), Unrouted> {
+    let target = target.map_err(Unrouted::BadTarget)?;
+    let deployed = connection.apps.with(|apps| match &connection.dedicated {
+        Some(name) => apps.app(name).cloned(),
+        None => apps.route(target.host, path).cloned(),
+    });
+    let deployed = deployed.ok_or(Unrouted::NoRoute)?;
+    let limits = &deployed.version.config.limits;
+    if declared_length.is_some_and(|length| length > limits.max_request_body_bytes()) {
+        return Err(Unrouted::BodyTooLarge(limits.max_request_body_mb));
+    }
+    Ok((deployed, target.url))
 }
 
 /// A short plain-text answer from isopod itself.

@@ -268,3 +268,62 @@ async fn slow_heads_and_idle_connections_are_closed_but_long_responses_are_not()
         "{drip_closed:?}"
     );
 }
+
+/// One connection, pipelined: a plain GET (isopod's own HTTP/1.1 path), a
+/// POST with a body (handed to hyper, which serves the connection from
+/// then on), another GET, then `connection: close`. Every request is
+/// answered, in order, and the two GETs' heads are the same line for line
+/// (but the date and the URL): a client cannot tell which path served it.
+#[tokio::test]
+async fn a_connection_handed_to_hyper_mid_way_keeps_its_order_and_its_framing() {
+    let isopod = Isopod::start(&echo_bundle(), &[]);
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /one HTTP/1.1\r\nhost: localhost\r\n\r\n\
+              POST /two HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\n\r\nabc\
+              GET /three HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (text, closed) = read_to_close(
+        &mut stream,
+        std::time::Instant::now(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(closed.is_some(), "closed after `connection: close`: {text}");
+    let responses: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(responses.len(), 3, "{text}");
+    let bodies: Vec<serde_json::Value> = responses
+        .iter()
+        .map(|response| {
+            let (_, body) = response.split_once("\r\n\r\n").unwrap();
+            serde_json::from_str(body.trim()).unwrap()
+        })
+        .collect();
+    assert_eq!(bodies[0]["url"], "http://localhost/one");
+    assert_eq!(
+        (&bodies[1]["method"], &bodies[1]["body"]),
+        (&"POST".into(), &"abc".into())
+    );
+    assert_eq!(bodies[2]["url"], "http://localhost/three");
+    let head_lines = |response: &str| -> Vec<String> {
+        let (head, _) = response.split_once("\r\n\r\n").unwrap();
+        head.lines()
+            .map(|line| match line.split_once(": ") {
+                Some(("date", _)) => "date: (now)".to_string(),
+                Some(("x-url", _)) => "x-url: (the URL)".to_string(),
+                Some(("content-length", _)) => "content-length: (its length)".to_string(),
+                _ => line.to_string(),
+            })
+            .collect()
+    };
+    let own = head_lines(responses[0]);
+    let mut hypers = head_lines(responses[2]);
+    // Only the last response says it closes the connection.
+    let close = hypers.iter().position(|line| line == "connection: close");
+    hypers.remove(close.expect("connection: close"));
+    assert_eq!(own, hypers);
+    assert!(own.contains(&"date: (now)".to_string()), "{own:?}");
+}

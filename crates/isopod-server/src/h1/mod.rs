@@ -1,0 +1,257 @@
+//! isopod's own HTTP/1.1 serve path, for the requests an edge runtime
+//! mostly gets: HTTP/1.1, no body, an origin-form target, on keep-alive
+//! connections. hyper serves the rest, and the connection from then on.
+//!
+//! Why not hyper for all of it: for a small handler, hyper's general
+//! machinery (a `HeaderMap` built for every request head and again for
+//! every response, its dispatcher's state machine, the service future's
+//! moves) cost more instructions than the handler's whole JavaScript call.
+//! This path reads the head with hyper's own parser (`httparse`) straight
+//! into the form an instance takes, and writes the response head and a
+//! known-length body with one `send`. deno took the same path in 2026 for
+//! `Deno.serve` (deno#34446).
+//!
+//! Invariants:
+//! - A client cannot tell which path served it: heads this path takes are
+//!   ones hyper reads the same way (`request_head`), and responses are
+//!   framed as hyper frames them (`response_head`). Anything else is
+//!   handed to hyper with the bytes already read (`replay`), and hyper
+//!   serves the connection from that request on.
+//! - Requests on a connection are answered one at a time, in order
+//!   (pipelined heads wait in the input buffer).
+//! - A client that closes its connection while its handler runs cancels
+//!   the request (the instance aborts `request.signal`), as with hyper;
+//!   one that goes away during a streamed body cancels the stream.
+//! - The connection is busy for the head timeout (`head_deadline`) from a
+//!   head's arrival until its response is sent in full.
+
+mod replay;
+mod request_head;
+mod response_head;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use isopod_runtime::ResponseBody;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::head_deadline::HeadWatch;
+use crate::service::{prepare_bodiless, Connection, Prepared};
+
+pub(crate) use replay::Replay;
+use request_head::Scan;
+pub(crate) use request_head::{MAX_HEADER_LINES, MAX_HEAD_BYTES};
+use response_head::Framing;
+
+/// How much the input buffer grows by when a head is not all there.
+const READ_CHUNK: usize = 4096;
+
+/// What the start of the input buffer asks for.
+enum Step {
+    /// Serve this request; its head is `length` bytes.
+    Serve {
+        prepared: Prepared,
+        method: Method,
+        close: bool,
+        length: usize,
+    },
+    /// Read more of the head.
+    Read,
+    /// Hand the connection to hyper.
+    Defer,
+}
+
+/// Serves a connection until it closes, hyper taking over at the first
+/// request this path leaves to it (see the module's doc).
+pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, watch: Rc<HeadWatch>) {
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut output: Vec<u8> = Vec::new();
+    loop {
+        // Empty: a connection's usual state between requests.
+        let scanned = if input.is_empty() {
+            Scan::Partial
+        } else {
+            request_head::scan(&input)
+        };
+        let step = match scanned {
+            Scan::Simple(head) => Step::Serve {
+                prepared: prepare_bodiless(
+                    &connection,
+                    head.method.clone(),
+                    head.target,
+                    head.host,
+                    head.headers,
+                    std::time::Instant::now(),
+                ),
+                method: head.method,
+                close: head.close,
+                length: head.length,
+            },
+            Scan::Partial if input.len() < MAX_HEAD_BYTES => Step::Read,
+            Scan::Partial | Scan::Defer => Step::Defer,
+        };
+        match step {
+            Step::Read => {
+                input.reserve(READ_CHUNK);
+                match tokio::io::AsyncReadExt::read_buf(&mut socket, &mut input).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+            Step::Defer => {
+                let io = Replay::new(input, socket);
+                return crate::server::serve_with_hyper(io, connection, watch).await;
+            }
+            Step::Serve {
+                prepared,
+                method,
+                close,
+                length,
+            } => {
+                input.drain(..length);
+                let busy = watch.request_started();
+                let Some(response) =
+                    answer_unless_gone(&connection, prepared, &socket, &mut input).await
+                else {
+                    return;
+                };
+                output.clear();
+                if send(&mut socket, &mut output, &method, response, close)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                drop(busy);
+                if close {
+                    let _ = socket.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The request's response, or `None` if the client closed the connection
+/// first (dropping the request's future cancels it). Bytes the client
+/// sends meanwhile (pipelined heads) are kept in `input`, up to a head's
+/// limit.
+async fn answer_unless_gone(
+    connection: &Connection,
+    prepared: Prepared,
+    socket: &TcpStream,
+    input: &mut Vec<u8>,
+) -> Option<Response<ResponseBody>> {
+    let mut answer = pin!(prepared.answer(connection));
+    poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        while input.len() < MAX_HEAD_BYTES {
+            match socket.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {}
+            }
+            input.reserve(READ_CHUNK);
+            match socket.try_read_buf(input) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(None),
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Sends a response: its head, then its body as the head frames it. A
+/// body of known length goes with the head in one write; a stream is sent
+/// chunk by chunk, written out whenever the next chunk is not ready yet.
+async fn send(
+    socket: &mut TcpStream,
+    output: &mut Vec<u8>,
+    method: &Method,
+    response: Response<ResponseBody>,
+    close: bool,
+) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let exact = body.size_hint().exact();
+    let framing = response_head::encode(output, method, parts.status, &parts.headers, exact, close);
+    isopod_runtime::recycle_header_map(parts.headers);
+    let mut remaining = match framing {
+        // Dropping the body cancels a stream the client will not get.
+        Framing::Bodiless => return socket.write_all(output).await,
+        Framing::Length(length) => Some(length),
+        Framing::Chunked => None,
+    };
+    loop {
+        let frame = match futures::poll!(body.frame()) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                socket.write_all(output).await?;
+                output.clear();
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let chunk: Bytes = match frame.map_err(io::Error::other)?.into_data() {
+            Ok(chunk) if !chunk.is_empty() => chunk,
+            // Trailers are not sent (as with hyper, without a `trailer`
+            // header), and an empty chunk would end a chunked body.
+            _ => continue,
+        };
+        match &mut remaining {
+            Some(remaining) => {
+                let length = chunk.len() as u64;
+                if length > *remaining {
+                    return Err(io::Error::other(
+                        "the body is longer than its content-length",
+                    ));
+                }
+                *remaining -= length;
+                put(socket, output, &chunk).await?;
+            }
+            None => {
+                output.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                put(socket, output, &chunk).await?;
+                output.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    match remaining {
+        Some(0) => {}
+        Some(_) => {
+            return Err(io::Error::other(
+                "the body is shorter than its content-length",
+            ))
+        }
+        None => output.extend_from_slice(b"0\r\n\r\n"),
+    }
+    socket.write_all(output).await
+}
+
+/// Chunks up to this size are copied behind what is already buffered and
+/// go out in the same write; larger ones are written from where they are.
+const COPY_AT_MOST: usize = 16 * 1024;
+
+/// Queues `chunk` after `output`: copied, if small, else written out with
+/// what precedes it.
+async fn put(socket: &mut TcpStream, output: &mut Vec<u8>, chunk: &[u8]) -> io::Result<()> {
+    if chunk.len() <= COPY_AT_MOST {
+        output.extend_from_slice(chunk);
+        return Ok(());
+    }
+    socket.write_all(output).await?;
+    output.clear();
+    socket.write_all(chunk).await
+}
