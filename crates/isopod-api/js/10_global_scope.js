@@ -513,12 +513,18 @@ class FetchEvent extends event.Event {
 // ---------------------------------------------------------------------------
 // The execution context handed to module handlers as `ctx`.
 class ExecutionContext {
-  #waitUntil;
-  constructor(waitUntil) {
-    this.#waitUntil = waitUntil;
+  #request;
+  constructor(request) {
+    this.#request = request;
   }
   waitUntil(promise) {
-    ArrayPrototypePush(this.#waitUntil, PromiseResolve(promise));
+    const request = this.#request;
+    const settled = PromiseResolve(promise);
+    if (request.waitUntil === null) {
+      request.waitUntil = [settled];
+    } else {
+      ArrayPrototypePush(request.waitUntil, settled);
+    }
   }
   passThroughOnException() {}
   get props() {
@@ -876,6 +882,38 @@ function untrackRequest(context) {
 // `standard_method_index`, in this order); any other comes as a string.
 const STANDARD_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
 
+// One request, as JavaScript tracks it. A class, so that every request has
+// the same shape (see "What a request must not leave behind" in
+// ARCHITECTURE.md); the brand that `currentRequest` checks is on the
+// prototype. `waitUntil` stays null until the handler registers work.
+class RequestContext {
+  constructor(id, method, url, req) {
+    this.id = id;
+    this.method = method;
+    this.url = url;
+    this.subrequests = 0;
+    this.req = req;
+    this.inFlightIndex = -1;
+    this.waitUntil = null;
+  }
+}
+RequestContext.prototype[kRequestContext] = true;
+
+// How a handler's call settled.
+const ANSWERED = 0;
+const THREW = 1;
+
+// Promise reactions for a handler's promise. They find their request in the
+// async context, which V8 restores for a reaction to what it was when the
+// reaction was registered (`dispatch` registers them inside the request's
+// context): no closure is made per request.
+function settleAnswered(res) {
+  settle(core.getAsyncContext(), ANSWERED, res);
+}
+function settleThrew(error) {
+  settle(core.getAsyncContext(), THREW, error);
+}
+
 function createDispatcher(handler, env) {
   function dispatch(id, methodOrIndex, requestUrl, headerText, bodyRid) {
     const method = typeof methodOrIndex === "number"
@@ -891,40 +929,20 @@ function createDispatcher(handler, env) {
       innerBody,
     );
     const req = request.fromInnerRequest(inner, "immutable");
-    const waitUntil = [];
-    const context = {
-      [kRequestContext]: true,
-      id,
-      method,
-      url: requestUrl,
-      subrequests: 0,
-      req,
-      inFlightIndex: -1,
-    };
+    const context = new RequestContext(id, method, requestUrl, req);
     trackRequest(context);
     const previous = enterRequest(context);
-    let result;
     try {
-      result = handler(req, env, waitUntil);
+      const result = handler(req, env, context);
+      if (core.isPromise(result)) {
+        PromisePrototypeThen(result, settleAnswered, settleThrew);
+      } else {
+        settle(context, ANSWERED, result);
+      }
     } catch (error) {
-      finish(context, waitUntil, () => fail(id, FAIL_THREW, error));
-      return;
+      settle(context, THREW, error);
     } finally {
       core.setAsyncContext(previous);
-    }
-    if (!core.isPromise(result)) {
-      finish(context, waitUntil, (last) => respond(id, result, last));
-      return;
-    }
-    const previousForSettle = enterRequest(context);
-    try {
-      PromisePrototypeThen(
-        result,
-          (res) => finish(context, waitUntil, (last) => respond(id, res, last)),
-        (error) => finish(context, waitUntil, () => fail(id, FAIL_THREW, error)),
-      );
-    } finally {
-      core.setAsyncContext(previousForSettle);
     }
   }
 
@@ -950,13 +968,18 @@ function createDispatcher(handler, env) {
   return { dispatch, abort };
 }
 
-// `sendResponse(last)` answers the request; given `last` (no `waitUntil`
-// work), it may end the request in the same op and then returns true.
-function finish(context, waitUntil, sendResponse) {
+// Answers the request (`ANSWERED` with the handler's result, or `THREW`
+// with its error) and ends it once its `waitUntil` work has settled. A
+// serve-fast response with no `waitUntil` work ends it in the same op.
+function settle(context, outcome, value) {
   const id = context.id;
   let ended = false;
   try {
-    ended = sendResponse(waitUntil.length === 0) === true;
+    if (outcome === ANSWERED) {
+      ended = respond(id, value, context.waitUntil === null) === true;
+    } else {
+      fail(id, FAIL_THREW, value);
+    }
   } catch (error) {
     fail(id, FAIL_THREW, error);
   }
@@ -964,7 +987,8 @@ function finish(context, waitUntil, sendResponse) {
   if (ended) {
     return;
   }
-  if (waitUntil.length === 0) {
+  const waitUntil = context.waitUntil;
+  if (waitUntil === null) {
     op_isopod_done(id);
     return;
   }
@@ -1069,16 +1093,17 @@ function respondFast(id, res, last) {
 }
 
 // Module handlers get (request, env, ctx); service-worker listeners get a
-// FetchEvent. Both are normalised to (request, env, waitUntilList) -> result.
+// FetchEvent. Both are normalised to (request, env, RequestContext) ->
+// result.
 function moduleHandler(exported) {
   const target = exported;
-  return (req, env, waitUntil) =>
-    target.fetch(req, env, new ExecutionContext(waitUntil));
+  return (req, env, context) =>
+    target.fetch(req, env, new ExecutionContext(context));
 }
 
 function serviceWorkerHandler() {
-  return (req, _env, waitUntil) => {
-    const ctx = new ExecutionContext(waitUntil);
+  return (req, _env, context) => {
+    const ctx = new ExecutionContext(context);
     const fetchEvent = new FetchEvent("fetch", { request: req }, ctx);
     for (let i = 0; i < fetchListeners.length; i++) {
       fetchListeners[i](fetchEvent);

@@ -45,6 +45,12 @@ struct PendingRequest {
     answered_at: Option<Instant>,
 }
 
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        crate::recycle::recycle_buffer(std::mem::take(&mut self.url).into_bytes());
+    }
+}
+
 impl PendingRequest {
     /// The path and query of the request's absolute URL.
     fn path(&self) -> &str {
@@ -349,7 +355,7 @@ impl Host for RequestTable {
     }
 
     fn header_map(&self) -> http::HeaderMap {
-        crate::header_maps::take()
+        crate::recycle::header_map()
     }
 
     fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {

@@ -774,6 +774,7 @@ impl Instance {
             )
             .map(Into::into)
             .unwrap_or_else(|| v8::String::empty(scope).into());
+            crate::recycle::recycle_buffer(request.headers.into_buffer());
             let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
             let undefined = v8::undefined(scope).into();
             // In the table before any JavaScript runs: the ops look it up.

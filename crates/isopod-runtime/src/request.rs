@@ -51,9 +51,14 @@ impl HeaderList {
     /// takes two more).
     pub fn with_capacity(bytes: usize) -> HeaderList {
         HeaderList {
-            bytes: Vec::with_capacity(bytes),
+            bytes: crate::recycle::buffer(bytes),
             lines: 0,
         }
+    }
+
+    /// The buffer, for reuse (`recycle`).
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// The lines of `headers` whose name `keep` accepts, in order, copied in
@@ -85,14 +90,12 @@ impl HeaderList {
         self.push_unchecked(name, value);
     }
 
-    /// Appends a line as it came on the wire, its name lowercased (names
-    /// are case-insensitive, and the rest of isopod sees them lowercase, as
-    /// `http` keeps them). A line with a NUL byte is dropped, as by
-    /// [`HeaderList::push`].
+    /// Appends a line as an HTTP/1 parser read it off the wire, its name
+    /// lowercased (names are case-insensitive, and the rest of isopod sees
+    /// them lowercase, as `http` keeps them). No NUL check: `httparse`
+    /// admits no control byte but tab in a name or a value.
     pub fn push_wire(&mut self, name: &[u8], value: &[u8]) {
-        if name.contains(&0) || value.contains(&0) {
-            return;
-        }
+        debug_assert!(!name.contains(&0) && !value.contains(&0));
         let start = self.bytes.len();
         self.push_unchecked(name, value);
         self.bytes[start..start + name.len()].make_ascii_lowercase();

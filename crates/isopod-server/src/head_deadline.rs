@@ -18,6 +18,10 @@
 //!   connection's watch lives on the thread its task runs on.
 //! - The sweep runs only while its thread has connections, so an idle
 //!   thread is not woken each second.
+//! - The sweep is also the thread's clock for the `date` of the responses
+//!   isopod's own HTTP/1.1 path writes (`h1::refresh_date`): refreshed
+//!   when the sweep starts and at each of its rounds, so a response never
+//!   reads the clock itself.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::pin::Pin;
@@ -67,7 +71,10 @@ impl HeadWatch {
         let _ = self.abort.set(abort);
         SWEEP.with(|sweep| {
             sweep.watched.borrow_mut().push(Rc::downgrade(self));
-            sweep.sweeper.ensure_running(run_sweep);
+            if sweep.sweeper.ensure_running(run_sweep) {
+                // The sweep keeps the responses' date; it was stopped.
+                crate::h1::refresh_date();
+            }
         });
     }
 
@@ -157,6 +164,7 @@ thread_local! {
 /// when the thread has no connections left (the next one starts it again).
 async fn run_sweep() {
     every_until_idle(SWEEP_EVERY, || {
+        crate::h1::refresh_date();
         SWEEP.with(|sweep| {
             let tick = sweep.tick.get() + 1;
             sweep.tick.set(tick);

@@ -133,12 +133,17 @@ pub(crate) fn origin_target<'a>(
     path: &str,
 ) -> Result<Target<'a>, BadRequest> {
     let host = host.ok_or(BadRequest::MissingHost)?;
-    // Checked as bytes: what passes is ASCII, so it is a `str` as well.
-    let host = match is_host_and_port(host).then(|| std::str::from_utf8(host)) {
-        Some(Ok(host)) => host,
-        _ => return Err(BadRequest::InvalidHost),
-    };
-    let mut url = String::with_capacity("http://".len() + host.len() + path.len());
+    if !is_host_and_port(host) {
+        return Err(BadRequest::InvalidHost);
+    }
+    // SAFETY: `is_host_and_port` accepts only ASCII bytes (its tables and
+    // checks admit no byte above 0x7F), and ASCII is valid UTF-8.
+    let host = unsafe { std::str::from_utf8_unchecked(host) };
+    // A recycled buffer (`isopod_runtime::buffer`): empty, so valid UTF-8.
+    let mut url = String::from_utf8(isopod_runtime::buffer(
+        "http://".len() + host.len() + path.len(),
+    ))
+    .unwrap_or_default();
     url.push_str("http://");
     url.push_str(host);
     url.push_str(path);

@@ -21,11 +21,17 @@ impl Sweeper {
     }
 
     /// Spawns the sweep task `run` makes on this thread, unless it runs
-    /// already. Called whenever something starts being watched.
-    pub(crate) fn ensure_running<F: Future<Output = ()> + 'static>(&self, run: impl FnOnce() -> F) {
-        if !self.running.replace(true) {
+    /// already; returns whether it spawned it. Called whenever something
+    /// starts being watched.
+    pub(crate) fn ensure_running<F: Future<Output = ()> + 'static>(
+        &self,
+        run: impl FnOnce() -> F,
+    ) -> bool {
+        let start = !self.running.replace(true);
+        if start {
             tokio::task::spawn_local(run());
         }
+        start
     }
 
     /// Whether the task runs (for tests).

@@ -49,6 +49,7 @@ use crate::service::{prepare_bodiless, Connection, Prepared};
 pub(crate) use replay::Replay;
 use request_head::Scan;
 pub(crate) use request_head::{MAX_HEADER_LINES, MAX_HEAD_BYTES};
+pub(crate) use response_head::refresh_date;
 use response_head::Framing;
 
 /// How much the input buffer grows by when a head is not all there.

@@ -118,7 +118,7 @@ pub(crate) fn encode(
         LengthLine::None => {}
     }
     if !dated {
-        DATE.with(|date| line(out, b"date", date.borrow_mut().now()));
+        DATE.with(|date| line(out, b"date", &date.borrow().value));
     }
     out.extend_from_slice(b"\r\n");
     framing
@@ -131,27 +131,33 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The `date` value, formatted once a second per thread rather than for
-/// every response.
+/// The `date` value, formatted once a second per thread (by the head
+/// deadline's sweep, see [`refresh_date`]) rather than for every response.
 struct CachedDate {
     second: u64,
     value: [u8; 29],
 }
 
-impl CachedDate {
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second {
-            let formatted = httpdate::fmt_http_date(now);
-            // An IMF-fixdate is always 29 bytes.
-            if formatted.len() == self.value.len() {
-                self.value.copy_from_slice(formatted.as_bytes());
-                self.second = second;
-            }
+/// Sets the thread's `date` value to now. Called by the thread's head
+/// deadline sweep when it starts (a connection is accepted while it is
+/// stopped) and once a second while it runs, so the date lags the clock
+/// by at most about a second; the sweep runs whenever the thread has a
+/// connection to answer on.
+pub(crate) fn refresh_date() {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let _ = DATE.try_with(|date| {
+        let mut date = date.borrow_mut();
+        if second == date.second {
+            return;
         }
-        &self.value
-    }
+        let formatted = httpdate::fmt_http_date(now);
+        // An IMF-fixdate is always 29 bytes.
+        if formatted.len() == date.value.len() {
+            date.value.copy_from_slice(formatted.as_bytes());
+            date.second = second;
+        }
+    });
 }
 
 thread_local! {
@@ -258,6 +264,28 @@ mod tests {
             head(Method::GET, 304, &[], None),
             ("HTTP/1.1 304 Not Modified\r\n".into(), Framing::Bodiless)
         );
+    }
+
+    #[test]
+    fn the_date_is_the_threads_clock_when_last_refreshed() {
+        refresh_date();
+        let mut out = Vec::new();
+        encode(
+            &mut out,
+            &Method::GET,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Some(0),
+            false,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix("date: "))
+            .expect("a date line");
+        let date = httpdate::parse_http_date(value).unwrap();
+        let lag = SystemTime::now().duration_since(date).unwrap();
+        assert!(lag.as_secs() <= 1, "{value}");
     }
 
     #[test]
