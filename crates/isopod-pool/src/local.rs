@@ -51,6 +51,63 @@ impl Drop for Pooled {
     }
 }
 
+/// A home instance's request is done: one fewer in flight, and the
+/// instance's queue wait as it is now, which replicas are started by.
+fn home_request_done(version: &AppVersion, instance: &Pooled) {
+    let load = &version.load;
+    load.home_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let wait = instance.handle.queue_wait().as_micros() as u64;
+    load.home_queue_wait_us.store(wait, Ordering::Relaxed);
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a request [`LocalPool::dispatch_warm`] sent: its
+    /// response.
+    pub(crate) struct WarmDispatch<F> {
+        #[pin]
+        response: F,
+        // Dropped after `response` (fields drop in order), as the async
+        // path drops its guards after the dispatch it awaited.
+        _held: WarmHold,
+    }
+}
+
+impl<F> std::future::Future for WarmDispatch<F>
+where
+    F: std::future::Future<Output = Result<OutgoingResponse, isopod_runtime::DispatchError>>,
+{
+    type Output = Result<OutgoingResponse, PoolError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project()
+            .response
+            .poll(cx)
+            .map(|outcome| outcome.map_err(PoolError::from))
+    }
+}
+
+/// What a warm request holds until its response is ready: its place in
+/// `active`, its home-in-flight count, and its permit.
+struct WarmHold {
+    pool: Rc<LocalPool>,
+    slot: Rc<Slot>,
+    instance: Rc<Pooled>,
+    home: bool,
+}
+
+impl Drop for WarmHold {
+    fn drop(&mut self) {
+        self.instance.concurrency.release();
+        if self.home {
+            home_request_done(&self.slot.version, &self.instance);
+        }
+        self.pool.active.set(self.pool.active.get() - 1);
+    }
+}
+
 /// Where one version's instance lives on this thread.
 struct Slot {
     version: Arc<AppVersion>,
@@ -122,6 +179,63 @@ impl LocalPool {
         })
     }
 
+    /// Serves `request` at once when `version` has a warm pooled instance
+    /// on this thread with a permit free, as nearly every request finds it:
+    /// the request goes into the instance's queue now, and the returned
+    /// future only waits for the response, holding what [`dispatch`]
+    /// holds meanwhile. Otherwise the request comes back, for [`dispatch`].
+    ///
+    /// [`dispatch`]: LocalPool::dispatch
+    pub(crate) fn dispatch_warm(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+        request: IncomingRequest,
+    ) -> Result<
+        WarmDispatch<
+            impl std::future::Future<
+                    Output = Result<OutgoingResponse, isopod_runtime::DispatchError>,
+                > + 'static,
+        >,
+        IncomingRequest,
+    > {
+        if version.mode != ExecutionMode::Pooled {
+            return Err(request);
+        }
+        self.note_version(version);
+        let warm = self
+            .slots
+            .borrow()
+            .get(&version.id.deploy)
+            .and_then(|slot| {
+                let instance = slot.open_instance()?;
+                Some((slot.clone(), instance))
+            });
+        let Some((slot, instance)) = warm else {
+            return Err(request);
+        };
+        if !instance.concurrency.try_acquire() {
+            return Err(request);
+        }
+        self.shared.record_hit();
+        self.active.set(self.active.get() + 1);
+        instance.served.set(instance.served.get() + 1);
+        instance.last_used.set(request.received);
+        let home = instance.replica.is_none();
+        if home {
+            version.load.home_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        let response = instance.handle.dispatch(request);
+        Ok(WarmDispatch {
+            response,
+            _held: WarmHold {
+                pool: self.clone(),
+                slot,
+                instance,
+                home,
+            },
+        })
+    }
+
     /// Serves `request` with an instance of `version` on this thread.
     pub(crate) async fn dispatch(
         self: &Rc<Self>,
@@ -143,10 +257,7 @@ impl LocalPool {
                 }
                 let _home_in_flight = scopeguard(|| {
                     if home {
-                        let load = &version.load;
-                        load.home_in_flight.fetch_sub(1, Ordering::Relaxed);
-                        let wait = instance.handle.queue_wait().as_micros() as u64;
-                        load.home_queue_wait_us.store(wait, Ordering::Relaxed);
+                        home_request_done(&version, &instance);
                     }
                 });
                 // Held until the response is ready: past the cap, requests

@@ -51,8 +51,19 @@ impl LocalSemaphore {
         }
     }
 
+    /// Takes a permit if one is free now (none is while anyone waits, see
+    /// `available`), to be given back with [`LocalSemaphore::release`].
+    pub(crate) fn try_acquire(&self) -> bool {
+        let available = self.available.get();
+        if available == 0 {
+            return false;
+        }
+        self.available.set(available - 1);
+        true
+    }
+
     /// Hands a permit to the first waiter, or puts it back.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         let first = self.waiters.borrow_mut().pop_front();
         match first {
             Some(waiter) => {
@@ -173,6 +184,27 @@ mod tests {
             "the first waiter gets the released permit",
         ));
         assert!(poll(&mut third).is_ready());
+    }
+
+    #[test]
+    fn a_permit_taken_at_once_never_overtakes_a_waiter_and_its_release_serves_them() {
+        let semaphore = LocalSemaphore::new(1);
+        assert!(semaphore.try_acquire(), "free");
+        assert!(!semaphore.try_acquire(), "taken");
+        let mut waiting = semaphore.acquire();
+        assert!(poll(&mut waiting).is_pending());
+        semaphore.release();
+        assert!(
+            !semaphore.try_acquire(),
+            "handed to the waiter, not put back"
+        );
+        drop(granted(&mut waiting, "the waiter gets the released permit"));
+        assert!(
+            semaphore.try_acquire(),
+            "free again once the waiter is done"
+        );
+        semaphore.release();
+        assert_eq!(semaphore.available.get(), 1);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The pool: worker threads, and the way requests reach them.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use futures::future::LocalBoxFuture;
+use futures::future::{Either, LocalBoxFuture};
 
 use isopod_runtime::{IncomingRequest, OutgoingResponse};
 use tokio::sync::{mpsc, oneshot};
@@ -180,23 +181,43 @@ impl PoolThread {
     /// thread instead, which accepts no connections and runs at a lower
     /// priority: its runaway windows then hold up no other app's requests
     /// and no connection's I/O (see ARCHITECTURE.md, "Quarantine").
-    pub async fn dispatch(
+    ///
+    /// A warm hit with a permit free, the usual request, is sent to its
+    /// instance before this returns, and the future only waits for the
+    /// response: the request is not carried through the layers of futures
+    /// the other cases (a miss, a permit wait, a hop) take, which are
+    /// boxed.
+    pub fn dispatch<'a>(
+        &'a self,
+        version: &'a Arc<AppVersion>,
+        request: IncomingRequest,
+    ) -> impl Future<Output = Result<OutgoingResponse, PoolError>> + 'a {
+        let request = if version.load.quarantined() {
+            request
+        } else {
+            match self.local.dispatch_warm(version, request) {
+                Ok(warm) => return Either::Left(warm),
+                Err(request) => request,
+            }
+        };
+        Either::Right(Box::pin(self.dispatch_elsewhere(version, request)))
+    }
+
+    /// [`PoolThread::dispatch`] for everything but a warm hit.
+    async fn dispatch_elsewhere(
         &self,
         version: &Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
-        // The hops to other threads are boxed: served locally, as nearly
-        // every request is, the future stays the size of the local path's
-        // (hyper moves it with every request).
         if version.load.quarantined() {
             let quarantine = self.inner.quarantine();
-            return Box::pin(self.inner.dispatch_on(quarantine, version, request)).await;
+            return self.inner.dispatch_on(quarantine, version, request).await;
         }
         let home = self.inner.home_thread(version.app());
         if home == self.index || self.local.has_warm(version) || self.should_replicate(version) {
             self.local.dispatch(version.clone(), request).await
         } else {
-            Box::pin(self.inner.dispatch_on(home, version, request)).await
+            self.inner.dispatch_on(home, version, request).await
         }
     }
 

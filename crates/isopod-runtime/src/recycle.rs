@@ -12,6 +12,7 @@
 //! something taken on one thread and given back on another just moves.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use http::HeaderMap;
 
@@ -31,36 +32,22 @@ thread_local! {
 
 /// An empty map for a response's headers: one this thread recycled, if any.
 pub(crate) fn header_map() -> HeaderMap {
-    SPARE_MAPS
-        .try_with(|maps| maps.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    take(&SPARE_MAPS).unwrap_or_default()
 }
 
 /// Gives a response's header map back for reuse once it has been written
 /// out. Its entries are dropped here.
 pub fn recycle_header_map(mut map: HeaderMap) {
-    if map.capacity() > KEEP_MAP_CAPACITY {
-        return;
+    if map.capacity() <= KEEP_MAP_CAPACITY {
+        map.clear();
+        keep(&SPARE_MAPS, map);
     }
-    map.clear();
-    let _ = SPARE_MAPS.try_with(|maps| {
-        let mut maps = maps.borrow_mut();
-        if maps.len() < KEEP_EACH {
-            maps.push(map);
-        }
-    });
 }
 
 /// An empty byte buffer with room for at least `capacity` bytes, for a
 /// request's URL or header lines: one this thread recycled, if any.
 pub fn buffer(capacity: usize) -> Vec<u8> {
-    let mut buffer = SPARE_BUFFERS
-        .try_with(|buffers| buffers.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut buffer = take(&SPARE_BUFFERS).unwrap_or_default();
     buffer.reserve(capacity);
     buffer
 }
@@ -68,14 +55,27 @@ pub fn buffer(capacity: usize) -> Vec<u8> {
 /// Gives a request's buffer back for reuse once the instance is done with
 /// it.
 pub(crate) fn recycle_buffer(mut buffer: Vec<u8>) {
-    if buffer.capacity() > KEEP_BUFFER_BYTES || buffer.capacity() == 0 {
-        return;
+    if (1..=KEEP_BUFFER_BYTES).contains(&buffer.capacity()) {
+        buffer.clear();
+        keep(&SPARE_BUFFERS, buffer);
     }
-    buffer.clear();
-    let _ = SPARE_BUFFERS.try_with(|buffers| {
-        let mut buffers = buffers.borrow_mut();
-        if buffers.len() < KEEP_EACH {
-            buffers.push(buffer);
+}
+
+/// One of the thread's spares, if it has any (none while it exits).
+fn take<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    spares
+        .try_with(|spares| spares.borrow_mut().pop())
+        .ok()
+        .flatten()
+}
+
+/// Keeps `item` (already emptied) among the thread's spares, unless it has
+/// [`KEEP_EACH`] of them.
+fn keep<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    let _ = spares.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < KEEP_EACH {
+            spares.push(item);
         }
     });
 }
