@@ -136,7 +136,8 @@ pub fn op_isopod_respond<'s>(
     header_list: v8::Local<'s, v8::Array>,
     body: v8::Local<'s, v8::Value>,
 ) {
-    let (headers, invalid_headers) = read_header_list(scope, host(state).header_map(), header_list);
+    let host = host(state);
+    let (headers, invalid_headers) = read_header_list(scope, host.header_map(), header_list);
     let body = if body.is_null_or_undefined() {
         ResponseBody::Empty
     } else if let Ok(text) = v8::Local::<v8::String>::try_from(body) {
@@ -149,7 +150,7 @@ pub fn op_isopod_respond<'s>(
     } else {
         ResponseBody::Empty
     };
-    deliver(state, request, status, (headers, invalid_headers), body);
+    deliver(&*host, request, status, (headers, invalid_headers), body);
 }
 
 /// The response of `new Response(text)`, `Response.json(...)` and the like:
@@ -210,10 +211,12 @@ fn deliver_static(
     body: Bytes,
     last: bool,
 ) {
-    let headers = content_type_header(host(state).header_map(), content_type);
-    deliver(state, request, status, headers, ResponseBody::Bytes(body));
+    // One lookup of the host in the op state for the three calls.
+    let host = host(state);
+    let headers = content_type_header(host.header_map(), content_type);
+    deliver(&*host, request, status, headers, ResponseBody::Bytes(body));
     if last {
-        host(state).done(request);
+        host.done(request);
     }
 }
 
@@ -273,13 +276,13 @@ static KNOWN_CONTENT_TYPES: [http::HeaderValue; 5] = [
 /// Hands a response, its headers already read (with the count of lines
 /// dropped), to the host.
 fn deliver(
-    state: &OpState,
+    host: &dyn Host,
     request: u32,
     status: u32,
     (headers, invalid_headers): (http::HeaderMap, usize),
     body: ResponseBody,
 ) {
-    host(state).respond(
+    host.respond(
         request,
         HostResponse {
             status: status as u16,
@@ -361,9 +364,10 @@ pub fn op_isopod_respond_stream<'s>(
         .resource_table
         .take_any(rid)
         .map_err(JsErrorBox::from_err)?;
-    let headers = read_header_list(scope, host(state).header_map(), header_list);
+    let host = host(state);
+    let headers = read_header_list(scope, host.header_map(), header_list);
     deliver(
-        state,
+        &*host,
         request,
         status,
         headers,
