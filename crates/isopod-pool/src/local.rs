@@ -35,8 +35,10 @@ struct Pooled {
     /// When it last took a request: the LRU order for eviction, and a
     /// replica's idleness.
     last_used: Cell<Instant>,
+    /// The version it runs.
+    version: Arc<AppVersion>,
     /// Off its app's home thread: counted in the version's replicas.
-    replica: Option<Arc<AppVersion>>,
+    replica: bool,
     /// One permit per request the instance may work on at once.
     concurrency: LocalSemaphore,
     /// Gives the instance's place under the cap back once it stops.
@@ -45,19 +47,59 @@ struct Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(version) = &self.replica {
-            version.load.replicas.fetch_sub(1, Ordering::Relaxed);
+        if self.replica {
+            self.version.load.replicas.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// A home instance's request is done: one fewer in flight, and the
-/// instance's queue wait as it is now, which replicas are started by.
-fn home_request_done(version: &AppVersion, instance: &Pooled) {
-    let load = &version.load;
-    load.home_in_flight.fetch_sub(1, Ordering::Relaxed);
-    let wait = instance.handle.queue_wait().as_micros() as u64;
-    load.home_queue_wait_us.store(wait, Ordering::Relaxed);
+/// A request counted on a pooled instance, from when it is taken there
+/// until its response is ready: it bumps `served` and `last_used`, and on a
+/// home instance holds a place in the version's in-flight count (replicas
+/// are started by it), given back with the instance's queue wait as it is
+/// then.
+struct InstanceTurn(Rc<Pooled>);
+
+impl InstanceTurn {
+    fn begin(instance: Rc<Pooled>, received: Instant) -> InstanceTurn {
+        instance.served.set(instance.served.get() + 1);
+        // The LRU's order needs no fresh reading.
+        instance.last_used.set(received);
+        if !instance.replica {
+            let load = &instance.version.load;
+            load.home_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InstanceTurn(instance)
+    }
+}
+
+impl Drop for InstanceTurn {
+    fn drop(&mut self) {
+        let instance = &self.0;
+        if !instance.replica {
+            let load = &instance.version.load;
+            load.home_in_flight.fetch_sub(1, Ordering::Relaxed);
+            let wait = instance.handle.queue_wait().as_micros() as u64;
+            load.home_queue_wait_us.store(wait, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A request being dispatched on this thread, counted in `active` while
+/// it lives.
+struct ActiveRequest(Rc<LocalPool>);
+
+impl ActiveRequest {
+    fn begin(pool: &Rc<LocalPool>) -> ActiveRequest {
+        pool.active.set(pool.active.get() + 1);
+        ActiveRequest(pool.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -89,22 +131,17 @@ where
     }
 }
 
-/// What a warm request holds until its response is ready: its place in
-/// `active`, its home-in-flight count, and its permit.
+/// What a warm request holds until its response is ready, given back in the
+/// async path's order: its permit (here), its turn on the instance, its
+/// place in `active` (the fields, in order).
 struct WarmHold {
-    pool: Rc<LocalPool>,
-    slot: Rc<Slot>,
-    instance: Rc<Pooled>,
-    home: bool,
+    turn: InstanceTurn,
+    _active: ActiveRequest,
 }
 
 impl Drop for WarmHold {
     fn drop(&mut self) {
-        self.instance.concurrency.release();
-        if self.home {
-            home_request_done(&self.slot.version, &self.instance);
-        }
-        self.pool.active.set(self.pool.active.get() - 1);
+        self.turn.0.concurrency.release();
     }
 }
 
@@ -206,33 +243,20 @@ impl LocalPool {
             .slots
             .borrow()
             .get(&version.id.deploy)
-            .and_then(|slot| {
-                let instance = slot.open_instance()?;
-                Some((slot.clone(), instance))
-            });
-        let Some((slot, instance)) = warm else {
+            .and_then(|slot| slot.open_instance());
+        let Some(instance) = warm else {
             return Err(request);
         };
         if !instance.concurrency.try_acquire() {
             return Err(request);
         }
         self.shared.record_hit();
-        self.active.set(self.active.get() + 1);
-        instance.served.set(instance.served.get() + 1);
-        instance.last_used.set(request.received);
-        let home = instance.replica.is_none();
-        if home {
-            version.load.home_in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        let response = instance.handle.dispatch(request);
+        let _active = ActiveRequest::begin(self);
+        let turn = InstanceTurn::begin(instance, request.received);
+        let response = turn.0.handle.dispatch(request);
         Ok(WarmDispatch {
             response,
-            _held: WarmHold {
-                pool: self.clone(),
-                slot,
-                instance,
-                home,
-            },
+            _held: WarmHold { turn, _active },
         })
     }
 
@@ -242,28 +266,16 @@ impl LocalPool {
         version: Arc<AppVersion>,
         request: IncomingRequest,
     ) -> Result<OutgoingResponse, PoolError> {
-        self.active.set(self.active.get() + 1);
-        let _active = scopeguard(|| self.active.set(self.active.get() - 1));
+        let _active = ActiveRequest::begin(self);
         self.note_version(&version);
         match version.mode {
             ExecutionMode::Pooled => {
                 let instance = self.pooled_instance(&version).await?;
-                instance.served.set(instance.served.get() + 1);
-                // The LRU's order needs no fresh reading.
-                instance.last_used.set(request.received);
-                let home = instance.replica.is_none();
-                if home {
-                    version.load.home_in_flight.fetch_add(1, Ordering::Relaxed);
-                }
-                let _home_in_flight = scopeguard(|| {
-                    if home {
-                        home_request_done(&version, &instance);
-                    }
-                });
+                let turn = InstanceTurn::begin(instance, request.received);
                 // Held until the response is ready: past the cap, requests
                 // wait here rather than pile into the isolate.
-                let _slot = instance.concurrency.acquire().await;
-                Ok(instance.handle.dispatch(request).await?)
+                let _slot = turn.0.concurrency.acquire().await;
+                Ok(turn.0.handle.dispatch(request).await?)
             }
             ExecutionMode::IsolatePerRequest => {
                 self.shared.record_miss();
@@ -317,16 +329,17 @@ impl LocalPool {
         }
         self.shared.record_miss();
         let (handle, release) = self.create(version).await?;
-        let replica = ((self.home_of)(version.app()) != self.thread).then(|| {
+        let replica = (self.home_of)(version.app()) != self.thread;
+        if replica {
             version.load.replicas.fetch_add(1, Ordering::Relaxed);
             tracing::info!(app = %version.app(), version = %version.id, thread = self.thread, "started a replica");
-            version.clone()
-        });
+        }
         let instance = Rc::new(Pooled {
             handle,
             created: Instant::now(),
             served: Cell::new(0),
             last_used: Cell::new(Instant::now()),
+            version: version.clone(),
             replica,
             concurrency: LocalSemaphore::new(self.max_concurrency),
             release,
@@ -523,7 +536,7 @@ impl LocalPool {
             for slot in self.slots.borrow().values() {
                 let mut instance = slot.instance.borrow_mut();
                 let idle = instance.as_ref().is_some_and(|i| {
-                    i.replica.is_some()
+                    i.replica
                         && i.handle.in_flight() == 0
                         && i.last_used.get().elapsed() >= self.replica_idle
                 });
@@ -613,7 +626,7 @@ impl LocalPool {
             .filter_map(|slot| {
                 let instance = slot.open_instance()?;
                 Some(InstanceRow {
-                    replica: instance.replica.is_some(),
+                    replica: instance.replica,
                     app: slot.version.app().to_string(),
                     version: slot.version.id.to_string(),
                     thread: self.thread,
@@ -678,17 +691,4 @@ impl CapRelease {
             self.shared.release();
         }
     }
-}
-
-/// Runs `f` when dropped (on every exit path of a dispatch).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

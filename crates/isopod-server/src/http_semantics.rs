@@ -62,11 +62,6 @@ pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
 /// [`end_to_end_lines`] for header lines as they came on the wire, names in
 /// any case: the lines the handler gets, names lowercased.
 pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderList {
-    let is_named = |name: &str, value: &[u8]| {
-        value
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-    };
     let connection_values: Vec<&[u8]> = lines
         .iter()
         .filter(|line| line.name.eq_ignore_ascii_case(header::CONNECTION.as_str()))
@@ -80,12 +75,20 @@ pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderLis
             .any(|name| line.name.eq_ignore_ascii_case(name.as_str()))
             || connection_values
                 .iter()
-                .any(|value| is_named(line.name, value));
+                .any(|value| lists_token(value, line.name.as_bytes()));
         if !hop_by_hop {
             list.push_wire(line.name.as_bytes(), line.value);
         }
     }
     list
+}
+
+/// Whether a comma-separated header value (`Connection`'s) lists `token`,
+/// in any case.
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Why a request cannot be given to a handler.

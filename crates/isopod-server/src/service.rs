@@ -211,8 +211,8 @@ pub(crate) fn prepare_bodiless(
     path_and_query: &str,
     host: Option<&[u8]>,
     headers: HeaderList,
-    received: std::time::Instant,
 ) -> Prepared {
+    let received = std::time::Instant::now();
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path);

@@ -30,7 +30,7 @@ mod request_head;
 mod response_head;
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -60,7 +60,7 @@ enum Step {
     /// Serve this request; its head is `length` bytes.
     Serve {
         prepared: Prepared,
-        method: Method,
+        head_request: bool,
         close: bool,
         length: usize,
     },
@@ -84,15 +84,14 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
         };
         let step = match scanned {
             Scan::Simple(head) => Step::Serve {
+                head_request: head.method == Method::HEAD,
                 prepared: prepare_bodiless(
                     &connection,
-                    head.method.clone(),
+                    head.method,
                     head.target,
                     head.host,
                     head.headers,
-                    std::time::Instant::now(),
                 ),
-                method: head.method,
                 close: head.close,
                 length: head.length,
             },
@@ -113,7 +112,7 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
             }
             Step::Serve {
                 prepared,
-                method,
+                head_request,
                 close,
                 length,
             } => {
@@ -125,7 +124,7 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
                     return;
                 };
                 output.clear();
-                if send(&mut socket, &mut output, &method, response, close)
+                if send(&mut socket, &mut output, head_request, response, close)
                     .await
                     .is_err()
                 {
@@ -181,13 +180,20 @@ async fn answer_unless_gone(
 async fn send(
     socket: &mut TcpStream,
     output: &mut Vec<u8>,
-    method: &Method,
+    head_request: bool,
     response: Response<ResponseBody>,
     close: bool,
 ) -> io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let exact = body.size_hint().exact();
-    let framing = response_head::encode(output, method, parts.status, &parts.headers, exact, close);
+    let framing = response_head::encode(
+        output,
+        head_request,
+        parts.status,
+        &parts.headers,
+        exact,
+        close,
+    );
     isopod_runtime::recycle_header_map(parts.headers);
     let mut remaining = match framing {
         // Dropping the body cancels a stream the client will not get.
@@ -223,7 +229,8 @@ async fn send(
                 put(socket, output, &chunk).await?;
             }
             None => {
-                output.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                // Into the buffer, with no string of its own.
+                let _ = write!(output, "{:x}\r\n", chunk.len());
                 put(socket, output, &chunk).await?;
                 output.extend_from_slice(b"\r\n");
             }

@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use http::Method;
 use isopod_runtime::HeaderList;
 
-use crate::http_semantics::{alphanumerics_and, end_to_end_wire_lines};
+use crate::http_semantics::{alphanumerics_and, end_to_end_wire_lines, lists_token};
 
 /// Header lines in one request; more are answered 431 (by hyper).
 pub(crate) const MAX_HEADER_LINES: usize = 100;
@@ -69,7 +69,7 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
         if name.eq_ignore_ascii_case(b"host") {
             host = host.or(Some(line.value));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= has_token(line.value, b"close");
+            close |= lists_token(line.value, b"close");
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // A declared empty body is no body; any other is hyper's.
             if line.value != b"0" {
@@ -93,13 +93,6 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
         close,
         length,
     })
-}
-
-/// Whether a comma-separated header value lists `token` (any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether a request target is origin-form made only of bytes that mean

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 /// How a response's body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,25 +32,30 @@ enum LengthLine {
     None,
 }
 
-/// A response's framing and length line, as hyper chooses them.
+/// A response's framing and length line, as hyper chooses them, for a
+/// response to a `HEAD` request or not (`head`).
 ///
-/// `exact` is the body's length when known (zero for none); `declared` the
-/// handler's `content-length`, if it set a valid one. A stream of unknown
-/// length with a declared length is sent with that length.
+/// `exact` is the body's length when known (zero for none); `declared`
+/// reads the handler's `content-length`, if it set a valid one, and is
+/// called only when that matters (a stream, or an empty `HEAD` response):
+/// a stream of unknown length with a declared length is sent with it.
 fn frame(
-    method: &Method,
+    head: bool,
     status: StatusCode,
     exact: Option<u64>,
-    declared: Option<u64>,
+    declared: impl FnOnce() -> Option<u64>,
 ) -> (Framing, LengthLine) {
     let no_content = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let head = method == Method::HEAD;
     if no_content {
         return (Framing::Bodiless, LengthLine::None);
     }
     let framing = |framing| if head { Framing::Bodiless } else { framing };
+    let declared = match exact {
+        Some(length) if length > 0 || !head => None,
+        _ => declared(),
+    };
     match (exact, declared) {
         // A `HEAD` response may state the length its `GET` would have.
         (Some(0), Some(_)) if head => (Framing::Bodiless, LengthLine::Handler),
@@ -63,7 +68,8 @@ fn frame(
     }
 }
 
-/// Appends the response head to `out` and returns how its body follows.
+/// Appends the head of a response (to a `HEAD` request, if `head`) to
+/// `out` and returns how its body follows.
 ///
 /// The handler's `content-length` lines are replaced by the true length
 /// (for a body of known length) or kept as its only statement (a stream);
@@ -71,17 +77,20 @@ fn frame(
 /// `connection: close`.
 pub(crate) fn encode(
     out: &mut Vec<u8>,
-    method: &Method,
+    head: bool,
     status: StatusCode,
     headers: &HeaderMap,
     exact: Option<u64>,
     close: bool,
 ) -> Framing {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    let (framing, length_line) = frame(method, status, exact, declared);
+    let declared = || {
+        let value = headers.get(header::CONTENT_LENGTH)?;
+        std::str::from_utf8(value.as_bytes())
+            .ok()?
+            .parse::<u64>()
+            .ok()
+    };
+    let (framing, length_line) = frame(head, status, exact, declared);
     if status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -174,7 +183,7 @@ mod tests {
     use super::*;
 
     fn head(
-        method: Method,
+        method: http::Method,
         status: u16,
         headers: &[(&str, &str)],
         exact: Option<u64>,
@@ -188,7 +197,14 @@ mod tests {
         }
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).unwrap();
-        let framing = encode(&mut out, &method, status, &map, exact, false);
+        let framing = encode(
+            &mut out,
+            method == http::Method::HEAD,
+            status,
+            &map,
+            exact,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         // The date changes; the rest is compared.
         let (before, after) = text.split_once("date: ").expect("a date line");
@@ -199,21 +215,21 @@ mod tests {
     #[test]
     fn a_body_of_known_length_states_it_and_replaces_the_handlers() {
         assert_eq!(
-            head(Method::GET, 200, &[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")], Some(5)),
+            head(http::Method::GET, 200, &[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")], Some(5)),
             (
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n".into(),
                 Framing::Length(5)
             )
         );
         assert_eq!(
-            head(Method::GET, 404, &[("content-length", "99")], Some(0)),
+            head(http::Method::GET, 404, &[("content-length", "99")], Some(0)),
             (
                 "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n".into(),
                 Framing::Length(0)
             )
         );
         assert_eq!(
-            head(Method::GET, 599, &[], Some(1)).0,
+            head(http::Method::GET, 599, &[], Some(1)).0,
             "HTTP/1.1 599 <none>\r\ncontent-length: 1\r\n"
         );
     }
@@ -221,14 +237,14 @@ mod tests {
     #[test]
     fn a_stream_is_chunked_unless_the_handler_states_its_length() {
         assert_eq!(
-            head(Method::GET, 200, &[], None),
+            head(http::Method::GET, 200, &[], None),
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n".into(),
                 Framing::Chunked
             )
         );
         assert_eq!(
-            head(Method::GET, 200, &[("content-length", "7")], None),
+            head(http::Method::GET, 200, &[("content-length", "7")], None),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n".into(),
                 Framing::Length(7)
@@ -239,29 +255,34 @@ mod tests {
     #[test]
     fn head_and_contentless_statuses_send_no_body() {
         assert_eq!(
-            head(Method::HEAD, 200, &[], Some(5)),
+            head(http::Method::HEAD, 200, &[], Some(5)),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n".into(),
                 Framing::Bodiless
             )
         );
         assert_eq!(
-            head(Method::HEAD, 200, &[("content-length", "1234")], Some(0)),
+            head(
+                http::Method::HEAD,
+                200,
+                &[("content-length", "1234")],
+                Some(0)
+            ),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n".into(),
                 Framing::Bodiless
             )
         );
         assert_eq!(
-            head(Method::HEAD, 200, &[], None),
+            head(http::Method::HEAD, 200, &[], None),
             ("HTTP/1.1 200 OK\r\n".into(), Framing::Bodiless)
         );
         assert_eq!(
-            head(Method::GET, 204, &[("content-length", "3")], Some(3)),
+            head(http::Method::GET, 204, &[("content-length", "3")], Some(3)),
             ("HTTP/1.1 204 No Content\r\n".into(), Framing::Bodiless)
         );
         assert_eq!(
-            head(Method::GET, 304, &[], None),
+            head(http::Method::GET, 304, &[], None),
             ("HTTP/1.1 304 Not Modified\r\n".into(), Framing::Bodiless)
         );
     }
@@ -272,7 +293,7 @@ mod tests {
         let mut out = Vec::new();
         encode(
             &mut out,
-            &Method::GET,
+            false,
             StatusCode::OK,
             &HeaderMap::new(),
             Some(0),
@@ -296,7 +317,7 @@ mod tests {
             "Tue, 01 Jan 2030 00:00:00 GMT".parse().unwrap(),
         );
         let mut out = Vec::new();
-        encode(&mut out, &Method::GET, StatusCode::OK, &map, Some(0), true);
+        encode(&mut out, false, StatusCode::OK, &map, Some(0), true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ndate: Tue, 01 Jan 2030 00:00:00 GMT\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
