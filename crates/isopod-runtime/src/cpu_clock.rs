@@ -78,11 +78,11 @@ pub(crate) fn window_start(wall_ns: u64) -> WindowStart {
     WindowStart { cpu, wall_ns }
 }
 
-/// What the window that began at `start` is charged at its exit: its wall
-/// time if it was short, else the CPU the clock says since `start` (a real
-/// reading, remembered for the windows after it).
-pub(crate) fn window_spent(start: WindowStart) -> Duration {
-    let now_ns = isopod_api::monotonic_ns(Instant::now());
+/// What the window that began at `start` is charged at its exit, `now_ns`
+/// (as `isopod_api::monotonic_ns`): its wall time if it was short, else the
+/// CPU the clock says since `start` (a real reading, remembered for the
+/// windows after it).
+pub(crate) fn window_spent(start: WindowStart, now_ns: u64) -> Duration {
     let wall_ns = now_ns.saturating_sub(start.wall_ns);
     if wall_ns <= SHORT_WINDOW_NS {
         return Duration::from_nanos(wall_ns);
@@ -167,6 +167,10 @@ pub(crate) fn read(clock: libc::clockid_t) -> Duration {
 mod tests {
     use super::*;
 
+    fn now() -> u64 {
+        isopod_api::monotonic_ns(Instant::now())
+    }
+
     fn reads_here() -> u64 {
         READS.with(|reads| reads.load(Ordering::Relaxed))
     }
@@ -186,7 +190,7 @@ mod tests {
         for _ in 0..100 {
             let start = window_start(isopod_api::monotonic_ns(Instant::now()));
             let reads = reads_here();
-            let spent = window_spent(start);
+            let spent = window_spent(start, now());
             if reads_here() != reads {
                 reading_exits += 1;
             } else {
@@ -204,13 +208,13 @@ mod tests {
         // Busy: charged at least its CPU.
         let start = window_start(isopod_api::monotonic_ns(Instant::now()));
         spin(Duration::from_millis(3));
-        let busy = window_spent(start);
+        let busy = window_spent(start, now());
         assert!(busy >= Duration::from_millis(3), "{busy:?}");
         // Idle (blocked): charged its CPU (the gap before it at most), not
         // its 20 ms of wall time.
         let start = window_start(isopod_api::monotonic_ns(Instant::now()));
         std::thread::sleep(Duration::from_millis(20));
-        let idle = window_spent(start);
+        let idle = window_spent(start, now());
         assert!(
             idle < Duration::from_nanos(REUSE_WITHIN_NS) + Duration::from_millis(2),
             "{idle:?}"

@@ -128,9 +128,9 @@ impl WindowHooks for LimitEnforcer {
         self.slot.arm(at_ns, now, budget - used, reason);
     }
 
-    fn exiting(&self, kind: WindowKind) {
+    fn exiting(&self, kind: WindowKind, at_ns: u64) {
         self.slot.disarm();
-        let spent = cpu_clock::window_spent(self.window_start.get());
+        let spent = cpu_clock::window_spent(self.window_start.get(), at_ns);
         self.total.set(self.total.get() + spent);
         match kind {
             WindowKind::Dispatch(id) => self.table.charge(id, spent),

@@ -13,6 +13,12 @@
 //! everything timed at it: the tenant's clock, the CPU accounting's base,
 //! and the bookkeeping of the work done inside the window
 //! ([`entered_at`]), which is at most the window's length early.
+//!
+//! A window may be cut into segments ([`Window::switch`]), each accounted
+//! as a window of its own kind: the hooks see an exit and an entry at one
+//! clock reading, and the tenant's clock moves there, but the isolate stays
+//! entered. A batch of dispatches shares one window this way, and pays for
+//! entering the isolate and its context once.
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -38,8 +44,9 @@ pub trait WindowHooks {
     /// The isolate has just been entered, `at_ns` this instant (as
     /// `isopod_api::monotonic_ns`).
     fn entered(&self, kind: WindowKind, at_ns: u64);
-    /// The work is done; the isolate is about to be exited.
-    fn exiting(&self, kind: WindowKind);
+    /// The work is done, `at_ns` this instant; the isolate is about to be
+    /// exited (or the window goes on as another segment).
+    fn exiting(&self, kind: WindowKind, at_ns: u64);
 }
 
 /// An entered isolate; exiting happens on drop.
@@ -65,18 +72,34 @@ impl<'h> Window<'h> {
         let isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate) };
         // SAFETY: as above.
         unsafe { isolate.enter() };
-        let at = Instant::now();
-        ENTERED_AT.set(Some(at));
-        let at_ns = isopod_api::monotonic_ns(at);
-        // Time moves only here, between windows: JavaScript sees one
-        // instant for the whole window (isopod_api's coarse clock).
-        isopod_api::advance_clock(&isolate, at_ns);
-        hooks.entered(kind, at_ns);
-        Window {
+        let window = Window {
             isolate,
             hooks,
             kind,
-        }
+        };
+        let at = Instant::now();
+        window.begin(at, isopod_api::monotonic_ns(at));
+        window
+    }
+
+    /// Ends the current segment and starts one of `kind`, at one clock
+    /// reading; the isolate stays entered.
+    pub(crate) fn switch(&mut self, kind: WindowKind) {
+        let at = Instant::now();
+        let at_ns = isopod_api::monotonic_ns(at);
+        self.hooks.exiting(self.kind, at_ns);
+        self.kind = kind;
+        self.begin(at, at_ns);
+    }
+
+    /// Starts the current segment at `at` (`at_ns` as
+    /// `isopod_api::monotonic_ns`).
+    fn begin(&self, at: Instant, at_ns: u64) {
+        ENTERED_AT.set(Some(at));
+        // Time moves only here, between segments: JavaScript sees one
+        // instant for a whole segment (isopod_api's coarse clock).
+        isopod_api::advance_clock(&self.isolate, at_ns);
+        self.hooks.entered(self.kind, at_ns);
     }
 }
 
@@ -85,16 +108,17 @@ thread_local! {
     static ENTERED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// When this thread last entered a window (the current one, inside a
-/// window): a timestamp for work done in it, without a clock read of its
-/// own. `None` before the thread's first window.
+/// When this thread last entered a window or segment (the current one,
+/// inside a window): a timestamp for work done in it, without a clock read
+/// of its own. `None` before the thread's first window.
 pub(crate) fn entered_at() -> Option<Instant> {
     ENTERED_AT.get()
 }
 
 impl Drop for Window<'_> {
     fn drop(&mut self) {
-        self.hooks.exiting(self.kind);
+        self.hooks
+            .exiting(self.kind, isopod_api::monotonic_ns(Instant::now()));
         // SAFETY: entered in `Window::enter`, on this thread, and every window
         // opened inside this one has already been dropped, so this isolate is
         // the thread's current one.

@@ -31,7 +31,7 @@ mod response_head;
 
 use std::future::{poll_fn, Future};
 use std::io::{self, Write as _};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -44,7 +44,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::head_deadline::HeadWatch;
-use crate::service::{prepare_bodiless, Connection, Prepared};
+use crate::service::{prepare_bodiless, Connection};
 
 pub(crate) use replay::Replay;
 use request_head::Scan;
@@ -55,23 +55,12 @@ use response_head::Framing;
 /// How much the input buffer grows by when a head is not all there.
 const READ_CHUNK: usize = 4096;
 
-/// What the start of the input buffer asks for.
-enum Step {
-    /// Serve this request; its head is `length` bytes.
-    Serve {
-        prepared: Prepared,
-        head_request: bool,
-        close: bool,
-        length: usize,
-    },
-    /// Read more of the head.
-    Read,
-    /// Hand the connection to hyper.
-    Defer,
-}
-
 /// Serves a connection until it closes, hyper taking over at the first
 /// request this path leaves to it (see the module's doc).
+///
+/// The request's and the response's values are large (over 100 bytes), and
+/// every move of one through a layer of futures is a copy: they are built
+/// where they are used and lent, not passed on, where that is possible.
 pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, watch: Rc<HeadWatch>) {
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut output: Vec<u8> = Vec::new();
@@ -82,60 +71,49 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
         } else {
             request_head::scan(&input)
         };
-        let step = match scanned {
-            Scan::Simple(head) => Step::Serve {
-                head_request: head.method == Method::HEAD,
-                prepared: prepare_bodiless(
-                    &connection,
-                    head.method,
-                    head.target,
-                    head.host,
-                    head.headers,
-                ),
-                close: head.close,
-                length: head.length,
-            },
-            Scan::Partial if input.len() < MAX_HEAD_BYTES => Step::Read,
-            Scan::Partial | Scan::Defer => Step::Defer,
-        };
-        match step {
-            Step::Read => {
+        let head = match scanned {
+            Scan::Simple(head) => head,
+            Scan::Partial if input.len() < MAX_HEAD_BYTES => {
                 input.reserve(READ_CHUNK);
                 match tokio::io::AsyncReadExt::read_buf(&mut socket, &mut input).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => continue,
                 }
             }
-            Step::Defer => {
+            Scan::Partial | Scan::Defer => {
                 let io = Replay::new(input, socket);
                 return crate::server::serve_with_hyper(io, connection, watch).await;
             }
-            Step::Serve {
-                prepared,
-                head_request,
-                close,
-                length,
-            } => {
-                input.drain(..length);
-                let busy = watch.request_started();
-                let Some(response) =
-                    answer_unless_gone(&connection, prepared, &socket, &mut input).await
-                else {
-                    return;
-                };
-                output.clear();
-                if send(&mut socket, &mut output, head_request, response, close)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                drop(busy);
-                if close {
-                    let _ = socket.shutdown().await;
-                    return;
-                }
-            }
+        };
+        let head_request = head.method == Method::HEAD;
+        let close = head.close;
+        let length = head.length;
+        // Pinned where it is made: a move of this future is a copy of it
+        // whole (hundreds of bytes).
+        let answer = pin!(prepare_bodiless(
+            &connection,
+            head.method,
+            head.target,
+            head.host,
+            head.headers
+        )
+        .answer(&connection));
+        input.drain(..length);
+        let busy = watch.request_started();
+        let Some(mut response) = answer_unless_gone(answer, &socket, &mut input).await else {
+            return;
+        };
+        output.clear();
+        if send(&mut socket, &mut output, head_request, &mut response, close)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        drop(busy);
+        if close {
+            let _ = socket.shutdown().await;
+            return;
         }
     }
 }
@@ -144,14 +122,12 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
 /// first (dropping the request's future cancels it). Bytes the client
 /// sends meanwhile (pipelined heads) are kept in `input`, up to a head's
 /// limit.
-async fn answer_unless_gone(
-    connection: &Connection,
-    prepared: Prepared,
-    socket: &TcpStream,
-    input: &mut Vec<u8>,
-) -> Option<Response<ResponseBody>> {
-    let mut answer = pin!(prepared.answer(connection));
-    poll_fn(|cx| {
+fn answer_unless_gone<'a>(
+    mut answer: Pin<&'a mut impl Future<Output = Response<ResponseBody>>>,
+    socket: &'a TcpStream,
+    input: &'a mut Vec<u8>,
+) -> impl Future<Output = Option<Response<ResponseBody>>> + 'a {
+    poll_fn(move |cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
@@ -171,7 +147,6 @@ async fn answer_unless_gone(
         }
         Poll::Pending
     })
-    .await
 }
 
 /// Sends a response: its head, then its body as the head frames it. A
@@ -181,20 +156,20 @@ async fn send(
     socket: &mut TcpStream,
     output: &mut Vec<u8>,
     head_request: bool,
-    response: Response<ResponseBody>,
+    response: &mut Response<ResponseBody>,
     close: bool,
 ) -> io::Result<()> {
-    let (parts, mut body) = response.into_parts();
-    let exact = body.size_hint().exact();
+    let exact = response.body().size_hint().exact();
     let framing = response_head::encode(
         output,
         head_request,
-        parts.status,
-        &parts.headers,
+        response.status(),
+        response.headers(),
         exact,
         close,
     );
-    isopod_runtime::recycle_header_map(parts.headers);
+    isopod_runtime::recycle_header_map(std::mem::take(response.headers_mut()));
+    let body = response.body_mut();
     let mut remaining = match framing {
         // Dropping the body cancels a stream the client will not get.
         Framing::Bodiless => return socket.write_all(output).await,
