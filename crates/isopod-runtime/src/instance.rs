@@ -656,11 +656,7 @@ impl Instance {
             // runs, so one poll serves a whole batch.
             let mut after_batch = None;
             while !handles_gone {
-                let polled = match after_batch.take() {
-                    Some(polled) => polled,
-                    None => commands.poll_recv(cx),
-                };
-                match polled {
+                match after_batch.take().unwrap_or_else(|| commands.poll_recv(cx)) {
                     Poll::Ready(Some(Command::Dispatch {
                         id,
                         request,
@@ -732,8 +728,9 @@ impl Instance {
     /// window's cost saved per request; alone, a request pays what it did.
     ///
     /// Returns the queue's poll that ended the batch (anything but a
-    /// dispatch) for the driver to handle, or `None` if a limit stopped
-    /// the isolate (the requests still queued stay queued).
+    /// dispatch) for the driver to handle, or `None` if the batch ended
+    /// otherwise: a limit stopped the isolate (the requests still queued
+    /// stay queued, for the driver's kill), or there is no dispatcher.
     fn dispatch_batch(
         &mut self,
         id: u32,
@@ -756,7 +753,7 @@ impl Instance {
         loop {
             let (id, request, responder) = next;
             let received = request.received;
-            {
+            let terminated = {
                 v8::scope!(let scope, scope);
                 call_dispatcher(
                     scope,
@@ -766,14 +763,14 @@ impl Instance {
                     id,
                     request,
                     responder,
-                );
-            }
+                )
+            };
             // Up to the segment's entry: no read of its own.
             let dispatched = crate::window::entered_at();
             self.queue_wait.record(
                 dispatched.map_or(Duration::ZERO, |at| at.saturating_duration_since(received)),
             );
-            if scope.is_execution_terminating() || self.enforcer.slot().termination().is_some() {
+            if terminated {
                 return None;
             }
             match commands.poll_recv(cx) {
@@ -921,16 +918,19 @@ impl Drop for Instance {
 }
 
 /// Hands one request to the JavaScript dispatcher, in `scope` (a handle
-/// scope of the request's own, inside a dispatch window).
+/// scope of the request's own, inside a dispatch window). Returns whether a
+/// limit terminated the isolate meanwhile: every termination (the
+/// watchdog's interrupt, the heap limit's callback) stops the call, since
+/// both happen on this thread while V8 runs.
 fn call_dispatcher(
     scope: &mut v8::PinScope<'_, '_>,
     dispatcher: &Dispatcher,
-    table: &Rc<RequestTable>,
-    op_state: &Rc<RefCell<OpState>>,
+    table: &RequestTable,
+    op_state: &RefCell<OpState>,
     id: u32,
     request: IncomingRequest,
     responder: Responder,
-) {
+) -> bool {
     let body_rid = request.body.map(|body| {
         op_state
             .borrow_mut()
@@ -973,15 +973,16 @@ fn call_dispatcher(
     {
         if scope.is_execution_terminating() {
             // A limit stopped it; the driver answers as a kill.
-            return;
+            return true;
         }
         let detail = scope
             .exception()
             .map(|e| e.to_rust_string_lossy(scope))
             .unwrap_or_else(|| "the dispatcher failed".into());
-        isopod_api::Host::fail(&**table, id, isopod_api::FailureKind::Threw, detail);
-        isopod_api::Host::done(&**table, id);
+        isopod_api::Host::fail(table, id, isopod_api::FailureKind::Threw, detail);
+        isopod_api::Host::done(table, id);
     }
+    false
 }
 
 /// Why a driver stopped.

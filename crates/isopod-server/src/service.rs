@@ -140,13 +140,19 @@ async fn serve(
 /// A request made ready for its app, or answered by isopod itself (no
 /// route, a bad `Host`, a body over the app's limit).
 ///
-/// isopod's own answers are boxed: the common case stays at most 128 bytes,
-/// which a move copies inline rather than through `memcpy` (a prepared
-/// request is moved a few times on its way into its future).
+/// isopod's own answers are boxed: the common case stays at most 128 bytes
+/// (checked at compile time below), which a move copies inline rather than
+/// through `memcpy` (a prepared request is moved on its way into its
+/// future).
 pub(crate) enum Prepared {
     ForApp(Arc<Deployed>, IncomingRequest),
     Answered(Box<Response<ResponseBody>>),
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Prepared>() <= 128,
+    "a prepared request outgrew an inline move"
+);
 
 impl Prepared {
     /// The response: the handler's, or isopod's own answer.
