@@ -61,13 +61,18 @@ async fn every_global_behaves_as_on_workerd() {
     assert_same("isopod vs recorded workerd", &recorded(), &got);
 }
 
-/// Where workerd is: `ISOPOD_WORKERD`, or the peers cache `.ci/run` fills.
+/// Where workerd is: `ISOPOD_WORKERD`, or the peers directory that
+/// `scripts/install-peers.sh` fills (`ISOPOD_PEERS`, by default
+/// `~/.cache/isopod-peers`, as `scripts/env.sh` sets it).
 fn workerd_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("ISOPOD_WORKERD") {
         return Some(PathBuf::from(path));
     }
-    let home = std::env::var_os("HOME")?;
-    let path = PathBuf::from(home).join(".cache/isopod-peers/workerd/package/bin/workerd");
+    let peers = match std::env::var_os("ISOPOD_PEERS") {
+        Some(peers) => PathBuf::from(peers),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/isopod-peers"),
+    };
+    let path = peers.join("workerd/package/bin/workerd");
     path.is_file().then_some(path)
 }
 
