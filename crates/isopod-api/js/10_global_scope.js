@@ -10,9 +10,11 @@
 //   deletes) before any tenant code runs.
 import { core, primordials } from "ext:core/mod.js";
 import "ext:isopod_api/00_stubs.js";
+import { registerErrorClasses } from "ext:isopod_api/04_error_classes.js";
 
 const {
   ArrayBuffer,
+  ArrayBufferIsView,
   ArrayPrototypePush,
   Date: OriginalDate,
   DateNow,
@@ -34,16 +36,19 @@ const {
   ReflectConstruct,
   SafePromiseAllSettled,
   SafeWeakMap,
+  String: StringConstructor,
   StringPrototypeEndsWith,
   StringPrototypeIndexOf,
   StringPrototypeSlice,
   StringPrototypeSplit,
+  StringPrototypeToLowerCase,
   StringPrototypeToUpperCase,
   TypedArrayPrototypeGetBuffer,
   TypedArrayPrototypeGetByteOffset,
   TypeError,
   TypeErrorPrototype,
   Uint32Array,
+  Uint8Array,
 } = primordials;
 
 const {
@@ -120,11 +125,11 @@ const load = (specifier) => core.loadExtScript(specifier);
     writeTime(buffer, wallNow() - monotonicNow());
 }
 
+const webidl = load("ext:deno_webidl/00_webidl.js");
 const url = load("ext:deno_web/00_url.js");
 const urlPattern = load("ext:deno_web/01_urlpattern.js");
 const domException = load("ext:deno_web/01_dom_exception.js");
 const event = load("ext:deno_web/02_event.js");
-const structuredClone = load("ext:deno_web/02_structured_clone.js");
 const timers = load("ext:deno_web/02_timers.js");
 const abortSignal = load("ext:deno_web/03_abort_signal.js");
 const base64 = load("ext:deno_web/05_base64.js");
@@ -140,6 +145,11 @@ const body = load("ext:deno_fetch/22_body.js");
 const request = load("ext:deno_fetch/23_request.js");
 const response = load("ext:deno_fetch/23_response.js");
 const fetch = load("ext:deno_fetch/26_fetch.js");
+// MessageChannel and MessagePort, and the structuredClone that transfers
+// (ArrayBuffers, ports, streams) and refuses platform objects (a URL, a
+// Request) with a DataCloneError.
+const messagePort = load("ext:deno_web/13_message_port.js");
+const fileReader = load("ext:deno_web/10_filereader.js");
 const crypto = load("ext:deno_crypto/00_crypto.js");
 
 // ---------------------------------------------------------------------------
@@ -185,29 +195,9 @@ const hostConsole = new consoleMod.Console((msg, level) => {
 });
 
 // ---------------------------------------------------------------------------
-// Errors raised by ops carry a class name; deno_core turns the ones named
-// here into the DOMExceptions that WebCrypto, base64 and streams specify.
-for (
-  const name of [
-    "AbortError",
-    "DataError",
-    "IndexSizeError",
-    "InvalidCharacterError",
-    "InvalidStateError",
-    "NetworkError",
-    "NotSupportedError",
-    "OperationError",
-    "QuotaExceededError",
-    "SyntaxError",
-    "TimeoutError",
-    "TypeMismatchError",
-  ]
-) {
-  core.registerErrorBuilder(
-    `DOMException${name}`,
-    (msg) => new domException.DOMException(msg, name),
-  );
-}
+// Errors raised by ops carry a class name; every name the deno crates can
+// raise gets the class deno gives it (04_error_classes.js).
+registerErrorClasses(core, domException);
 
 // ---------------------------------------------------------------------------
 // Outbound fetch policy (isopod_api's permissions.rs). deno refuses a fetch
@@ -410,11 +400,69 @@ function boundedAlgorithm(algorithm, boundsByName) {
     });
     ObjectDefineProperty(proto, name, { ...descriptor, value: wrapped });
   }
+
+  // Workers' extension: compares two buffers in time that depends only on
+  // their length. Synchronous, so not in the crypto pool.
+  ObjectDefineProperty(proto, "timingSafeEqual", {
+    value: {
+      timingSafeEqual(a, b) {
+        const prefix = "Failed to execute 'timingSafeEqual' on 'SubtleCrypto'";
+        webidl.assertBranded(this, crypto.SubtleCrypto.prototype);
+        webidl.requiredArguments(arguments.length, 2, prefix);
+        const left = bufferBytes(a, prefix, "Argument 1");
+        const right = bufferBytes(b, prefix, "Argument 2");
+        if (left.byteLength !== right.byteLength) {
+          throw new TypeError("Input buffers must have the same byte length");
+        }
+        let difference = 0;
+        for (let i = 0; i < left.length; i++) {
+          difference |= left[i] ^ right[i];
+        }
+        return difference === 0;
+      },
+    }.timingSafeEqual,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+}
+// The bytes of a BufferSource argument, as a Uint8Array over them.
+function bufferBytes(value, prefix, context) {
+  const source = webidl.converters.BufferSource(value, prefix, context);
+  if (ArrayBufferIsView(source)) {
+    return new Uint8Array(
+      source.buffer,
+      source.byteOffset,
+      source.byteLength,
+    );
+  }
+  return new Uint8Array(source);
 }
 
 // deno_core already put its `queueMicrotask` (V8's, with exceptions routed
 // to the report callback below) on the global object.
 const queueMicrotask = globalThis.queueMicrotask;
+
+// ---------------------------------------------------------------------------
+// Streams: ReadableStream.from(iterable) takes a string too (the Streams
+// spec opens any iterable; a string iterates its code points), which
+// deno's WebIDL conversion refuses as not an object. The string is handed
+// on as its String object, whose iterator is the same.
+{
+  const from = streams.ReadableStream.from;
+  ObjectDefineProperty(streams.ReadableStream, "from", {
+    value: {
+      from(asyncIterable) {
+        return typeof asyncIterable === "string"
+          ? FunctionPrototypeCall(from, this, new StringConstructor(asyncIterable))
+          : ReflectApply(from, this, arguments);
+      },
+    }.from,
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
+}
 
 // ---------------------------------------------------------------------------
 // Timers: Workers' setTimeout/setInterval take only functions. deno's accept a
@@ -484,16 +532,20 @@ function dispatchEvent(e) {
 
 const kRespond = Symbol("isopod.respond");
 class FetchEvent extends event.Event {
-  #request;
   #context;
   constructor(type, init = {}, context = undefined) {
     super(type, init);
-    this.#request = init.request;
+    // An own read-only property, as workerd defines it (not an accessor on
+    // the prototype): code that passes on an object derived from the event
+    // (a spread, `Object.create(event)`) still reads the request from it.
+    ObjectDefineProperty(this, "request", {
+      value: init.request,
+      writable: false,
+      enumerable: true,
+      configurable: false,
+    });
     this.#context = context;
     this[kRespond] = undefined;
-  }
-  get request() {
-    return this.#request;
   }
   respondWith(promise) {
     if (this[kRespond] !== undefined) {
@@ -534,7 +586,12 @@ class ExecutionContext {
 
 // ---------------------------------------------------------------------------
 // The global scope.
-const navigator = ObjectFreeze({ __proto__: null, userAgent: "isopod" });
+// As workerd answers: libraries tell the Workers runtime by this string
+// (Hono's getRuntimeKey() and env(), among others).
+const navigator = ObjectFreeze({
+  __proto__: null,
+  userAgent: "Cloudflare-Workers",
+});
 const nonEnumerable = (value) => ({
   value,
   writable: true,
@@ -606,7 +663,7 @@ ObjectDefineProperties(globalThis, {
   setInterval: enumerable(setInterval),
   clearInterval: enumerable(timers.clearInterval),
   queueMicrotask: enumerable(queueMicrotask),
-  structuredClone: enumerable(structuredClone.structuredClone),
+  structuredClone: enumerable(messagePort.structuredClone),
   performance: enumerable(performance.performance),
   Performance: nonEnumerable(performance.Performance),
   // Events and cancellation
@@ -623,10 +680,15 @@ ObjectDefineProperties(globalThis, {
   addEventListener: enumerable(addEventListener),
   removeEventListener: enumerable(removeEventListener),
   dispatchEvent: enumerable(dispatchEvent),
-  reportError: enumerable(event.reportError),
+  reportError: enumerable(reportError),
+  MessageEvent: nonEnumerable(event.MessageEvent),
+  ProgressEvent: nonEnumerable(event.ProgressEvent),
+  MessageChannel: nonEnumerable(messagePort.MessageChannel),
+  MessagePort: nonEnumerable(messagePort.MessagePort),
   // Files
   Blob: nonEnumerable(file.Blob),
   File: nonEnumerable(file.File),
+  FileReader: nonEnumerable(fileReader.FileReader),
   // Misc
   console: nonEnumerable(hostConsole),
   navigator: getterOnly(() => navigator),
@@ -737,7 +799,55 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
 
 // An exception thrown by a microtask or timer callback is logged the same way;
 // the isolate keeps serving.
-core.setReportExceptionCallback((error) => {
+//
+// HTML's "report the exception": an `error` ErrorEvent is dispatched at the
+// global scope first, and a listener that cancels it has handled the error
+// (nothing is logged). deno's own reporting would end the isolate when no
+// listener handles it; isopod's never does. An exception thrown while an
+// `error` listener runs is logged, not reported again.
+let reportingException = false;
+function reportException(error) {
+  if (!reportingException) {
+    reportingException = true;
+    try {
+      if (!globalEvents.dispatchEvent(errorEventFor(error))) {
+        return;
+      }
+    } catch (listenerError) {
+      logUncaughtException(listenerError);
+    } finally {
+      reportingException = false;
+    }
+  }
+  logUncaughtException(error);
+}
+function errorEventFor(error) {
+  let message = "";
+  let filename = "";
+  let lineno = 0;
+  let colno = 0;
+  try {
+    const details = core.destructureError(error);
+    message = details.exceptionMessage;
+    const frame = details.frames[0];
+    if (frame !== undefined) {
+      filename = frame.fileName ?? "";
+      lineno = frame.lineNumber ?? 0;
+      colno = frame.columnNumber ?? 0;
+    }
+  } catch {
+    // Not an error object V8 can describe: the event still carries it.
+  }
+  return new event.ErrorEvent("error", {
+    cancelable: true,
+    message,
+    filename,
+    lineno,
+    colno,
+    error,
+  });
+}
+function logUncaughtException(error) {
   const context = currentRequest();
   op_isopod_uncaught(
     context.id,
@@ -745,7 +855,19 @@ core.setReportExceptionCallback((error) => {
     UNCAUGHT_EXCEPTION,
     describeError(error),
   );
-});
+}
+core.setReportExceptionCallback(reportException);
+
+// The global `reportError(e)`: reports `e` as above (deno's would end the
+// isolate when no listener handles it).
+function reportError(error) {
+  if (arguments.length === 0) {
+    throw new TypeError(
+      "Failed to execute 'reportError': 1 argument required, but only 0 present.",
+    );
+  }
+  reportException(error);
+}
 
 function describeError(error) {
   try {
@@ -776,7 +898,9 @@ const FAIL_NOT_A_RESPONSE = 1;
 // (HTTP carries no NUL in either): the list of pairs deno_fetch wants is made
 // only if the handler reads the headers.
 class IncomingInnerRequest {
-  constructor(method, url, headerText, body) {
+  constructor(method, url, headerText, body, protocol) {
+    this.protocol = protocol;
+    this.cfInner = null;
     this.methodInner = method;
     this.urlString = url;
     this.headerText = headerText;
@@ -833,6 +957,13 @@ class IncomingInnerRequest {
   url() {
     return this.urlString;
   }
+  // `request.cf`: made when first read.
+  cf() {
+    if (this.cfInner === null) {
+      this.cfInner = requestProperties(this);
+    }
+    return this.cfInner;
+  }
   currentUrl() {
     if (this.urlListInner === null) {
       return this.urlString;
@@ -845,6 +976,66 @@ class IncomingInnerRequest {
     }
     return processed[last];
   }
+}
+
+// `request.cf`: Workers gives every incoming request an object of what the
+// edge knows about it. isopod fills in only what it knows truthfully, and
+// leaves out what it cannot (a location, a TLS session, bot scores):
+// - httpProtocol: the HTTP version the client spoke, "HTTP/1.1" or
+//   "HTTP/1.0" (the host's protocol index, instance.rs's `protocol_index`);
+// - clientAcceptEncoding: the Accept-Encoding the client sent, when it sent
+//   one.
+// A Request made by the handler has no `cf` (undefined), as on Workers.
+const PROTOCOLS = ["HTTP/0.9", "HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3"];
+function requestProperties(inner) {
+  const properties = { httpProtocol: PROTOCOLS[inner.protocol] ?? "HTTP/1.1" };
+  const headerList = inner.headerList;
+  for (let i = 0; i < headerList.length; i++) {
+    const line = headerList[i];
+    if (StringPrototypeToLowerCase(line[0]) === "accept-encoding") {
+      properties.clientAcceptEncoding = line[1];
+      break;
+    }
+  }
+  return properties;
+}
+// A clone of an incoming request keeps its `cf` (deno's clone makes a plain
+// inner request): clones are rare, so they are remembered here rather than
+// on every request.
+const clonedProperties = new SafeWeakMap();
+function incomingProperties(req) {
+  const inner = request.toInnerRequest(req);
+  return ObjectPrototypeIsPrototypeOf(IncomingInnerRequest.prototype, inner)
+    ? inner.cf()
+    : clonedProperties.get(req);
+}
+ObjectDefineProperty(request.RequestPrototype, "cf", {
+  get: ObjectGetOwnPropertyDescriptor({
+    get cf() {
+      webidl.assertBranded(this, request.RequestPrototype);
+      return incomingProperties(this);
+    },
+  }, "cf").get,
+  enumerable: true,
+  configurable: true,
+});
+{
+  const clone = request.RequestPrototype.clone;
+  ObjectDefineProperty(request.RequestPrototype, "clone", {
+    value: {
+      clone() {
+        const copy = FunctionPrototypeCall(clone, this);
+        const properties = incomingProperties(this);
+        if (properties !== undefined) {
+          clonedProperties.set(copy, properties);
+        }
+        return copy;
+      },
+    }.clone,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
 }
 
 // Requests in flight on this isolate, for `abort()`: their contexts, in the
@@ -915,7 +1106,7 @@ function settleThrew(error) {
 }
 
 function createDispatcher(handler, env) {
-  function dispatch(id, methodOrIndex, requestUrl, headerText, bodyRid) {
+  function dispatch(id, methodOrIndex, requestUrl, headerText, bodyRid, protocol) {
     const method = typeof methodOrIndex === "number"
       ? STANDARD_METHODS[methodOrIndex]
       : methodOrIndex;
@@ -927,6 +1118,7 @@ function createDispatcher(handler, env) {
       requestUrl,
       headerText,
       innerBody,
+      protocol,
     );
     const req = request.fromInnerRequest(inner, "immutable");
     const context = new RequestContext(id, method, requestUrl, req);

@@ -52,6 +52,7 @@ deno_core::extension!(
     esm = [
         dir "js",
         "00_stubs.js",
+        "04_error_classes.js",
         "10_global_scope.js",
     ],
     lazy_loaded_js = [

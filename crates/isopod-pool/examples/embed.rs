@@ -13,6 +13,7 @@ export default { fetch(request) { n++; return new Response(`${new URL(request.ur
 fn request(host: &str) -> IncomingRequest {
     IncomingRequest {
         method: http::Method::GET,
+        version: http::Version::HTTP_11,
         url: format!("http://{host}/"),
         headers: Default::default(),
         body: None,

@@ -261,6 +261,7 @@ impl PoolThread {
 /// let response = pool
 ///     .dispatch(&version, IncomingRequest {
 ///         method: http::Method::GET,
+///         version: http::Version::HTTP_11,
 ///         url: "http://hello.localhost/".into(),
 ///         headers: Default::default(),
 ///         body: None,

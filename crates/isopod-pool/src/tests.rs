@@ -30,6 +30,7 @@ fn pool(threads: usize, max_instances: usize, spares: usize) -> Pool {
 fn get(path: &str) -> IncomingRequest {
     IncomingRequest {
         method: http::Method::GET,
+        version: http::Version::HTTP_11,
         url: format!("http://app.localhost{path}"),
         headers: Default::default(),
         body: None,

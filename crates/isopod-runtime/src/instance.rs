@@ -165,6 +165,10 @@ impl Instance {
             residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
             extensions: isopod_api::extensions(),
             module_loader: Some(loader.clone()),
+            // Where a transferred ArrayBuffer's memory waits between
+            // `postMessage`/`structuredClone` and the receiving side. One
+            // per isolate: nothing crosses to another tenant.
+            shared_array_buffer_store: Some(Default::default()),
             ..Default::default()
         })
         .map_err(|e| InstanceError::Create(e.to_string()))?;
@@ -964,11 +968,16 @@ fn call_dispatcher(
             .unwrap_or_else(|| v8::String::empty(scope).into());
     crate::recycle::recycle_buffer(request.headers.into_buffer());
     let rid = v8::Integer::new(scope, body_rid.map_or(-1, |rid| rid as i32)).into();
+    let protocol = v8::Integer::new(scope, protocol_index(request.version)).into();
     let undefined = v8::undefined(scope).into();
     // In the table before any JavaScript runs: the ops look it up.
     table.insert(id, request.method, request.url, responder, body_rid);
     if dispatch
-        .call(scope, undefined, &[id_value, method, url, headers, rid])
+        .call(
+            scope,
+            undefined,
+            &[id_value, method, url, headers, rid, protocol],
+        )
         .is_none()
     {
         if scope.is_execution_terminating() {
@@ -998,6 +1007,18 @@ enum Stop {
 /// The methods the bootstrap knows by index (its `STANDARD_METHODS`, in
 /// this order): the dispatcher passes a small integer for them rather than
 /// making a string per request.
+/// The HTTP version as the bootstrap's `PROTOCOLS` lists it (for
+/// `request.cf.httpProtocol`).
+fn protocol_index(version: http::Version) -> i32 {
+    match version {
+        http::Version::HTTP_09 => 0,
+        http::Version::HTTP_10 => 1,
+        http::Version::HTTP_2 => 3,
+        http::Version::HTTP_3 => 4,
+        _ => 2,
+    }
+}
+
 fn standard_method_index(method: &http::Method) -> Option<i32> {
     const STANDARD_METHODS: [http::Method; 7] = [
         http::Method::GET,
@@ -1184,6 +1205,7 @@ mod tests {
     fn request(url: &str) -> IncomingRequest {
         IncomingRequest {
             method: http::Method::GET,
+            version: http::Version::HTTP_11,
             url: url.to_string(),
             headers: Default::default(),
             body: None,

@@ -10,6 +10,8 @@ use crate::body::{RequestBody, ResponseBody};
 pub struct IncomingRequest {
     /// The method.
     pub method: Method,
+    /// The HTTP version the client spoke (`request.cf.httpProtocol`).
+    pub version: http::Version,
     /// The absolute URL the handler sees as `request.url`.
     pub url: String,
     /// Header lines, in order, repeated names kept.

@@ -206,6 +206,7 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
         url,
         headers: end_to_end_lines(&parts.headers),
         method: parts.method,
+        version: parts.version,
         body,
         received,
     };
@@ -231,6 +232,7 @@ pub(crate) fn prepare_bodiless(
             deployed,
             IncomingRequest {
                 method,
+                version: http::Version::HTTP_11,
                 url,
                 headers,
                 body: None,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bundles;
+mod conformance;
 mod errors;
 mod fetch;
 mod http_semantics;
