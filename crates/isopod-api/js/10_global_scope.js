@@ -36,6 +36,7 @@ const {
   ReflectConstruct,
   SafePromiseAllSettled,
   SafeWeakMap,
+  SafeWeakSet,
   String: StringConstructor,
   StringPrototypeEndsWith,
   StringPrototypeIndexOf,
@@ -43,6 +44,7 @@ const {
   StringPrototypeSplit,
   StringPrototypeToLowerCase,
   StringPrototypeToUpperCase,
+  StringPrototypeTrim,
   TypedArrayPrototypeGetBuffer,
   TypedArrayPrototypeGetByteOffset,
   TypeError,
@@ -444,6 +446,89 @@ function bufferBytes(value, prefix, context) {
 const queueMicrotask = globalThis.queueMicrotask;
 
 // ---------------------------------------------------------------------------
+// Workers' extensions of Request, Response and Headers.
+//
+// `Response`: the global is deno's class behind a constructor that also
+// reads Workers' `encodeBody` member of the init (see `manuallyEncoded`); it
+// shares deno's prototype and statics, so `instanceof`, subclasses and
+// responses made by deno (fetch, Response.json) are all one class.
+const DenoResponse = response.Response;
+function Response(body = null, init = undefined) {
+  if (new.target === undefined) {
+    throw new TypeError("Failed to construct 'Response': Please use the 'new' operator");
+  }
+  const made = ReflectConstruct(
+    DenoResponse,
+    arguments,
+    new.target === Response ? DenoResponse : new.target,
+  );
+  if (
+    init !== null && typeof init === "object" && init.encodeBody === "manual"
+  ) {
+    manuallyEncoded.add(made);
+  }
+  return made;
+}
+ObjectDefineProperties(Response, {
+  prototype: {
+    value: DenoResponse.prototype,
+    writable: false,
+    enumerable: false,
+    configurable: false,
+  },
+  error: nonEnumerable(DenoResponse.error),
+  redirect: nonEnumerable(DenoResponse.redirect),
+  json: nonEnumerable(DenoResponse.json),
+});
+ObjectDefineProperty(DenoResponse.prototype, "constructor", nonEnumerable(Response));
+// A response's WebSocket (isopod has none) and Cloudflare's properties of a
+// subrequest's response (isopod's fetch has none).
+ObjectDefineProperties(DenoResponse.prototype, {
+  webSocket: getterOnly(function webSocket() {
+    webidl.assertBranded(this, DenoResponse.prototype);
+    return null;
+  }),
+  cf: getterOnly(function cf() {
+    webidl.assertBranded(this, DenoResponse.prototype);
+    return undefined;
+  }),
+});
+// `headers.getAll("Set-Cookie")`, Workers' older form of getSetCookie().
+ObjectDefineProperty(headers.Headers.prototype, "getAll", nonEnumerable({
+  getAll(name) {
+    webidl.assertBranded(this, headers.Headers.prototype);
+    webidl.requiredArguments(arguments.length, 1, "Failed to execute 'getAll' on 'Headers'");
+    if (StringPrototypeToLowerCase(`${name}`) !== "set-cookie") {
+      throw new TypeError("getAll() can only be used with the header name \"Set-Cookie\".");
+    }
+    return FunctionPrototypeCall(headers.Headers.prototype.getSetCookie, this);
+  },
+}.getAll));
+
+// `scheduler.wait(ms, { signal })`: Workers' promise of a timer.
+const scheduler = ObjectFreeze({
+  __proto__: null,
+  wait(delay, options = undefined) {
+    const signal = options?.signal;
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const timer = denoSetTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, delay);
+      function onAbort() {
+        timers.clearTimeout(timer);
+        reject(signal.reason);
+      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  },
+});
+
+// ---------------------------------------------------------------------------
 // Streams: ReadableStream.from(iterable) takes a string too (the Streams
 // spec opens any iterable; a string iterates its code points), which
 // deno's WebIDL conversion refuses as not an object. The string is handed
@@ -517,7 +602,9 @@ function addEventListener(type, listener, options) {
     if (typeof listener === "function") {
       ArrayPrototypePush(fetchListeners, listener);
     } else if (listener && typeof listener.handleEvent === "function") {
-      ArrayPrototypePush(fetchListeners, (e) => listener.handleEvent(e));
+      ArrayPrototypePush(fetchListeners, function (e) {
+        return listener.handleEvent(e);
+      });
     }
     return;
   }
@@ -590,27 +677,28 @@ class ExecutionContext {
 // (Hono's getRuntimeKey() and env(), among others).
 const navigator = ObjectFreeze({
   __proto__: null,
+  hardwareConcurrency: 1,
+  language: "en",
+  languages: ObjectFreeze(["en"]),
+  platform: "",
   userAgent: "Cloudflare-Workers",
 });
-const nonEnumerable = (value) => ({
-  value,
-  writable: true,
-  enumerable: false,
-  configurable: true,
-});
-const enumerable = (value) => ({
-  value,
-  writable: true,
-  enumerable: true,
-  configurable: true,
-});
-const getterOnly = (get) => ({ get, enumerable: true, configurable: true });
+// Property descriptors (function declarations: used before this point too).
+function nonEnumerable(value) {
+  return { value, writable: true, enumerable: false, configurable: true };
+}
+function enumerable(value) {
+  return { value, writable: true, enumerable: true, configurable: true };
+}
+function getterOnly(get) {
+  return { get, enumerable: true, configurable: true };
+}
 
 ObjectDefineProperties(globalThis, {
   // Fetch
   fetch: enumerable(limitedFetch),
   Request: nonEnumerable(request.Request),
-  Response: nonEnumerable(response.Response),
+  Response: nonEnumerable(Response),
   Headers: nonEnumerable(headers.Headers),
   FormData: nonEnumerable(formData.FormData),
   // URL
@@ -659,6 +747,7 @@ ObjectDefineProperties(globalThis, {
   SubtleCrypto: nonEnumerable(crypto.SubtleCrypto),
   // Timers and tasks
   setTimeout: enumerable(setTimeout),
+  scheduler: enumerable(scheduler),
   clearTimeout: enumerable(timers.clearTimeout),
   setInterval: enumerable(setInterval),
   clearInterval: enumerable(timers.clearInterval),
@@ -908,7 +997,10 @@ class IncomingInnerRequest {
     this.urlListInner = null;
     this.urlListProcessedInner = null;
     this.body = body;
-    this.redirectMode = "follow";
+    // As on workerd: a handler that passes its request on to fetch()
+    // (`fetch(url, request)`) hands a redirect back to its client rather
+    // than following it.
+    this.redirectMode = "manual";
     this.redirectCount = 0;
     this.clientRid = null;
     this.blobUrlEntry = null;
@@ -1223,9 +1315,35 @@ function respond(id, res, last) {
     return last;
   }
   const inner = response.toInnerResponse(res);
-  const headerList = inner.headerList;
+  let headerList = inner.headerList;
   const status = inner.status;
+  if (status < 200) {
+    // deno's Response allows 101 (for its WebSocket upgrade); isopod
+    // upgrades nothing, and workerd refuses such a Response outright.
+    fail(
+      id,
+      FAIL_NOT_A_RESPONSE,
+      `the fetch handler returned a Response with status ${status}; responses must have a status from 200 to 599`,
+    );
+    return;
+  }
   const innerBody = inner.body;
+  const encoding = innerBody === null || manuallyEncoded.has(res)
+    ? null
+    : automaticEncoding(headerList);
+  if (encoding !== null) {
+    if (innerBody.unusable()) {
+      throw new TypeError("the response body has already been used");
+    }
+    const compressed = PipeThrough(
+      innerBody.stream,
+      new compression.CompressionStream(encoding),
+    );
+    headerList = withoutContentLength(headerList);
+    const rid = streams.resourceForReadableStream(compressed);
+    op_isopod_respond_stream(id, status, headerList, rid);
+    return;
+  }
   if (innerBody === null) {
     op_isopod_respond(id, status, headerList, null);
     return;
@@ -1243,6 +1361,40 @@ function respond(id, res, last) {
   const rid = streams.resourceForReadableStream(source, innerBody.length);
   op_isopod_respond_stream(id, status, headerList, rid);
 }
+
+// Workers' automatic Content-Encoding: a handler that labels its response
+// `Content-Encoding: gzip` (or `br`) has its body compressed on the way out,
+// unless the Response was made with `encodeBody: "manual"` (its body is
+// already encoded). Any other encoding is sent as given. Only responses off
+// the serve-fast path can carry the header, so a plain response pays nothing.
+const manuallyEncoded = new SafeWeakSet();
+const AUTOMATIC_ENCODINGS = { __proto__: null, gzip: "gzip", br: "brotli" };
+function automaticEncoding(headerList) {
+  for (let i = 0; i < headerList.length; i++) {
+    const line = headerList[i];
+    if (StringPrototypeToLowerCase(line[0]) === "content-encoding") {
+      return AUTOMATIC_ENCODINGS[StringPrototypeToLowerCase(
+        StringPrototypeTrim(line[1]),
+      )] ?? null;
+    }
+  }
+  return null;
+}
+function withoutContentLength(headerList) {
+  const kept = [];
+  for (let i = 0; i < headerList.length; i++) {
+    if (StringPrototypeToLowerCase(headerList[i][0]) !== "content-length") {
+      ArrayPrototypePush(kept, headerList[i]);
+    }
+  }
+  return kept;
+}
+const PipeThrough = (stream, transform) =>
+  FunctionPrototypeCall(
+    streams.ReadableStreamPrototype.pipeThrough,
+    stream,
+    transform,
+  );
 
 // deno_fetch records, when a `Response` is constructed from a string or
 // bytes with status 200 and at most a content type, the fields deno's own
@@ -1297,8 +1449,9 @@ function serviceWorkerHandler() {
   return (req, _env, context) => {
     const ctx = new ExecutionContext(context);
     const fetchEvent = new FetchEvent("fetch", { request: req }, ctx);
+    event.setIsTrusted(fetchEvent, true);
     for (let i = 0; i < fetchListeners.length; i++) {
-      fetchListeners[i](fetchEvent);
+      FunctionPrototypeCall(fetchListeners[i], globalThis, fetchEvent);
       if (fetchEvent[kRespond] !== undefined) {
         return fetchEvent[kRespond];
       }

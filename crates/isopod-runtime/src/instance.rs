@@ -302,6 +302,7 @@ impl Instance {
         let is_module = *bundle.is_module().get_or_init(|| self.is_module(bundle));
         let exported = match is_module {
             false => {
+                self.define_global_bindings(&app.vars);
                 self.run_classic_script(bundle)?;
                 None
             }
@@ -409,6 +410,27 @@ impl Instance {
         })?;
         self.dispatcher = Some(Rc::new(dispatcher));
         Ok(())
+    }
+
+    /// A service-worker script reads its app's variables as globals (it
+    /// has no `env`), as on Workers: each is set on the global object
+    /// before the script runs, so its top-level code sees them too.
+    fn define_global_bindings(&mut self, vars: &[(String, String)]) {
+        if vars.is_empty() {
+            return;
+        }
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            let global = scope.get_current_context().global(scope);
+            for (key, value) in vars {
+                let (Some(key), Some(value)) =
+                    (v8::String::new(scope, key), v8::String::new(scope, value))
+                else {
+                    continue;
+                };
+                global.set(scope, key.into(), value.into());
+            }
+        });
     }
 
     /// Compiles and runs a classic (service-worker) script, with the

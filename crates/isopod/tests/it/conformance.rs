@@ -126,6 +126,133 @@ async fn a_fetch_event_read_through_a_derived_object_has_its_request() {
     );
 }
 
+#[tokio::test]
+async fn a_service_worker_sees_its_variables_as_globals_and_is_called_as_workerd_calls_it() {
+    let bundle = temp_bundle(
+        "sw-globals.js",
+        "const atLoad = typeof GREETING === 'undefined' ? null : GREETING;\n\
+         addEventListener('fetch', function (event) {\n\
+           event.respondWith(Response.json([atLoad, GREETING, this === globalThis,\n\
+             event.isTrusted, event.request.redirect]));\n\
+         });\n",
+    );
+    let isopod = Isopod::start(&bundle, &["--var", "GREETING=hi"]);
+    assert_eq!(
+        isopod.get_json("/").await,
+        json!(["hi", "hi", true, true, "manual"])
+    );
+}
+
+#[tokio::test]
+async fn a_passed_on_request_hands_redirects_back_to_the_client() {
+    // `fetch(url, request)` copies the incoming request's redirect mode,
+    // which is "manual" on Workers: a proxy passes a 302 on. The origin is
+    // a second isopod (an app cannot fetch its own process's listeners).
+    let origin = temp_bundle(
+        "origin.js",
+        "export default { fetch(request) {\n\
+           const url = new URL(request.url);\n\
+           return url.pathname === '/moved'\n\
+             ? Response.redirect(url.origin + '/final', 302) : new Response('final');\n\
+         } };\n",
+    );
+    let origin = Isopod::start(&origin, &[]);
+    let proxy = temp_bundle(
+        "passon.js",
+        "export default { async fetch(request, env) {\n\
+           const answer = await fetch(`http://${env.ORIGIN}/moved`, request);\n\
+           return new Response(`${request.redirect} ${answer.status} ${answer.headers.get('location')}`);\n\
+         } };\n",
+    );
+    let origin_host = origin.addr.to_string();
+    let proxy = Isopod::start(
+        &proxy,
+        &[
+            "--allow-net",
+            "127.0.0.1",
+            "--var",
+            &format!("ORIGIN={origin_host}"),
+        ],
+    );
+    let (status, _, body) = proxy.get("/start").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, format!("manual 302 http://{origin_host}/final"));
+}
+
+#[tokio::test]
+async fn content_encoding_gzip_compresses_the_body_unless_it_is_encoded_already() {
+    let bundle = temp_bundle(
+        "encoding.js",
+        "const text = 'hello '.repeat(100);\n\
+         export default { async fetch(request) {\n\
+           const path = new URL(request.url).pathname;\n\
+           if (path === '/auto') return new Response(text, { headers: { 'content-encoding': 'gzip' } });\n\
+           if (path === '/stream') return new Response(new Blob([text]).stream(), { headers: { 'content-encoding': 'gzip', 'content-length': '600' } });\n\
+           const gzipped = await new Response(new Blob([text]).stream().pipeThrough(new CompressionStream('gzip'))).arrayBuffer();\n\
+           return new Response(gzipped, { encodeBody: 'manual', headers: { 'content-encoding': 'gzip' } });\n\
+         } };\n",
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    for path in ["/auto", "/stream", "/manual"] {
+        let request = http::Request::get(path)
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = crate::support::send(isopod.addr, request).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-encoding"], "gzip", "{path}");
+        assert!(
+            response.headers().get("content-length").is_none() || path == "/manual",
+            "{path}: a compressed body's length is not the handler's"
+        );
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body[..2], [0x1f, 0x8b], "{path}: a gzip stream");
+        let text = gunzip(&body);
+        assert_eq!(text, "hello ".repeat(100), "{path}: decoded once");
+    }
+}
+
+/// `gzip -dc` of `bytes` (the test needs no compression crate).
+fn gunzip(bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "gzip -dc accepted the body"
+    );
+    text
+}
+
+#[tokio::test]
+async fn a_response_with_status_101_is_refused_with_the_reason() {
+    let bundle = temp_bundle(
+        "status101.js",
+        "export default { fetch() { return new Response(null, { status: 101 }); } };\n",
+    );
+    let isopod = Isopod::start(&bundle, &[]);
+    let (status, _, body) = isopod.get("/").await;
+    assert_eq!(status, 500, "{body}");
+    isopod.wait_for_log("the refusal", |record| {
+        record.to_string().contains("status 101")
+    });
+}
+
 /// Every error class name that the linked deno crates can raise from Rust
 /// has a builder in `04_error_classes.js` (or is one deno_core registers):
 /// otherwise it would reach JavaScript as a plain TypeError. Reads the
