@@ -93,9 +93,20 @@ pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
 
 /// Why a request cannot be given to a handler.
 #[derive(Debug, PartialEq, Eq)]
+///
+/// In a multi-tenant router every disagreement about which host a request
+/// is for is a way past a proxy that admits only some hosts, so each such
+/// request gets one answer, 400, from both HTTP paths (RFC 9112 §3.2).
 pub(crate) enum BadRequest {
     MissingHost,
     InvalidHost,
+    /// More than one `Host` line.
+    DuplicateHost,
+    /// An absolute-form target whose authority is not the `Host` line.
+    HostMismatch,
+    /// An authority-form or asterisk-form target (`CONNECT`, `OPTIONS *`):
+    /// isopod opens no tunnels and has no server-wide options.
+    UnsupportedTarget,
 }
 
 impl BadRequest {
@@ -103,6 +114,13 @@ impl BadRequest {
         match self {
             BadRequest::MissingHost => "Bad Request: the request has no Host header",
             BadRequest::InvalidHost => "Bad Request: the Host header is not a valid host",
+            BadRequest::DuplicateHost => "Bad Request: the request has more than one Host header",
+            BadRequest::HostMismatch => {
+                "Bad Request: the Host header does not name the request target's host"
+            }
+            BadRequest::UnsupportedTarget => {
+                "Bad Request: only origin-form (/path) and absolute-form (http://host/path) targets are served; isopod opens no tunnels"
+            }
         }
     }
 }
@@ -114,19 +132,32 @@ pub(crate) struct Target<'a> {
     pub(crate) host: &'a str,
 }
 
-/// The request's [`Target`]: from an absolute-form URI as it is, else from
-/// the `Host` header, checked once here for both uses.
+/// The request's [`Target`]: from an absolute-form URI as it is (its
+/// `Host` line, if any, must name the same host, so the router and the
+/// handler agree), else from the `Host` header, checked once here for both
+/// uses.
 pub(crate) fn request_target(parts: &Parts) -> Result<Target<'_>, BadRequest> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().map(HeaderValue::as_bytes);
+    if hosts.next().is_some() {
+        return Err(BadRequest::DuplicateHost);
+    }
+    if parts.method == http::Method::CONNECT {
+        return Err(BadRequest::UnsupportedTarget);
+    }
     if let (Some(_), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+        if host.is_some_and(|host| !host.eq_ignore_ascii_case(authority.as_str().as_bytes())) {
+            return Err(BadRequest::HostMismatch);
+        }
         return Ok(Target {
             url: parts.uri.to_string(),
             host: authority.as_str(),
         });
     }
-    origin_target(
-        parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
-        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-    )
+    match parts.uri.path_and_query() {
+        Some(target) if target.as_str().starts_with('/') => origin_target(host, target.as_str()),
+        _ => Err(BadRequest::UnsupportedTarget),
+    }
 }
 
 /// The [`Target`] of an origin-form request (`/path?query`): its URL from
@@ -256,6 +287,28 @@ mod tests {
             (target.url.as_str(), target.host),
             ("http://abs.example/x", "abs.example")
         );
+        let agreeing = parts("http://abs.example/x", Some("ABS.example"));
+        assert_eq!(request_target(&agreeing).unwrap().host, "abs.example");
+    }
+
+    #[test]
+    fn a_request_whose_host_is_in_doubt_is_refused() {
+        assert_eq!(
+            absolute_url(&parts("http://b.localhost/x", Some("a.localhost"))),
+            Err(BadRequest::HostMismatch)
+        );
+        let mut twice = parts("/", Some("a.localhost"));
+        twice
+            .headers
+            .append(header::HOST, HeaderValue::from_static("b.localhost"));
+        assert_eq!(absolute_url(&twice), Err(BadRequest::DuplicateHost));
+        assert_eq!(
+            absolute_url(&parts("*", Some("a"))),
+            Err(BadRequest::UnsupportedTarget)
+        );
+        let mut connect = parts("a.localhost:443", Some("a.localhost:443"));
+        connect.method = http::Method::CONNECT;
+        assert_eq!(absolute_url(&connect), Err(BadRequest::UnsupportedTarget));
     }
 
     #[test]

@@ -256,7 +256,15 @@ enum Unrouted {
 impl Unrouted {
     fn answer(self) -> Response<ResponseBody> {
         match self {
-            Unrouted::BadTarget(bad) => text(StatusCode::BAD_REQUEST, bad.reason()),
+            Unrouted::BadTarget(bad) => {
+                // After a request isopod could not read as one for an app,
+                // the connection is not trusted with another.
+                let mut answer = text(StatusCode::BAD_REQUEST, bad.reason());
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                answer
+            }
             Unrouted::NoRoute => text(
                 StatusCode::NOT_FOUND,
                 "Not Found: no app is routed for this host and path",

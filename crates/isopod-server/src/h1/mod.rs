@@ -103,6 +103,13 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
         let Some(mut response) = answer_unless_gone(answer, &socket, &mut input).await else {
             return;
         };
+        // Only isopod's own answers carry `Connection` (a handler's
+        // hop-by-hop lines are stripped): one that closes is obeyed.
+        let close = close
+            || response
+                .headers_mut()
+                .remove(http::header::CONNECTION)
+                .is_some();
         output.clear();
         if send(&mut socket, &mut output, head_request, &mut response, close)
             .await

@@ -36,7 +36,7 @@ pub(crate) struct SimpleHead<'input> {
     pub(crate) method: Method,
     /// Origin-form: `/path?query`.
     pub(crate) target: &'input str,
-    /// The first `Host` line's value.
+    /// The `Host` line's value (a head with two is deferred).
     pub(crate) host: Option<&'input [u8]>,
     /// The end-to-end lines, as the handler gets them.
     pub(crate) headers: HeaderList,
@@ -67,7 +67,12 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
-            host = host.or(Some(line.value));
+            // Two Host lines are refused, by the path that refuses bad
+            // targets (`http_semantics::request_target`).
+            if host.is_some() {
+                return Scan::Defer;
+            }
+            host = Some(line.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= lists_token(line.value, b"close");
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -173,6 +178,7 @@ mod tests {
             b"GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n",
             b"GET /{x} HTTP/1.1\r\nhost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n",
             b"\x00\x01garbage\r\n\r\n",
         ] {
             assert!(deferred(input), "{:?}", String::from_utf8_lossy(input));

@@ -327,3 +327,59 @@ async fn a_connection_handed_to_hyper_mid_way_keeps_its_order_and_its_framing() 
     assert_eq!(own, hypers);
     assert!(own.contains(&"date: (now)".to_string()), "{own:?}");
 }
+
+/// Every request whose host is in doubt gets one answer, 400 with the
+/// reason, whichever HTTP path reads it, and its connection is closed
+/// (RFC 9112 §3.2): two `Host` lines, an absolute-form target naming
+/// another host than `Host`, a tunnel or server-wide target, no `Host`.
+#[tokio::test]
+async fn requests_whose_host_is_in_doubt_are_refused_and_their_connection_closed() {
+    let isopod = Isopod::serve(
+        "[[apps]]\nname = \"a\"\nbundle = \"echo.js\"\n\n[[apps]]\nname = \"b\"\nbundle = \"echo.js\"\n",
+        &[("echo.js", &std::fs::read_to_string(echo_bundle()).unwrap())],
+    );
+    for (request, reason) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            "GET http://b.localhost/x HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+            "does not name the request target's host",
+        ),
+        (
+            "CONNECT b.localhost:443 HTTP/1.1\r\nHost: b.localhost:443\r\n\r\n",
+            "opens no tunnels",
+        ),
+        (
+            "OPTIONS * HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+            "opens no tunnels",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n", "no Host header"),
+    ] {
+        let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+        // A second request behind the first: it must not be answered.
+        let pipelined = format!("{request}GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n");
+        stream.write_all(pipelined.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let (text, closed) =
+            read_to_close(&mut stream, started, std::time::Duration::from_secs(10)).await;
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{request:?}: {text}"
+        );
+        assert!(text.contains(reason), "{request:?}: {text}");
+        assert!(closed.is_some(), "{request:?}: the connection stays open");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{request:?}: {text}");
+    }
+    // An absolute-form target whose Host agrees is routed by it, and the
+    // handler sees the same host.
+    let text = raw(
+        &isopod,
+        "GET http://b.localhost/x HTTP/1.1\r\nHost: B.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""url":"http://b.localhost/x""#), "{text}");
+    assert!(text.contains(r#""host":"B.localhost""#), "{text}");
+}
