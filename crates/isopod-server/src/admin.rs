@@ -48,6 +48,8 @@ pub(crate) struct Admin {
     pub(crate) ports: Arc<OwnPorts>,
     /// The process's default limits, which a manifest's `limits` override.
     pub(crate) default_limits: Limits,
+    /// The HTTP/1.1 stack of apps' own ports opened by a deploy.
+    pub(crate) http1: crate::connection::Http1Path,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -250,7 +252,13 @@ impl Admin {
         self.registry
             .deploy(Deployed::new(version.clone(), manifest.routes, port));
         if let Some(bound) = opened {
-            serve_own_port(&self.pool, &self.registry, &version.config.name, bound);
+            serve_own_port(
+                &self.pool,
+                &self.registry,
+                &version.config.name,
+                bound,
+                self.http1,
+            );
             tracing::info!(app = name, port = ?port, "listening on the app's own port");
         }
         if let Some(old) = previous_port.filter(|old| Some(*old) != port) {

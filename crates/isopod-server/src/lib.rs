@@ -26,6 +26,7 @@
 
 mod admin;
 mod admission;
+mod connection;
 mod h1;
 mod head_deadline;
 mod http_semantics;
@@ -40,6 +41,7 @@ mod server;
 mod service;
 
 pub use admission::Admission;
+pub use connection::Http1Path;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
 pub use manifest::{check_app_name, AppSettings, ManifestError, RouteSpec};
 pub use ports::PortError;

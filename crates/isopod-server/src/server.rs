@@ -5,19 +5,17 @@ use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
 use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
 use tokio::sync::watch;
 
-use crate::h1::{Replay, MAX_HEADER_LINES, MAX_HEAD_BYTES};
+use crate::connection::Http1Path;
 use crate::head_deadline::HeadWatch;
 use crate::listener::bind_reuseport;
 use crate::ports::{stopped, BoundPort, OwnPorts, PortError};
 use crate::registry::{Deployed, LocalSnapshot, Registry};
 use crate::routing::Route;
-use crate::service::{handle, Connection};
+use crate::service::ListenerContext;
 
 /// An app to serve, as a manifest describes it.
 #[derive(Debug, Clone)]
@@ -58,6 +56,8 @@ pub struct ServerConfig {
     pub apps: Vec<AppManifest>,
     /// The admin API, if enabled.
     pub admin: Option<AdminConfig>,
+    /// Which HTTP/1.1 stack reads requests (isopod's own path by default).
+    pub http1: Http1Path,
 }
 
 /// Where the admin API listens and the token it requires.
@@ -178,6 +178,7 @@ impl Server {
             per_thread.into_iter().map(Some).collect::<Vec<_>>(),
         ));
         let thread_registry = registry.clone();
+        let http1 = config.http1;
         let main: isopod_pool::ThreadMain = Arc::new(move |thread: PoolThread| {
             let mine = listeners
                 .lock()
@@ -185,7 +186,7 @@ impl Server {
                 .get_mut(thread.index())
                 .and_then(Option::take)
                 .unwrap_or_default();
-            Box::pin(accept_loops(thread, thread_registry.clone(), mine))
+            Box::pin(accept_loops(thread, thread_registry.clone(), http1, mine))
         });
         let pool = Pool::start_with(
             PoolConfig {
@@ -205,6 +206,7 @@ impl Server {
                         pool: pool.clone(),
                         ports: ports.clone(),
                         default_limits,
+                        http1,
                     },
                 )
                 .map_err(|error| ServerError::Listen { addr, error })?;
@@ -294,12 +296,18 @@ pub(crate) fn check_bundle(config: &AppConfig, bundle: &Bundle) -> Result<(), In
     outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
 }
 
-async fn accept_loops(thread: PoolThread, registry: Arc<Registry>, listeners: ThreadListeners) {
+async fn accept_loops(
+    thread: PoolThread,
+    registry: Arc<Registry>,
+    http1: Http1Path,
+    listeners: ThreadListeners,
+) {
     let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::task::spawn_local(accept_on(
             thread.clone(),
             registry.clone(),
+            http1,
             listener,
         )));
     }
@@ -315,13 +323,14 @@ pub(crate) fn serve_own_port(
     registry: &Arc<Registry>,
     app: &Arc<str>,
     bound: BoundPort,
+    http1: Http1Path,
 ) {
     for (thread, socket) in bound.sockets.into_iter().enumerate() {
         let listener = (socket, Some(app.clone()), Some(bound.stop.clone()));
         let registry = registry.clone();
         let started = pool.spawn_on_worker(
             thread,
-            Box::new(move |thread| Box::pin(accept_on(thread, registry, listener))),
+            Box::new(move |thread| Box::pin(accept_on(thread, registry, http1, listener))),
         );
         if !started {
             tracing::error!(app = %app, thread, "cannot start an accept loop: the pool has stopped");
@@ -329,7 +338,12 @@ pub(crate) fn serve_own_port(
     }
 }
 
-async fn accept_on(thread: PoolThread, registry: Arc<Registry>, listener: ThreadListener) {
+async fn accept_on(
+    thread: PoolThread,
+    registry: Arc<Registry>,
+    http1: Http1Path,
+    listener: ThreadListener,
+) {
     let (socket, dedicated, stop) = listener;
     let socket = match tokio::net::TcpListener::from_std(socket) {
         Ok(socket) => socket,
@@ -338,17 +352,18 @@ async fn accept_on(thread: PoolThread, registry: Arc<Registry>, listener: Thread
             return;
         }
     };
-    let connection = Rc::new(Connection {
+    let listener = Rc::new(ListenerContext {
         thread,
         apps: LocalSnapshot::new(registry),
         dedicated,
+        http1,
     });
-    accept_loop(socket, connection, stop).await;
+    accept_loop(socket, listener, stop).await;
 }
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    connection: Rc<Connection>,
+    listener_context: Rc<ListenerContext>,
     mut stop: Option<watch::Receiver<bool>>,
 ) {
     loop {
@@ -371,35 +386,10 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = connection.clone();
+        let listener = listener_context.clone();
         let watch = HeadWatch::new();
         let watched = watch.clone();
-        let task = tokio::task::spawn_local(crate::h1::serve(stream, connection, watched));
+        let task = tokio::task::spawn_local(crate::connection::serve(stream, listener, watched));
         watch.start(task.abort_handle());
-    }
-}
-
-/// Serves the rest of a connection with hyper: the requests isopod's own
-/// HTTP/1.1 path leaves to it (see `h1`), and every one after them.
-pub(crate) async fn serve_with_hyper(io: Replay, connection: Rc<Connection>, watch: Rc<HeadWatch>) {
-    let service = hyper::service::service_fn(move |request| {
-        handle(connection.clone(), request, watch.request_started())
-    });
-    let served = http1::Builder::new()
-        .keep_alive(true)
-        // One flat buffer and one `send` per response rather than a
-        // `writev` of head and body: for the small responses that
-        // dominate, copying the body costs less than the vectored write
-        // (measured: 7–12 % more requests/s for hello world; `deno serve`,
-        // traced, also sends each response in one `sendto`).
-        .writev(false)
-        // The head timeout is `head_deadline`'s sweep, not a timer per
-        // request.
-        .header_read_timeout(None)
-        .max_headers(MAX_HEADER_LINES)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(io), service);
-    if let Err(error) = served.await {
-        tracing::debug!(%error, "connection ended with an error");
     }
 }

@@ -21,13 +21,15 @@ use crate::registry::{Deployed, LocalSnapshot};
 use crate::response_deadline::within;
 
 /// What every connection accepted on one listener of one thread shares.
-pub(crate) struct Connection {
+pub(crate) struct ListenerContext {
     /// The worker thread's view of the pool.
     pub(crate) thread: PoolThread,
     /// The app this listener belongs to, if it is an app's own port.
     pub(crate) dedicated: Option<Arc<str>>,
     /// The deployed apps, as this listener last saw them.
     pub(crate) apps: LocalSnapshot,
+    /// Which HTTP/1.1 stack reads its connections.
+    pub(crate) http1: crate::connection::Http1Path,
 }
 
 /// Answers one request with the app's handler.
@@ -40,7 +42,7 @@ pub(crate) struct Connection {
 /// `busy` keeps the connection safe from the head timeout until the
 /// response's body has been sent.
 pub(crate) fn handle(
-    connection: Rc<Connection>,
+    connection: Rc<ListenerContext>,
     request: Request<Incoming>,
     busy: Busy,
 ) -> impl Future<Output = Result<Response<WatchedBody>, std::convert::Infallible>> {
@@ -53,7 +55,7 @@ pub(crate) fn handle(
 
 /// Waits for the app's admission and its instance's response.
 async fn serve(
-    connection: &Connection,
+    connection: &ListenerContext,
     deployed: &Deployed,
     incoming: IncomingRequest,
 ) -> Response<ResponseBody> {
@@ -156,7 +158,7 @@ const _: () = assert!(
 
 impl Prepared {
     /// The response: the handler's, or isopod's own answer.
-    pub(crate) async fn answer(self, connection: &Connection) -> Response<ResponseBody> {
+    pub(crate) async fn answer(self, connection: &ListenerContext) -> Response<ResponseBody> {
         match self {
             Prepared::ForApp(deployed, incoming) => serve(connection, &deployed, incoming).await,
             Prepared::Answered(answer) => *answer,
@@ -171,7 +173,7 @@ impl Prepared {
 /// header values do; they are dropped here). hyper reads ahead on the
 /// connection while the handler runs, and a buffer still shared then is
 /// replaced by a fresh allocation, on every request.
-fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
+fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared {
     let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let declared = parts
@@ -217,7 +219,7 @@ fn prepare(connection: &Connection, request: Request<Incoming>) -> Prepared {
 /// path parsed (see `h1`): its method, origin-form target, `Host` header
 /// value and end-to-end header lines.
 pub(crate) fn prepare_bodiless(
-    connection: &Connection,
+    connection: &ListenerContext,
     method: Method,
     path_and_query: &str,
     host: Option<&[u8]>,
@@ -280,7 +282,7 @@ impl Unrouted {
 /// The app a request goes to and the URL its handler sees, or why isopod
 /// answers it itself.
 fn route(
-    connection: &Connection,
+    connection: &ListenerContext,
     target: Result<Target<'_>, BadRequest>,
     path: &str,
     declared_length: Option<u64>,

@@ -83,6 +83,7 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         },
         apps,
         admin: None,
+        http1: Default::default(),
     };
     apply_env(&mut config)?;
     let admin_listen = env_parsed("ISOPOD_ADMIN_LISTEN")?.or(file.admin_listen);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AppManifest, PoolConfig, Route, Server, ServerConfig};
+use isopod_server::{AppManifest, Http1Path, PoolConfig, Route, Server, ServerConfig};
 
 mod config;
 
@@ -85,6 +85,18 @@ struct RunArgs {
     /// own listeners are not unless listed (the listeners never are).
     #[arg(long = "allow-net", value_name = "HOST", value_delimiter = ',')]
     allow_net: Vec<String>,
+    /// Which HTTP/1.1 stack reads requests: `own` (isopod's path, then
+    /// hyper) or `hyper` alone. For comparing the two; hidden from help.
+    #[arg(long = "http1", hide = true, default_value = "own", value_parser = parse_http1)]
+    http1: Http1Path,
+}
+
+fn parse_http1(text: &str) -> Result<Http1Path, String> {
+    match text {
+        "own" => Ok(Http1Path::Own),
+        "hyper" => Ok(Http1Path::Hyper),
+        _ => Err(format!("expected own or hyper, got '{text}'")),
+    }
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -159,6 +171,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         apps: vec![app],
         admin: None,
+        http1: args.http1,
     })
 }
 

@@ -44,7 +44,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::head_deadline::HeadWatch;
-use crate::service::{prepare_bodiless, Connection};
+use crate::service::{prepare_bodiless, ListenerContext};
 
 pub(crate) use replay::Replay;
 use request_head::Scan;
@@ -55,13 +55,19 @@ use response_head::Framing;
 /// How much the input buffer grows by when a head is not all there.
 const READ_CHUNK: usize = 4096;
 
-/// Serves a connection until it closes, hyper taking over at the first
-/// request this path leaves to it (see the module's doc).
+/// Serves a connection until it closes or until the first request this
+/// path leaves to hyper: then returns the connection, with the bytes
+/// already read, for hyper to serve from that request on (see the
+/// module's doc).
 ///
 /// The request's and the response's values are large (over 100 bytes), and
 /// every move of one through a layer of futures is a copy: they are built
 /// where they are used and lent, not passed on, where that is possible.
-pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, watch: Rc<HeadWatch>) {
+pub(crate) async fn serve(
+    mut socket: TcpStream,
+    connection: &ListenerContext,
+    watch: &Rc<HeadWatch>,
+) -> Option<Replay> {
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut output: Vec<u8> = Vec::new();
     loop {
@@ -76,14 +82,11 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
             Scan::Partial if input.len() < MAX_HEAD_BYTES => {
                 input.reserve(READ_CHUNK);
                 match tokio::io::AsyncReadExt::read_buf(&mut socket, &mut input).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return None,
                     Ok(_) => continue,
                 }
             }
-            Scan::Partial | Scan::Defer => {
-                let io = Replay::new(input, socket);
-                return crate::server::serve_with_hyper(io, connection, watch).await;
-            }
+            Scan::Partial | Scan::Defer => return Some(Replay::new(input, socket)),
         };
         let head_request = head.method == Method::HEAD;
         let close = head.close;
@@ -91,36 +94,35 @@ pub(crate) async fn serve(mut socket: TcpStream, connection: Rc<Connection>, wat
         // Pinned where it is made: a move of this future is a copy of it
         // whole (hundreds of bytes).
         let answer = pin!(prepare_bodiless(
-            &connection,
+            connection,
             head.method,
             head.target,
             head.host,
             head.headers
         )
-        .answer(&connection));
+        .answer(connection));
         input.drain(..length);
         let busy = watch.request_started();
-        let Some(mut response) = answer_unless_gone(answer, &socket, &mut input).await else {
-            return;
-        };
+        // `None`: the client went away; nothing is left to serve.
+        let mut response = answer_unless_gone(answer, &socket, &mut input).await?;
         // Only isopod's own answers carry `Connection` (a handler's
         // hop-by-hop lines are stripped): one that closes is obeyed.
-        let close = close
-            || response
-                .headers_mut()
-                .remove(http::header::CONNECTION)
-                .is_some();
+        let closing_answer = response
+            .headers_mut()
+            .remove(http::header::CONNECTION)
+            .is_some();
+        let close = close || closing_answer;
         output.clear();
         if send(&mut socket, &mut output, head_request, &mut response, close)
             .await
             .is_err()
         {
-            return;
+            return None;
         }
         drop(busy);
         if close {
             let _ = socket.shutdown().await;
-            return;
+            return None;
         }
     }
 }

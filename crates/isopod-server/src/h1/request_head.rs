@@ -59,11 +59,17 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
     else {
         return Scan::Defer;
     };
+    // hyper refuses a head over its limit (`max_header_size`); so is it
+    // here, however it arrived.
+    if length > MAX_HEAD_BYTES {
+        return Scan::Defer;
+    }
     if !is_simple_origin_form(target) {
         return Scan::Defer;
     }
     let mut host = None;
     let mut close = false;
+    let mut content_length_seen = false;
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
@@ -76,10 +82,12 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= lists_token(line.value, b"close");
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            // A declared empty body is no body; any other is hyper's.
-            if line.value != b"0" {
+            // A declared empty body is no body; any other, or a second
+            // declaration, is hyper's to judge.
+            if line.value != b"0" || content_length_seen {
                 return Scan::Defer;
             }
+            content_length_seen = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"expect")
@@ -179,6 +187,7 @@ mod tests {
             b"GET /{x} HTTP/1.1\r\nhost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
             b"GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
             b"\x00\x01garbage\r\n\r\n",
         ] {
             assert!(deferred(input), "{:?}", String::from_utf8_lossy(input));
@@ -189,5 +198,9 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert!(deferred(&many), "too many lines");
+        let mut huge = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
+        huge.resize(MAX_HEAD_BYTES, b'v');
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert!(deferred(&huge), "a head over the limit, whole in one read");
     }
 }

@@ -383,3 +383,147 @@ async fn requests_whose_host_is_in_doubt_are_refused_and_their_connection_closed
     assert!(text.contains(r#""url":"http://b.localhost/x""#), "{text}");
     assert!(text.contains(r#""host":"B.localhost""#), "{text}");
 }
+
+/// isopod's own HTTP/1.1 path and hyper answer every request alike: the
+/// same bytes (valid and malformed) go to a server reading with both (the
+/// default) and to one reading with hyper alone (`--http1 hyper`), and the
+/// answers, with what the handler saw, must be byte for byte the same but
+/// for the date.
+#[tokio::test]
+async fn both_http1_stacks_answer_every_request_alike() {
+    let own = Isopod::start(&echo_bundle(), &[]);
+    let hyper = Isopod::start(&echo_bundle(), &["--http1", "hyper"]);
+    let huge_value = "v".repeat(40 * 1024);
+    let many_lines: String = (0..120).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let long_target = format!("/{}", "a".repeat(8000));
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "plain",
+            "GET /a?b=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "head",
+            "HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "pipelined",
+            "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nDELETE /2 HTTP/1.1\r\nHost: h\r\n\r\n\
+             GET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                .into(),
+        ),
+        (
+            "pipelined, then a body",
+            "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /2 HTTP/1.1\r\nHost: h\r\n\
+             Content-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                .into(),
+        ),
+        (
+            "bare LF",
+            "GET / HTTP/1.1\nHost: h\nConnection: close\n\n".into(),
+        ),
+        (
+            "lower-case method",
+            "get / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "obs-text in a value",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Text: caf\u{e9}\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "content-length 0",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "duplicate content-length",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+                .into(),
+        ),
+        (
+            "conflicting content-length",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(),
+        ),
+        (
+            "folded header",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n 2\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "space before colon",
+            "GET / HTTP/1.1\r\nHost : h\r\n\r\n".into(),
+        ),
+        (
+            "NUL in a value",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n".into(),
+        ),
+        (
+            "unknown version",
+            "GET / HTTP/1.2\r\nHost: h\r\n\r\n".into(),
+        ),
+        ("HTTP/1.0", "GET / HTTP/1.0\r\nHost: h\r\n\r\n".into()),
+        (
+            "no Host",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "two Hosts",
+            "GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n".into(),
+        ),
+        (
+            "absolute-form",
+            "GET http://h/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "CONNECT",
+            "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n".into(),
+        ),
+        (
+            "huge head",
+            format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {huge_value}\r\nConnection: close\r\n\r\n"
+            ),
+        ),
+        (
+            "too many lines",
+            format!("GET / HTTP/1.1\r\nHost: h\r\n{many_lines}Connection: close\r\n\r\n"),
+        ),
+        (
+            "long target",
+            format!("GET {long_target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "garbage",
+            "\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03\r\n\r\n".into(),
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (label, request) in &cases {
+        let own_answer = exchange(&own, request).await;
+        let hyper_answer = exchange(&hyper, request).await;
+        if own_answer != hyper_answer {
+            differences.push(format!(
+                "{label}:\n  own:   {own_answer:?}\n  hyper: {hyper_answer:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Sends `request` on a fresh connection; everything the server answered
+/// until it closed (every case ends in a close or a refusal), without
+/// `date` lines, long runs of one byte shortened, and whether it closed.
+async fn exchange(isopod: &Isopod, request: &str) -> String {
+    let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (text, closed) =
+        read_to_close(&mut stream, started, std::time::Duration::from_secs(10)).await;
+    let text: Vec<&str> = text
+        .split("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .collect();
+    let text = text.join("\r\n").replace(&"v".repeat(1000), "v…");
+    format!(
+        "{text} [{}]",
+        if closed.is_some() { "closed" } else { "open" }
+    )
+}
