@@ -57,7 +57,7 @@ fn main() {
         ("RESIDUAL_LAZY_JS", &lazy_js),
         ("RESIDUAL_LAZY_ESM", &lazy_esm),
     ] {
-        writeln!(residual, "pub static {name}: &[(&str, &str)] = &[").unwrap();
+        writeln!(residual, "pub(crate) static {name}: &[(&str, &str)] = &[").unwrap();
         for (specifier, path) in files.iter() {
             if !consumed.iter().any(|c| c == specifier) {
                 writeln!(residual, "    ({specifier:?}, include_str!({path:?})),").unwrap();

@@ -105,7 +105,7 @@ fn write_time(store: &v8::BackingStore, now_ns: u64) {
 /// bootstrap's closures) as this isolate's clock and sets it to now. Called
 /// once per isolate, so not worth a fast path.
 #[op2(nofast)]
-pub fn op_isopod_clock(
+pub(crate) fn op_isopod_clock(
     scope: &mut v8::PinScope<'_, '_>,
     buffer: v8::Local<v8::ArrayBuffer>,
 ) -> Result<(), deno_error::JsErrorBox> {

@@ -28,7 +28,7 @@ use deno_core::{op2, v8, OpState};
 /// the host's crypto runtime current, and returns what it returns: the
 /// method's promise.
 #[op2(reentrant)]
-pub fn op_isopod_in_crypto_pool<'s>(
+pub(crate) fn op_isopod_in_crypto_pool<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     state: Rc<RefCell<OpState>>,
     operation: v8::Local<'s, v8::Function>,

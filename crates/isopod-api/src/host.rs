@@ -115,7 +115,7 @@ pub(crate) fn host(state: &OpState) -> Rc<dyn Host> {
 }
 
 #[op2(fast)]
-pub fn op_isopod_log(
+pub(crate) fn op_isopod_log(
     state: &mut OpState,
     #[smi] level: u32,
     #[smi] _request: u32,
@@ -128,7 +128,7 @@ pub fn op_isopod_log(
 /// The handler's response, with its header list (deno_fetch's `[name,
 /// value]` pairs) and a body that is `null`, a string or bytes.
 #[op2(fast)]
-pub fn op_isopod_respond<'s>(
+pub(crate) fn op_isopod_respond<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     state: &mut OpState,
     #[smi] request: u32,
@@ -167,7 +167,7 @@ pub fn op_isopod_respond<'s>(
 /// `last` is 1 when the request registered no `waitUntil` work: the call
 /// then also ends the request, as `op_isopod_done` would, in the same call.
 #[op2(fast)]
-pub fn op_isopod_respond_text<'s>(
+pub(crate) fn op_isopod_respond_text<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     state: &mut OpState,
     #[smi] request: u32,
@@ -182,7 +182,7 @@ pub fn op_isopod_respond_text<'s>(
 
 /// Like `op_isopod_respond_text`, for a body given as bytes.
 #[op2(fast)]
-pub fn op_isopod_respond_bytes(
+pub(crate) fn op_isopod_respond_bytes(
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] status: u32,
@@ -352,7 +352,7 @@ fn with_latin1<'s, T>(
 /// The handler's response with a streamed body: the readable resource `rid`
 /// that the host pumps to the client at its pace.
 #[op2(fast)]
-pub fn op_isopod_respond_stream<'s>(
+pub(crate) fn op_isopod_respond_stream<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     state: &mut OpState,
     #[smi] request: u32,
@@ -377,7 +377,7 @@ pub fn op_isopod_respond_stream<'s>(
 }
 
 #[op2(fast)]
-pub fn op_isopod_fail(
+pub(crate) fn op_isopod_fail(
     state: &mut OpState,
     #[smi] request: u32,
     #[smi] kind: u32,
@@ -392,12 +392,12 @@ pub fn op_isopod_fail(
 }
 
 #[op2(fast)]
-pub fn op_isopod_done(state: &mut OpState, #[smi] request: u32) {
+pub(crate) fn op_isopod_done(state: &mut OpState, #[smi] request: u32) {
     host(state).done(request);
 }
 
 #[op2(fast)]
-pub fn op_isopod_uncaught(
+pub(crate) fn op_isopod_uncaught(
     state: &mut OpState,
     #[smi] _request: u32,
     #[string] label: &str,

@@ -16,7 +16,6 @@
 //! - Tenant code can reach no op and no deno internal: the bootstrap keeps
 //!   them in closures and removes `Deno` and `__bootstrap` from the global
 //!   object before the tenant's bundle is evaluated.
-#![deny(missing_docs)]
 
 pub mod address;
 mod clock;

@@ -698,7 +698,7 @@ fn is_localhost_name(host: &str) -> bool {
 /// `fetch` wrapper and its `NotCapable` error builder.
 #[op2]
 #[string]
-pub fn op_isopod_fetch_refusal(state: &OpState, #[string] text: &str) -> Option<String> {
+pub(crate) fn op_isopod_fetch_refusal(state: &OpState, #[string] text: &str) -> Option<String> {
     state.try_borrow::<Arc<Compiled>>()?.refusal_message(text)
 }
 

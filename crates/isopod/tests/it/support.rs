@@ -17,19 +17,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The isopod binary under test.
-pub fn isopod_bin() -> &'static str {
+pub(crate) fn isopod_bin() -> &'static str {
     env!("CARGO_BIN_EXE_isopod")
 }
 
 /// A file under `crates/isopod/tests/fixtures`.
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
 /// A bundle built from `examples/` by `npm run build` (done by `.ci/run`).
-pub fn example_dist(name: &str) -> PathBuf {
+pub(crate) fn example_dist(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/dist")
         .join(name);
@@ -46,7 +46,7 @@ pub fn example_dist(name: &str) -> PathBuf {
 /// Each call gets its own directory: tests run concurrently and several
 /// write a bundle of the same name, and one test's `isopod` must never read
 /// a file another test is rewriting (it would see it empty).
-pub fn temp_bundle(name: &str, source: &str) -> PathBuf {
+pub(crate) fn temp_bundle(name: &str, source: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "isopod-it-{}-{}",
         std::process::id(),
@@ -62,7 +62,7 @@ static BUNDLE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUs
 static SERVE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A free loopback port (bound and released; fine for tests).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -71,7 +71,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A running `isopod run` or `isopod serve` process.
-pub struct Isopod {
+pub(crate) struct Isopod {
     child: Child,
     pub addr: SocketAddr,
     /// The admin listener, when the config enables it.
@@ -81,7 +81,7 @@ pub struct Isopod {
 
 impl Isopod {
     /// Starts `isopod run BUNDLE --port 0 ARGS…` and waits until it listens.
-    pub fn start(bundle: &Path, args: &[&str]) -> Isopod {
+    pub(crate) fn start(bundle: &Path, args: &[&str]) -> Isopod {
         let mut command = Command::new(isopod_bin());
         command
             .arg("run")
@@ -94,12 +94,16 @@ impl Isopod {
     /// Starts `isopod serve` on a config written to a fresh directory with
     /// the given bundles beside it; the config's `listen` is set to an
     /// ephemeral loopback port.
-    pub fn serve(config: &str, bundles: &[(&str, &str)]) -> Isopod {
+    pub(crate) fn serve(config: &str, bundles: &[(&str, &str)]) -> Isopod {
         Isopod::serve_with_env(config, bundles, &[])
     }
 
     /// [`Isopod::serve`] with extra environment variables.
-    pub fn serve_with_env(config: &str, bundles: &[(&str, &str)], env: &[(&str, &str)]) -> Isopod {
+    pub(crate) fn serve_with_env(
+        config: &str,
+        bundles: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Isopod {
         let dir = std::env::temp_dir().join(format!(
             "isopod-serve-{}-{}",
             std::process::id(),
@@ -175,7 +179,7 @@ impl Isopod {
     }
 
     /// The process's resident memory, from `/proc`.
-    pub fn rss_bytes(&self) -> u64 {
+    pub(crate) fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kib: u64 = status
             .lines()
@@ -186,12 +190,12 @@ impl Isopod {
     }
 
     /// Every log record so far.
-    pub fn logs(&self) -> Vec<Value> {
+    pub(crate) fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()
     }
 
     /// Waits up to 10 s for a log record matching `predicate`.
-    pub fn wait_for_log(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for_log(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(record) = self.logs().into_iter().find(|r| predicate(r)) {
@@ -207,12 +211,12 @@ impl Isopod {
     }
 
     /// `GET path` with `Host: localhost`, body collected.
-    pub async fn get(&self, path: &str) -> (u16, http::HeaderMap, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, http::HeaderMap, String) {
         self.get_host("localhost", path).await
     }
 
     /// `GET path` with the given `Host`, body collected.
-    pub async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+    pub(crate) async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
         let request = http::Request::get(path)
             .header("host", host)
             .body(Full::new(Bytes::new()))
@@ -222,7 +226,7 @@ impl Isopod {
     }
 
     /// `GET path`, the body parsed as JSON (status must be 200).
-    pub async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         let (status, _, body) = self.get(path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
@@ -230,18 +234,18 @@ impl Isopod {
 }
 
 /// Another address of the same process (an app's own port).
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     addr: SocketAddr,
 }
 
 impl Endpoint {
     /// Uses `port` on the same IP.
-    pub fn set_port(&mut self, port: u16) {
+    pub(crate) fn set_port(&mut self, port: u16) {
         self.addr.set_port(port);
     }
 
     /// `GET path` with the given `Host`.
-    pub async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+    pub(crate) async fn get_host(&self, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
         let request = http::Request::get(path)
             .header("host", host)
             .body(Full::new(Bytes::new()))
@@ -252,7 +256,7 @@ impl Endpoint {
 
 impl Isopod {
     /// An endpoint at this process's main address.
-    pub fn clone_addr(&self) -> Endpoint {
+    pub(crate) fn clone_addr(&self) -> Endpoint {
         Endpoint { addr: self.addr }
     }
 }
@@ -265,7 +269,7 @@ impl Drop for Isopod {
 }
 
 /// Runs `isopod ARGS…` to completion: (exit success, stderr).
-pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+pub(crate) fn run_to_exit(args: &[&str]) -> (bool, String) {
     let output = Command::new(isopod_bin())
         .args(args)
         .env("RUST_BACKTRACE", "0")
@@ -278,7 +282,7 @@ pub fn run_to_exit(args: &[&str]) -> (bool, String) {
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection.
-pub async fn send<B>(addr: SocketAddr, request: http::Request<B>) -> http::Response<Incoming>
+pub(crate) async fn send<B>(addr: SocketAddr, request: http::Request<B>) -> http::Response<Incoming>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -293,7 +297,7 @@ where
 }
 
 /// Status, headers and the whole body as text.
-pub async fn collect(response: http::Response<Incoming>) -> (u16, http::HeaderMap, String) {
+pub(crate) async fn collect(response: http::Response<Incoming>) -> (u16, http::HeaderMap, String) {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
@@ -307,7 +311,7 @@ pub async fn collect(response: http::Response<Incoming>) -> (u16, http::HeaderMa
 
 /// Reads a response body frame by frame: the text, and when each data frame
 /// arrived (measured from `started`).
-pub async fn timed_chunks(
+pub(crate) async fn timed_chunks(
     response: http::Response<Incoming>,
     started: Instant,
 ) -> (String, Vec<Duration>) {
@@ -324,11 +328,11 @@ pub async fn timed_chunks(
 }
 
 /// The admin token the admin tests configure.
-pub const ADMIN_TOKEN: &str = "test-token-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "test-token-0123456789";
 
 impl Isopod {
     /// An admin API call: (status, JSON body).
-    pub async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: &str,
         path: &str,
@@ -357,7 +361,7 @@ impl Isopod {
 }
 
 /// Reads from `stream` until `done` says the text so far is complete.
-pub async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
     let mut text = String::new();
     let mut buf = [0u8; 8192];
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -376,7 +380,7 @@ pub async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> 
 
 /// Sends `request` as written on a fresh connection; the answer, once its
 /// head and body are in.
-pub async fn raw(isopod: &Isopod, request: &str) -> String {
+pub(crate) async fn raw(isopod: &Isopod, request: &str) -> String {
     let mut stream = TcpStream::connect(isopod.addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     read_until(&mut stream, |t| {
@@ -387,7 +391,7 @@ pub async fn raw(isopod: &Isopod, request: &str) -> String {
 
 /// Asserts that an admin call was refused with 400 and an `error` that
 /// contains `reason`.
-pub fn assert_admin_refused(status: u16, body: &Value, reason: &str) {
+pub(crate) fn assert_admin_refused(status: u16, body: &Value, reason: &str) {
     assert_eq!(status, 400, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains(reason), "expected '{reason}' in {body}");
