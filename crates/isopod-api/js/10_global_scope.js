@@ -230,9 +230,26 @@ function explainRefusal(error) {
 }
 const isopodFetch = {
   fetch(input, init = undefined) {
-    return PromisePrototypeCatch(fetch.fetch(input, init), explainRefusal);
+    const fetched = fetch.fetch(input, init);
+    // A fetch whose signal was already aborted is rejected before it
+    // returns (Fetch: "abort the fetch() call" at once), and no refusal
+    // needs explaining: handed on as it is, it stays rejected a microtask
+    // sooner than the explaining reaction could reject.
+    if (alreadyAborted(input, init)) {
+      return fetched;
+    }
+    return PromisePrototypeCatch(fetched, explainRefusal);
   },
 }.fetch;
+function alreadyAborted(input, init) {
+  const signal = init !== null && typeof init === "object" && init.signal != null
+    ? init.signal
+    : ObjectPrototypeIsPrototypeOf(request.RequestPrototype, input)
+    ? input.signal
+    : null;
+  return ObjectPrototypeIsPrototypeOf(abortSignal.AbortSignalPrototype, signal) &&
+    signal.aborted;
+}
 
 // ---------------------------------------------------------------------------
 // WebCrypto: cost bounds, and where the work runs.
@@ -766,6 +783,7 @@ ObjectDefineProperties(globalThis, {
   AbortController: nonEnumerable(abortSignal.AbortController),
   AbortSignal: nonEnumerable(abortSignal.AbortSignal),
   DOMException: nonEnumerable(domException.DOMException),
+  QuotaExceededError: nonEnumerable(domException.QuotaExceededError),
   addEventListener: enumerable(addEventListener),
   removeEventListener: enumerable(removeEventListener),
   dispatchEvent: enumerable(dispatchEvent),
