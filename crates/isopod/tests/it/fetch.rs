@@ -97,7 +97,8 @@ fn proxy_bundle() -> std::path::PathBuf {
            if (path === '/forward') {\n\
              const copy = new Request(request); const clone = request.clone();\n\
              const r = await fetch(new Request(up + '/redirect', request));\n\
-             return Response.json({ copy: copy.url, clone: clone.url, probe: clone.headers.get('x-probe'), redirected: r.redirected, path: new URL(r.url).pathname, body: await r.json() });\n\
+             const followed = await fetch(new Request(up + '/redirect', request), { redirect: 'follow' });\n\
+             return Response.json({ copy: copy.url, clone: clone.url, probe: clone.headers.get('x-probe'), status: r.status, location: r.headers.get('location'), redirected: followed.redirected, path: new URL(followed.url).pathname, body: await followed.json() });\n\
            }\n\
            if (path === '/upload') { const r = await fetch(up + '/upload', { method: 'POST', body: request.body, duplex: 'half' }); return new Response(await r.text()); }\n\
            return new Response('?', { status: 404 });\n\
@@ -132,7 +133,9 @@ async fn fetch_reaches_a_loopback_server_and_follows_redirects() {
 }
 
 /// The incoming request is a full `Request`: it can be copied, cloned and
-/// forwarded (its headers go along, redirects are followed on the copy).
+/// forwarded. Its headers go along, and so does its redirect mode, which is
+/// "manual" as on workerd (a 302 comes back as it is), unless the copy asks
+/// to follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_incoming_request_can_be_copied_cloned_and_forwarded() {
     let isopod = proxy_to(start_upstream().await);
@@ -148,6 +151,8 @@ async fn the_incoming_request_can_be_copied_cloned_and_forwarded() {
     assert_eq!(json["copy"], "http://localhost/forward");
     assert_eq!(json["clone"], "http://localhost/forward");
     assert_eq!(json["probe"], "1");
+    assert_eq!(json["status"], 302);
+    assert_eq!(json["location"], "/json");
     assert_eq!(json["redirected"], true);
     assert_eq!(json["path"], "/json");
     assert_eq!(json["body"]["ua"], "forwarded-agent");
