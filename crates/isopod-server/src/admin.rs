@@ -30,11 +30,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::accept::serve_own_port;
+use crate::deploy_check::check_bundle;
 use crate::manifest::{check_app_name, AppSettings};
 use crate::ports::OwnPorts;
 use crate::registry::{Deployed, Registry};
 use crate::routing::HostPattern;
-use crate::server::{check_bundle, serve_own_port};
 
 /// The largest bundle or manifest `PUT /apps/NAME` accepts.
 const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
@@ -49,7 +50,7 @@ pub(crate) struct Admin {
     /// The process's default limits, which a manifest's `limits` override.
     pub(crate) default_limits: Limits,
     /// The HTTP/1.1 stack of apps' own ports opened by a deploy.
-    pub(crate) http1: crate::connection::Http1Path,
+    pub(crate) http1: crate::listener::Http1Path,
 }
 
 type AdminResponse = Response<Full<Bytes>>;

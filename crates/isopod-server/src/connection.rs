@@ -17,18 +17,8 @@ use tokio::net::TcpStream;
 
 use crate::h1::{Replay, MAX_HEADER_LINES, MAX_HEAD_BYTES};
 use crate::head_deadline::HeadWatch;
-use crate::service::{handle, ListenerContext};
-
-/// Which HTTP/1.1 stack reads requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Http1Path {
-    /// isopod's own path for bodiless HTTP/1.1 requests, hyper for the
-    /// rest of a connection from the first request it leaves (the default).
-    #[default]
-    Own,
-    /// hyper for every request.
-    Hyper,
-}
+use crate::listener::{Http1Path, ListenerContext};
+use crate::service::handle;
 
 /// Serves a connection until it closes.
 pub(crate) async fn serve(socket: TcpStream, listener: Rc<ListenerContext>, watch: Rc<HeadWatch>) {

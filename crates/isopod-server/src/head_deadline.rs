@@ -19,7 +19,7 @@
 //! - The sweep runs only while its thread has connections, so an idle
 //!   thread is not woken each second.
 //! - The sweep is also the thread's clock for the `date` of the responses
-//!   isopod's own HTTP/1.1 path writes (`h1::refresh_date`): refreshed
+//!   isopod's own HTTP/1.1 path writes (`date::refresh_date`): refreshed
 //!   when the sweep starts and at each of its rounds, so a response never
 //!   reads the clock itself.
 
@@ -73,7 +73,7 @@ impl HeadWatch {
             sweep.watched.borrow_mut().push(Rc::downgrade(self));
             if sweep.sweeper.ensure_running(run_sweep) {
                 // The sweep keeps the responses' date; it was stopped.
-                crate::h1::refresh_date();
+                crate::date::refresh_date();
             }
         });
     }
@@ -164,7 +164,7 @@ thread_local! {
 /// when the thread has no connections left (the next one starts it again).
 async fn run_sweep() {
     every_until_idle(SWEEP_EVERY, || {
-        crate::h1::refresh_date();
+        crate::date::refresh_date();
         SWEEP.with(|sweep| {
             let tick = sweep.tick.get() + 1;
             sweep.tick.set(tick);

@@ -22,11 +22,34 @@
 //!   and an app's concurrent requests are capped (queue, then 503).
 //! - Every answer isopod gives itself (4xx, 503, 504) carries a one-line
 //!   reason in a `text/plain` body.
-#![deny(missing_docs)]
+//!
+//! Reading order: the modules import only modules above them in this list
+//! (no cycle), so it can be read top down.
+//! - `routing`: host and path patterns, the route table.
+//! - `admission`: an app's cap on concurrent requests.
+//! - `registry`: the deployed apps, and each thread's copy of them.
+//! - `listener`: binding `SO_REUSEPORT` sockets; what a listener's
+//!   connections share (`ListenerContext`, `Http1Path`).
+//! - `ports`: apps' own ports, bound and closed while the server runs.
+//! - `manifest`: an app's settings as an operator writes them.
+//! - `deploy_check`: evaluating a bundle before anything serves it.
+//! - `periodic`, `date`, `head_deadline`, `response_deadline`: the
+//!   per-thread sweeps (slow heads, late responses) and the cached `date`.
+//! - `http_semantics`: request targets, `Host`, hop-by-hop headers.
+//! - `service`: one request, from either HTTP stack to an instance and
+//!   back (route, admission, dispatch, isopod's own answers).
+//! - `h1`: isopod's own HTTP/1.1 path for bodiless requests.
+//! - `connection`: one connection, and the stack that reads it.
+//! - `accept`: the accept loops on every worker thread.
+//! - `admin`: the admin API.
+//! - `server`: starting it all (`Server::start`).
 
+mod accept;
 mod admin;
 mod admission;
 mod connection;
+mod date;
+mod deploy_check;
 mod h1;
 mod head_deadline;
 mod http_semantics;
@@ -41,10 +64,10 @@ mod server;
 mod service;
 
 pub use admission::Admission;
-pub use connection::Http1Path;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
-pub use manifest::{check_app_name, AppSettings, ManifestError, RouteSpec};
+pub use listener::Http1Path;
+pub use manifest::{check_app_name, AppManifest, AppSettings, ManifestError, RouteSpec};
 pub use ports::PortError;
 pub use registry::{Deployed, Registry, Snapshot};
 pub use routing::{HostPattern, Route, RouteTable};
-pub use server::{AdminConfig, AppManifest, Server, ServerConfig, ServerError};
+pub use server::{AdminConfig, Server, ServerConfig, ServerError};

@@ -1,9 +1,15 @@
-//! One listening socket per worker thread, all bound to the same address with
-//! `SO_REUSEPORT`, so the kernel spreads connections across threads.
+//! A listener of one worker thread: its socket, one of several bound to the
+//! same address with `SO_REUSEPORT` (so the kernel spreads connections
+//! across threads), and what every connection accepted on it shares.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use isopod_pool::PoolThread;
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::registry::LocalSnapshot;
 
 /// Binds `count` sockets to `addr`. With port 0 the first socket picks the
 /// port and the others join it.
@@ -23,4 +29,27 @@ pub(crate) fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// What every connection accepted on one listener of one thread shares.
+pub(crate) struct ListenerContext {
+    /// The worker thread's view of the pool.
+    pub(crate) thread: PoolThread,
+    /// The app this listener belongs to, if it is an app's own port.
+    pub(crate) dedicated: Option<Arc<str>>,
+    /// The deployed apps, as this listener last saw them.
+    pub(crate) apps: LocalSnapshot,
+    /// Which HTTP/1.1 stack reads its connections.
+    pub(crate) http1: Http1Path,
+}
+
+/// Which HTTP/1.1 stack reads requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Http1Path {
+    /// isopod's own path for bodiless HTTP/1.1 requests, hyper for the
+    /// rest of a connection from the first request it leaves (the default).
+    #[default]
+    Own,
+    /// hyper for every request.
+    Hyper,
 }

@@ -11,7 +11,34 @@ use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
 use serde::Deserialize;
 
 use crate::routing::{HostPattern, Route};
-use crate::server::AppManifest;
+
+/// An app to serve, as a manifest describes it.
+#[derive(Debug, Clone)]
+pub struct AppManifest {
+    /// Name, variables, network policy.
+    pub config: AppConfig,
+    /// The code.
+    pub bundle: Bundle,
+    /// Pooled (default) or isolate-per-request.
+    pub mode: ExecutionMode,
+    /// Where it answers; none means `NAME.localhost`.
+    pub routes: Vec<Route>,
+    /// A listen port of its own (same address as the main listener).
+    pub port: Option<u16>,
+}
+
+impl AppManifest {
+    /// A pooled app with no routes of its own.
+    pub fn new(config: AppConfig, bundle: Bundle) -> AppManifest {
+        AppManifest {
+            config,
+            bundle,
+            mode: ExecutionMode::Pooled,
+            routes: Vec::new(),
+            port: None,
+        }
+    }
+}
 
 /// What a manifest may say about an app besides its name, its bundle and
 /// its own port (which each source carries in its own way).

@@ -2,48 +2,17 @@
 //! own listeners and serving them with the pool's instances on that thread.
 
 use std::net::{SocketAddr, TcpListener};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use isopod_pool::{AppVersion, ExecutionMode, Pool, PoolConfig, PoolThread};
-use isopod_runtime::{AppConfig, Bundle, Instance, InstanceError};
-use tokio::sync::watch;
+use isopod_pool::{AppVersion, Pool, PoolConfig, PoolThread};
+use isopod_runtime::InstanceError;
 
-use crate::connection::Http1Path;
-use crate::head_deadline::HeadWatch;
-use crate::listener::bind_reuseport;
-use crate::ports::{stopped, BoundPort, OwnPorts, PortError};
-use crate::registry::{Deployed, LocalSnapshot, Registry};
-use crate::routing::Route;
-use crate::service::ListenerContext;
-
-/// An app to serve, as a manifest describes it.
-#[derive(Debug, Clone)]
-pub struct AppManifest {
-    /// Name, variables, network policy.
-    pub config: AppConfig,
-    /// The code.
-    pub bundle: Bundle,
-    /// Pooled (default) or isolate-per-request.
-    pub mode: ExecutionMode,
-    /// Where it answers; none means `NAME.localhost`.
-    pub routes: Vec<Route>,
-    /// A listen port of its own (same address as the main listener).
-    pub port: Option<u16>,
-}
-
-impl AppManifest {
-    /// A pooled app with no routes of its own.
-    pub fn new(config: AppConfig, bundle: Bundle) -> AppManifest {
-        AppManifest {
-            config,
-            bundle,
-            mode: ExecutionMode::Pooled,
-            routes: Vec::new(),
-            port: None,
-        }
-    }
-}
+use crate::accept::ThreadListeners;
+use crate::deploy_check::check_bundle;
+use crate::listener::{bind_reuseport, Http1Path};
+use crate::manifest::AppManifest;
+use crate::ports::{OwnPorts, PortError};
+use crate::registry::{Deployed, Registry};
 
 /// What a [`Server`] serves and where.
 #[derive(Debug, Clone)]
@@ -105,13 +74,6 @@ pub struct Server {
     /// Apps' own ports; their accept loops run while this lives.
     _ports: Arc<OwnPorts>,
 }
-
-/// A listener of one worker thread: the socket, the app it is dedicated to
-/// if it is an app's own port, and what stops it then (see `ports.rs`).
-type ThreadListener = (TcpListener, Option<Arc<str>>, Option<watch::Receiver<bool>>);
-
-/// One worker thread's listeners.
-type ThreadListeners = Vec<ThreadListener>;
 
 impl Server {
     /// Checks every app's bundle, binds the listeners and starts the worker
@@ -186,7 +148,12 @@ impl Server {
                 .get_mut(thread.index())
                 .and_then(Option::take)
                 .unwrap_or_default();
-            Box::pin(accept_loops(thread, thread_registry.clone(), http1, mine))
+            Box::pin(crate::accept::accept_loops(
+                thread,
+                thread_registry.clone(),
+                http1,
+                mine,
+            ))
         });
         let pool = Pool::start_with(
             PoolConfig {
@@ -268,128 +235,4 @@ fn bind_admin(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerErr
         .set_nonblocking(true)
         .map_err(|error| ServerError::Listen { addr, error })?;
     Ok((listener, addr))
-}
-
-/// Evaluates a bundle in a scratch isolate on a scratch thread, so a broken
-/// bundle is refused before anything serves it. Top-level code runs under
-/// the app's startup CPU budget and heap limit, as in every instance: past
-/// them the process's watchdog terminates it (it only signals the isolate)
-/// and the bundle is refused.
-pub(crate) fn check_bundle(config: &AppConfig, bundle: &Bundle) -> Result<(), InstanceError> {
-    let config = config.clone();
-    let bundle = bundle.clone();
-    let outcome = std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime builds");
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async {
-                    let mut instance = Instance::blank(&config)?;
-                    instance.load(&bundle, &config).await
-                })
-            })
-            .join()
-    });
-    outcome.unwrap_or_else(|_| Err(InstanceError::Bundle("checking the bundle panicked".into())))
-}
-
-async fn accept_loops(
-    thread: PoolThread,
-    registry: Arc<Registry>,
-    http1: Http1Path,
-    listeners: ThreadListeners,
-) {
-    let mut loops = Vec::new();
-    for listener in listeners {
-        loops.push(tokio::task::spawn_local(accept_on(
-            thread.clone(),
-            registry.clone(),
-            http1,
-            listener,
-        )));
-    }
-    for accept in loops {
-        let _ = accept.await;
-    }
-}
-
-/// Starts serving an app's port bound after start-up (an admin deploy):
-/// its accept loop on each worker thread, on that thread's socket.
-pub(crate) fn serve_own_port(
-    pool: &Pool,
-    registry: &Arc<Registry>,
-    app: &Arc<str>,
-    bound: BoundPort,
-    http1: Http1Path,
-) {
-    for (thread, socket) in bound.sockets.into_iter().enumerate() {
-        let listener = (socket, Some(app.clone()), Some(bound.stop.clone()));
-        let registry = registry.clone();
-        let started = pool.spawn_on_worker(
-            thread,
-            Box::new(move |thread| Box::pin(accept_on(thread, registry, http1, listener))),
-        );
-        if !started {
-            tracing::error!(app = %app, thread, "cannot start an accept loop: the pool has stopped");
-        }
-    }
-}
-
-async fn accept_on(
-    thread: PoolThread,
-    registry: Arc<Registry>,
-    http1: Http1Path,
-    listener: ThreadListener,
-) {
-    let (socket, dedicated, stop) = listener;
-    let socket = match tokio::net::TcpListener::from_std(socket) {
-        Ok(socket) => socket,
-        Err(error) => {
-            tracing::error!(%error, "cannot register a listener");
-            return;
-        }
-    };
-    let listener = Rc::new(ListenerContext {
-        thread,
-        apps: LocalSnapshot::new(registry),
-        dedicated,
-        http1,
-    });
-    accept_loop(socket, listener, stop).await;
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    listener_context: Rc<ListenerContext>,
-    mut stop: Option<watch::Receiver<bool>>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => Some(accepted),
-            () = stopped(&mut stop) => None,
-        };
-        let Some(accepted) = accepted else {
-            // The socket first: whoever waits for the stop signal's
-            // receivers to go (`OwnPorts::close`) then finds it closed.
-            drop(listener);
-            drop(stop);
-            return;
-        };
-        let (stream, _peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let listener = listener_context.clone();
-        let watch = HeadWatch::new();
-        let watched = watch.clone();
-        let task = tokio::task::spawn_local(crate::connection::serve(stream, listener, watched));
-        watch.start(task.abort_handle());
-    }
 }

@@ -10,27 +10,16 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use isopod_pool::{PoolError, PoolThread};
+use isopod_pool::PoolError;
 use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
 
 use crate::head_deadline::{Busy, WatchedBody};
 use crate::http_semantics::{
     end_to_end_lines, origin_target, request_target, strip_hop_by_hop, BadRequest, Target,
 };
-use crate::registry::{Deployed, LocalSnapshot};
+use crate::listener::ListenerContext;
+use crate::registry::Deployed;
 use crate::response_deadline::within;
-
-/// What every connection accepted on one listener of one thread shares.
-pub(crate) struct ListenerContext {
-    /// The worker thread's view of the pool.
-    pub(crate) thread: PoolThread,
-    /// The app this listener belongs to, if it is an app's own port.
-    pub(crate) dedicated: Option<Arc<str>>,
-    /// The deployed apps, as this listener last saw them.
-    pub(crate) apps: LocalSnapshot,
-    /// Which HTTP/1.1 stack reads its connections.
-    pub(crate) http1: crate::connection::Http1Path,
-}
 
 /// Answers one request with the app's handler.
 ///

@@ -44,12 +44,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::head_deadline::HeadWatch;
-use crate::service::{prepare_bodiless, ListenerContext};
+use crate::listener::ListenerContext;
+use crate::service::prepare_bodiless;
 
 pub(crate) use replay::Replay;
 use request_head::Scan;
 pub(crate) use request_head::{MAX_HEADER_LINES, MAX_HEAD_BYTES};
-pub(crate) use response_head::refresh_date;
 use response_head::Framing;
 
 /// How much the input buffer grows by when a head is not all there.

@@ -3,9 +3,6 @@
 //! `date`, `content-length` for a body of known length, chunked for a
 //! stream), so a client cannot tell which path answered it.
 
-use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::header::{self, HeaderMap};
 use http::StatusCode;
 
@@ -127,7 +124,7 @@ pub(crate) fn encode(
         LengthLine::None => {}
     }
     if !dated {
-        DATE.with(|date| line(out, b"date", &date.borrow().value));
+        crate::date::with_date(|date| line(out, b"date", date));
     }
     out.extend_from_slice(b"\r\n");
     framing
@@ -140,47 +137,10 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The `date` value, formatted once a second per thread (by the head
-/// deadline's sweep, see [`refresh_date`]) rather than for every response.
-struct CachedDate {
-    second: u64,
-    value: [u8; 29],
-}
-
-/// Sets the thread's `date` value to now. Called by the thread's head
-/// deadline sweep when it starts (a connection is accepted while it is
-/// stopped) and once a second while it runs, so the date lags the clock
-/// by at most about a second; the sweep runs whenever the thread has a
-/// connection to answer on.
-pub(crate) fn refresh_date() {
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let _ = DATE.try_with(|date| {
-        let mut date = date.borrow_mut();
-        if second == date.second {
-            return;
-        }
-        let formatted = httpdate::fmt_http_date(now);
-        // An IMF-fixdate is always 29 bytes.
-        if formatted.len() == date.value.len() {
-            date.value.copy_from_slice(formatted.as_bytes());
-            date.second = second;
-        }
-    });
-}
-
-thread_local! {
-    static DATE: RefCell<CachedDate> = const {
-        RefCell::new(CachedDate {
-            second: u64::MAX,
-            value: *b"Thu, 01 Jan 1970 00:00:00 GMT",
-        })
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn head(
         method: http::Method,
@@ -289,7 +249,7 @@ mod tests {
 
     #[test]
     fn the_date_is_the_threads_clock_when_last_refreshed() {
-        refresh_date();
+        crate::date::refresh_date();
         let mut out = Vec::new();
         encode(
             &mut out,
