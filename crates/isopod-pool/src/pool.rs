@@ -52,6 +52,9 @@ pub struct PoolConfig {
     /// refused ([`crate::PoolError::OverMemoryBudget`]) instead of growing
     /// until the kernel kills the process.
     pub memory_budget: u64,
+    /// V8's process-wide settings (flags, the code cache). The first pool
+    /// or server of a process fixes them.
+    pub v8: isopod_runtime::V8Settings,
 }
 
 impl Default for PoolConfig {
@@ -67,6 +70,7 @@ impl Default for PoolConfig {
             replica_idle: std::time::Duration::from_secs(5),
             limits: isopod_runtime::Limits::default(),
             memory_budget: crate::memory::default_budget(),
+            v8: isopod_runtime::V8Settings::default(),
         }
     }
 }
@@ -286,7 +290,7 @@ impl Pool {
     /// [`PoolThread`] (an HTTP accept loop, for instance). The thread ends
     /// when the pool is dropped, cancelling `main`.
     pub fn start_with(config: PoolConfig, main: Option<ThreadMain>) -> Result<Pool, PoolError> {
-        isopod_runtime::init_v8();
+        isopod_runtime::init_v8_with(&config.v8);
         let shared = Arc::new(Shared::new(config.max_instances));
         let workers = config.threads.max(1);
         let (jobs, inboxes): (Vec<_>, Vec<_>) =

@@ -39,9 +39,7 @@ impl CodeCache {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut hasher);
         deno_core::v8::V8::get_version().hash(&mut hasher);
-        std::env::var("ISOPOD_V8_FLAGS")
-            .unwrap_or_default()
-            .hash(&mut hasher);
+        crate::platform::settings().flags.hash(&mut hasher);
         CodeCache {
             key: hasher.finish(),
             bytes: Mutex::new(None),
@@ -51,11 +49,9 @@ impl CodeCache {
     }
 
     /// The cached bytes, if a compile has produced them; counts the offer.
-    /// `ISOPOD_CODE_CACHE=off` (read once) turns the cache off, to measure
-    /// or rule it out.
+    /// None when the process's `V8Settings` turn the cache off.
     pub(crate) fn take_for_compile(&self) -> Option<Arc<[u8]>> {
-        static DISABLED: OnceLock<bool> = OnceLock::new();
-        if *DISABLED.get_or_init(|| std::env::var("ISOPOD_CODE_CACHE").is_ok_and(|v| v == "off")) {
+        if !crate::platform::settings().code_cache {
             return None;
         }
         let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -44,7 +44,7 @@ pub use graveyard::Graveyard;
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink};
 pub use isopod_api::{deny_own_listeners, NetPolicy, PermissionError};
 pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};
-pub use platform::init_v8;
+pub use platform::{init_v8, init_v8_with, V8Settings};
 pub use recycle::{buffer, recycle_header_map};
 pub use request::{DispatchError, HeaderList, IncomingRequest, OutgoingResponse};
 pub use scheduling::lower_thread_priority;

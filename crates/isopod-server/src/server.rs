@@ -79,7 +79,7 @@ impl Server {
     /// Checks every app's bundle, binds the listeners and starts the worker
     /// threads.
     pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        isopod_runtime::init_v8();
+        isopod_runtime::init_v8_with(&config.pool.v8);
         for app in &config.apps {
             check_bundle(&app.config, &app.bundle).map_err(|error| ServerError::App {
                 app: app.config.name.to_string(),

@@ -80,6 +80,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
             memory_budget: file
                 .memory_budget_mb
                 .map_or(defaults.memory_budget, |mb| mb << 20),
+            v8: v8_settings(),
         },
         apps,
         admin: None,
@@ -163,6 +164,15 @@ where
             .map(Some)
             .map_err(|e| anyhow!("{name}={value}: {e}")),
         Err(_) => Ok(None),
+    }
+}
+
+/// V8's process-wide settings, from the environment (for diagnosis):
+/// `ISOPOD_V8_FLAGS` and `ISOPOD_CODE_CACHE=off`.
+pub(crate) fn v8_settings() -> isopod_runtime::V8Settings {
+    isopod_runtime::V8Settings {
+        flags: std::env::var("ISOPOD_V8_FLAGS").unwrap_or_default(),
+        code_cache: std::env::var("ISOPOD_CODE_CACHE").map_or(true, |value| value != "off"),
     }
 }
 

@@ -167,6 +167,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             // One app: a spare would only cost memory.
             spares_per_thread: 0,
             limits,
+            v8: config::v8_settings(),
             ..PoolConfig::default()
         },
         apps: vec![app],
