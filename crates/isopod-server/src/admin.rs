@@ -167,6 +167,7 @@ impl Admin {
             "in_flight": rows.iter().map(|r| r.in_flight).sum::<usize>(),
             "heap_used_bytes": rows.iter().map(|r| r.heap_used_bytes).sum::<usize>(),
             "requests_served": rows.iter().map(|r| r.requests_served).sum::<u64>(),
+            "waiting_for_admission": deployed.admission.waiting(),
         });
         described["kills"] = json!(self.pool.kills(name));
         reply(StatusCode::OK, described)

@@ -45,6 +45,11 @@ impl Admission {
         self.limit
     }
 
+    /// How many requests wait for a turn now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// A turn at once, if one is free: the common case, with no future to
     /// carry (then [`Admission::admit`] waits for one).
     pub(crate) fn try_admit(&self) -> Option<SemaphorePermit<'_>> {

@@ -1,8 +1,6 @@
 //! The admin API: authentication, deploys, hot-swap, removal and the pool's
 //! statistics.
 
-use std::time::Duration;
-
 use crate::support::{assert_admin_refused, Isopod, ADMIN_TOKEN};
 
 fn server() -> Isopod {
@@ -291,21 +289,30 @@ async fn hot_swap_under_load_fails_no_request_and_mixes_no_versions() {
             .0,
         201
     );
+    // Each client says when its first request was answered: the swap comes
+    // once all are under way.
+    let (answered, mut first_answers) = tokio::sync::mpsc::unbounded_channel();
     let load: Vec<_> = (0..8)
         .map(|_| {
             let isopod = isopod.clone();
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let mut bodies = Vec::new();
                 for _ in 0..25 {
                     let (status, _, body) = isopod.get_host("swap.localhost", "/").await;
                     assert_eq!(status, 200, "{body}");
+                    if bodies.is_empty() {
+                        let _ = answered.send(());
+                    }
                     bodies.push(body);
                 }
                 bodies
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..8 {
+        first_answers.recv().await.expect("a client answered");
+    }
     assert_eq!(
         isopod
             .admin("PUT", "/apps/swap", token, version("v2"))

@@ -97,24 +97,29 @@ async fn env_carries_the_variables() {
 
 #[tokio::test]
 async fn wait_until_work_runs_after_the_response() {
-    // One thread, so both requests reach the same instance.
+    // One thread, so every request reaches the same instance. The
+    // waitUntil work cannot finish before `/release`, so `/work` answering
+    // at all shows that its response did not wait for it.
     let bundle = temp_bundle(
         "wait_until.js",
         "let finished = 0;\n\
+         let release;\n\
          export default { fetch(request, env, ctx) {\n\
-           if (new URL(request.url).pathname === '/count') return new Response(String(finished));\n\
-           ctx.waitUntil(new Promise((resolve) => setTimeout(() => { finished++; console.log('background done'); resolve(); }, 300)));\n\
+           const path = new URL(request.url).pathname;\n\
+           if (path === '/count') return new Response(String(finished));\n\
+           if (path === '/release') { release(); return new Response('released'); }\n\
+           ctx.waitUntil(new Promise((resolve) => { release = resolve; }).then(() => { finished++; console.log('background done'); }));\n\
            return new Response('sent');\n\
          } };\n",
     );
     let isopod = Isopod::start(&bundle, &["--threads", "1"]);
-    let started = std::time::Instant::now();
-    assert_eq!(isopod.get("/work").await.2, "sent");
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "the response waited for waitUntil"
+    let work = tokio::time::timeout(Duration::from_secs(30), isopod.get("/work"));
+    assert_eq!(
+        work.await.expect("the response waited for waitUntil").2,
+        "sent"
     );
     assert_eq!(isopod.get("/count").await.2, "0");
+    assert_eq!(isopod.get("/release").await.2, "released");
     let record = isopod.wait_for_log("waitUntil completion", |r| {
         r["message"] == "background done"
     });

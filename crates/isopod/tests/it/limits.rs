@@ -182,20 +182,13 @@ async fn hostile_tenants_are_cut_off_and_the_neighbour_keeps_being_served() {
     assert!(body.contains("did not respond"), "{body}");
     // The abandoned handler is forgotten once its waitUntil bound (1 s)
     // has passed: the instance has nothing in flight any more.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, app) = isopod
-            .admin("GET", "/apps/never", Some(ADMIN_TOKEN), None)
-            .await;
-        if app["usage"]["in_flight"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the abandoned request is still in flight: {app}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    isopod
+        .await_admin(
+            "/apps/never",
+            "the abandoned request is still in flight",
+            |app| app["usage"]["in_flight"] == 0,
+        )
+        .await;
     isopod.wait_for_log("the lingering-request warning", |r| {
         r["app"] == "never"
             && r["message"]
@@ -255,7 +248,11 @@ async fn other_requests_on_a_killed_instance_get_503_and_the_log_says_so() {
         let endpoint = endpoint.clone();
         tokio::spawn(async move { endpoint.get_host("shared.localhost", "/slow").await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    isopod
+        .await_admin("/apps/shared", "the slow request never started", |app| {
+            app["usage"]["in_flight"] == 1
+        })
+        .await;
     let (status, _, body) = isopod.get_host("shared.localhost", "/spin").await;
     assert_eq!(status, 503, "{body}");
     let (status, _, body) = slow.await.unwrap();
@@ -319,7 +316,7 @@ async fn request_hygiene_answers_each_excess_with_its_status_and_reason() {
     let slow = "export default { async fetch() { await new Promise((r) => setTimeout(r, 1500)); return new Response('late'); } };";
     let stall = "export default { fetch() { let sent = false; return new Response(new ReadableStream({ pull(c) { if (!sent) { sent = true; c.enqueue(new TextEncoder().encode('first')); } else { return new Promise(() => {}); } } })); } };";
     let isopod = Isopod::serve(
-        "threads = 1\n\n[[apps]]\nname = \"small\"\nbundle = \"good.js\"\nlimits = { max_request_body_mb = 1 }\n\n[[apps]]\nname = \"narrow\"\nbundle = \"slow.js\"\nlimits = { max_concurrent_requests = 1 }\n\n[[apps]]\nname = \"stall\"\nbundle = \"stall.js\"\nlimits = { stream_idle_timeout_ms = 300 }\n",
+        &format!("admin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\nthreads = 1\n\n[[apps]]\nname = \"small\"\nbundle = \"good.js\"\nlimits = {{ max_request_body_mb = 1 }}\n\n[[apps]]\nname = \"narrow\"\nbundle = \"slow.js\"\nlimits = {{ max_concurrent_requests = 1 }}\n\n[[apps]]\nname = \"stall\"\nbundle = \"stall.js\"\nlimits = {{ stream_idle_timeout_ms = 300 }}\n"),
         &[("good.js", GOOD), ("slow.js", slow), ("stall.js", stall)],
     );
 
@@ -356,7 +353,11 @@ async fn request_hygiene_answers_each_excess_with_its_status_and_reason() {
             tokio::spawn(async move { endpoint.get_host("narrow.localhost", "/").await })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    isopod
+        .await_admin("/apps/narrow", "one request served and one queued", |app| {
+            app["usage"]["in_flight"] == 1 && app["usage"]["waiting_for_admission"] == 1
+        })
+        .await;
     let (status, _, body) = isopod.get_host("narrow.localhost", "/").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("serves 1 requests at once"), "{body}");

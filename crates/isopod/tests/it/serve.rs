@@ -217,16 +217,21 @@ async fn a_busy_app_gets_a_replica_a_light_one_does_not_and_idle_replicas_retire
         "the replica barely served: {pool}"
     );
 
-    // Load stops: the replica retires; the home instance stays.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (_, pool) = isopod.admin("GET", "/admin/pool", Some(token), None).await;
-    let busy_rows: Vec<_> = pool["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["app"] == "busy")
-        .cloned()
-        .collect();
-    assert_eq!(busy_rows.len(), 1, "{pool}");
-    assert_eq!(busy_rows[0]["replica"], false);
+    // Load stops: the replica retires (after `replica_idle`); the home
+    // instance stays.
+    let busy_rows = |pool: &serde_json::Value| -> Vec<serde_json::Value> {
+        pool["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["app"] == "busy")
+            .cloned()
+            .collect()
+    };
+    let pool = isopod
+        .await_admin("/admin/pool", "the idle replica was not retired", |pool| {
+            busy_rows(pool).len() == 1
+        })
+        .await;
+    assert_eq!(busy_rows(&pool)[0]["replica"], false, "{pool}");
 }

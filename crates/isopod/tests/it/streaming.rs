@@ -104,7 +104,7 @@ async fn client_disconnect_cancels_the_stream_and_aborts_the_signal() {
         "export default { async fetch(request) {\n\
            const path = new URL(request.url).pathname;\n\
            request.signal.addEventListener('abort', () => console.log(`signal aborted ${path}`));\n\
-           if (path === '/hang') { await new Promise(() => {}); }\n\
+           if (path === '/hang') { console.log('hanging'); await new Promise(() => {}); }\n\
            return new Response(new ReadableStream({\n\
              async pull(c) { await new Promise((r) => setTimeout(r, 20)); c.enqueue(new Uint8Array(1024)); },\n\
              cancel(reason) { console.log(`stream cancelled ${path}`); },\n\
@@ -133,7 +133,8 @@ async fn client_disconnect_cancels_the_stream_and_aborts_the_signal() {
         .write_all(b"GET /hang HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Gone once the handler runs (its log record says so).
+    isopod.wait_for_log("the handler's start", |r| r["message"] == "hanging");
     drop(stream);
     let record = isopod.wait_for_log("request.signal abort", |r| {
         r["message"] == "signal aborted /hang"

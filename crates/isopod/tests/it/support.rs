@@ -358,6 +358,27 @@ impl Isopod {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+
+    /// Polls `GET path` on the admin API (with [`ADMIN_TOKEN`]) until
+    /// `done` holds for its answer, and returns that answer: the test waits
+    /// for the state it needs, not for a guessed delay. Fails after thirty
+    /// seconds, a loaded machine's margin.
+    pub(crate) async fn await_admin(
+        &self,
+        path: &str,
+        why: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, answer) = self.admin("GET", path, Some(ADMIN_TOKEN), None).await;
+            if done(&answer) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "{why}: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Reads from `stream` until `done` says the text so far is complete.
