@@ -65,11 +65,11 @@ pub struct HostResponse {
     /// Header lines dropped because HTTP cannot carry them.
     pub invalid_headers: usize,
     /// The body.
-    pub body: ResponseBody,
+    pub body: HandlerBody,
 }
 
 /// A response body as the handler produced it.
-pub enum ResponseBody {
+pub enum HandlerBody {
     /// `null` body.
     Empty,
     /// A body known in full when the response was returned.
@@ -139,16 +139,16 @@ pub(crate) fn op_isopod_respond<'s>(
     let host = host(state);
     let (headers, invalid_headers) = read_header_list(scope, host.header_map(), header_list);
     let body = if body.is_null_or_undefined() {
-        ResponseBody::Empty
+        HandlerBody::Empty
     } else if let Ok(text) = v8::Local::<v8::String>::try_from(body) {
-        ResponseBody::Bytes(utf8_bytes(scope, text))
+        HandlerBody::Bytes(utf8_bytes(scope, text))
     } else if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
         let mut bytes = vec![0; view.byte_length()];
         let copied = view.copy_contents(&mut bytes);
         bytes.truncate(copied);
-        ResponseBody::Bytes(Bytes::from(bytes))
+        HandlerBody::Bytes(Bytes::from(bytes))
     } else {
-        ResponseBody::Empty
+        HandlerBody::Empty
     };
     deliver(&*host, request, status, (headers, invalid_headers), body);
 }
@@ -214,7 +214,7 @@ fn deliver_static(
     // One lookup of the host in the op state for the three calls.
     let host = host(state);
     let headers = content_type_header(host.header_map(), content_type);
-    deliver(&*host, request, status, headers, ResponseBody::Bytes(body));
+    deliver(&*host, request, status, headers, HandlerBody::Bytes(body));
     if last {
         host.done(request);
     }
@@ -280,7 +280,7 @@ fn deliver(
     request: u32,
     status: u32,
     (headers, invalid_headers): (http::HeaderMap, usize),
-    body: ResponseBody,
+    body: HandlerBody,
 ) {
     host.respond(
         request,
@@ -371,7 +371,7 @@ pub(crate) fn op_isopod_respond_stream<'s>(
         request,
         status,
         headers,
-        ResponseBody::Stream(stream),
+        HandlerBody::Stream(stream),
     );
     Ok(())
 }

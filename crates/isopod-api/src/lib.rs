@@ -26,7 +26,7 @@ mod permissions;
 pub use address::{classify, ReservedRange};
 pub use clock::{advance_clock, monotonic_ns};
 pub use crypto::warm_up_crypto;
-pub use host::{FailureKind, Host, HostResponse, LogLevel, ResponseBody, UncaughtKind};
+pub use host::{FailureKind, HandlerBody, Host, HostResponse, LogLevel, UncaughtKind};
 pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};
 
 use deno_core::{Extension, ExtensionArguments};

@@ -272,9 +272,9 @@ impl RequestTable {
             tracing::warn!(app = %self.app.borrow(), dropped = response.invalid_headers, "dropped response headers HTTP cannot carry");
         }
         let body = match response.body {
-            isopod_api::ResponseBody::Empty => ResponseBody::empty(),
-            isopod_api::ResponseBody::Bytes(bytes) => ResponseBody::full(bytes),
-            isopod_api::ResponseBody::Stream(stream) => {
+            isopod_api::HandlerBody::Empty => ResponseBody::empty(),
+            isopod_api::HandlerBody::Bytes(bytes) => ResponseBody::full(bytes),
+            isopod_api::HandlerBody::Stream(stream) => {
                 // One chunk in flight: the producer runs at the client's pace.
                 let (tx, rx) = mpsc::channel(1);
                 let control = self.control.clone();
