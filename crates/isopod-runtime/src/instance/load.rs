@@ -1,0 +1,423 @@
+//! Loading a bundle into a blank instance.
+//!
+//! [`Instance::load`] evaluates the bundle under the app's startup budget:
+//! an ES module through the module loader (which hands over the version's
+//! code cache), or a classic service-worker script compiled here with that
+//! cache, after the app's variables are set as globals. The bootstrap's
+//! `init` then wires the handler and returns the dispatcher the driver calls.
+//!
+//! Invariants: one bundle per instance; whether a bundle is a module is
+//! decided once per version; a limit that stops top-level code fails the
+//! load as a kill, and the instance is unusable afterwards.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use deno_core::{v8, PollEventLoopOptions};
+
+use super::{AppConfig, Dispatcher, Instance, InstanceError};
+use crate::bundle::Bundle;
+use crate::limits::KillReason;
+use crate::window::WindowKind;
+
+impl Instance {
+    /// Evaluates `bundle` in this blank instance and wires its handler. A
+    /// bundle that fails to compile, throws at top level or has no handler
+    /// is refused with a message naming `file:line:column`.
+    ///
+    /// Top-level code runs under the app's startup CPU budget; past it, or
+    /// past the memory limit, the load fails and the instance is unusable.
+    pub async fn load(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
+        self.enforcer.set_limits(&app.limits);
+        self.table
+            .set_stream_idle_timeout(app.limits.stream_idle_timeout());
+        self.limits = app.limits.clone();
+        let loaded = self.load_bundle(bundle, app).await;
+        match self.termination() {
+            None => loaded,
+            Some(termination) => {
+                let event = self.kill(termination);
+                Err(InstanceError::Bundle(match event.reason {
+                    KillReason::Memory => format!(
+                        "the bundle's top-level code exceeded the memory limit of {} MiB ({})",
+                        self.limits.heap_max_mb,
+                        bundle.specifier()
+                    ),
+                    _ => format!(
+                        "the bundle's top-level code exceeded its startup CPU budget of {} ms ({})",
+                        self.limits.startup_cpu_ms,
+                        bundle.specifier()
+                    ),
+                }))
+            }
+        }
+    }
+
+    async fn load_bundle(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
+        let init = self
+            .init
+            .take()
+            .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
+        // A blank instance may have been made before its app was known.
+        self.table.set_app(app.name.clone());
+        isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
+        self.loader.set_bundle(bundle);
+        // Decided once per version (the bundle remembers), not per instance:
+        // finding out may parse the whole bundle.
+        let is_module = *bundle.is_module().get_or_init(|| self.is_module(bundle));
+        let exported = match is_module {
+            false => {
+                self.define_global_bindings(&app.vars);
+                self.run_classic_script(bundle)?;
+                None
+            }
+            true => {
+                // Loaded through the loader, which hands over the source with
+                // the version's code cache.
+                let specifier = bundle.specifier().clone();
+                let id = self
+                    .windowed(WindowKind::Startup, |runtime| {
+                        Box::pin(runtime.load_main_es_module(&specifier))
+                    })
+                    .await
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                self.windowed(WindowKind::Startup, |runtime| {
+                    let evaluated = runtime.mod_evaluate(id);
+                    Box::pin(async move {
+                        let mut evaluated = pin!(evaluated);
+                        poll_fn(|cx| {
+                            if let Poll::Ready(result) = evaluated.as_mut().poll(cx) {
+                                return Poll::Ready(result);
+                            }
+                            match runtime.poll_event_loop(cx, PollEventLoopOptions::default()) {
+                                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                                _ => Poll::Pending,
+                            }
+                        })
+                        .await
+                    })
+                })
+                .await
+                .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                // One more turn of the event loop hands the module's fresh
+                // code cache to the loader (deno_core queues it at compile).
+                poll_fn(|cx| match self.poll_event_loop(cx) {
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                    _ => Poll::Ready(Ok(())),
+                })
+                .await
+                .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                let namespace = self
+                    .window(WindowKind::Startup, |runtime| {
+                        runtime.get_module_namespace(id)
+                    })
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                Some(namespace)
+            }
+        };
+
+        let vars = app.vars.clone();
+        let subrequests = app.limits.subrequests;
+        let dispatcher = self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let exported: v8::Local<v8::Value> = match &exported {
+                Some(namespace) => {
+                    let namespace = v8::Local::new(scope, namespace);
+                    let key = v8::String::new(scope, "default").unwrap();
+                    namespace
+                        .get(scope, key.into())
+                        .unwrap_or_else(|| v8::undefined(scope).into())
+                }
+                None => v8::undefined(scope).into(),
+            };
+            let env = v8::Object::new(scope);
+            for (key, value) in &vars {
+                let (Some(k), Some(v)) =
+                    (v8::String::new(scope, key), v8::String::new(scope, value))
+                else {
+                    continue;
+                };
+                env.set(scope, k.into(), v.into());
+            }
+            let init = v8::Local::new(scope, &init);
+            let undefined = v8::undefined(scope).into();
+            let limits = v8::Object::new(scope);
+            let key = v8::String::new(scope, "subrequests").unwrap();
+            let value = v8::Integer::new_from_unsigned(scope, subrequests);
+            limits.set(scope, key.into(), value.into());
+            let Some(pair) = init.call(scope, undefined, &[exported, env.into(), limits.into()])
+            else {
+                let message = scope
+                    .exception()
+                    .map(|e| e.to_rust_string_lossy(scope))
+                    .unwrap_or_else(|| "the bundle could not be initialised".into());
+                return Err(InstanceError::Bundle(format!(
+                    "{message} ({})",
+                    bundle.specifier()
+                )));
+            };
+            let pair = v8::Local::<v8::Object>::try_from(pair)
+                .map_err(|_| InstanceError::Bundle("bootstrap returned no dispatcher".into()))?;
+            let get = |scope: &mut v8::PinScope, name: &str| {
+                let key = v8::String::new(scope, name).unwrap();
+                pair.get(scope, key.into())
+                    .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+                    .map(|f| v8::Global::new(scope, f))
+                    .ok_or_else(|| InstanceError::Bundle(format!("bootstrap returned no {name}")))
+            };
+            let context = scope.get_current_context();
+            Ok::<_, InstanceError>(Dispatcher {
+                dispatch: get(scope, "dispatch")?,
+                abort: get(scope, "abort")?,
+                context: v8::Global::new(scope, context),
+            })
+        })?;
+        self.dispatcher = Some(Rc::new(dispatcher));
+        Ok(())
+    }
+
+    /// A service-worker script reads its app's variables as globals (it
+    /// has no `env`), as on Workers: each is set on the global object
+    /// before the script runs, so its top-level code sees them too.
+    fn define_global_bindings(&mut self, vars: &[(String, String)]) {
+        if vars.is_empty() {
+            return;
+        }
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            let global = scope.get_current_context().global(scope);
+            for (key, value) in vars {
+                let (Some(key), Some(value)) =
+                    (v8::String::new(scope, key), v8::String::new(scope, value))
+                else {
+                    continue;
+                };
+                global.set(scope, key.into(), value.into());
+            }
+        });
+    }
+
+    /// Compiles and runs a classic (service-worker) script, with the
+    /// version's code cache when an earlier instance made one; the first
+    /// compile of a version (or one whose cache V8 rejected) makes it, after
+    /// the script has run, so it also holds the functions its top-level code
+    /// called. An error is reported as deno_core reports one
+    /// (`file:line:column`, source-mapped).
+    fn run_classic_script(&mut self, bundle: &Bundle) -> Result<(), InstanceError> {
+        use v8::script_compiler::{compile, CachedData, CompileOptions, NoCacheReason, Source};
+        let cache = bundle.code_cache().clone();
+        let offered = cache.take_for_compile();
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let (Some(name), Some(code)) = (
+                v8::String::new(scope, bundle.specifier().as_str()),
+                v8::String::new(scope, bundle.source()),
+            ) else {
+                return Err(InstanceError::Bundle(format!(
+                    "the bundle is too large for V8 ({})",
+                    bundle.specifier()
+                )));
+            };
+            let origin = bundle_origin(scope, name, false);
+            let (script, make_cache) = match &offered {
+                Some(bytes) => {
+                    let mut source =
+                        Source::new_with_cached_data(code, Some(&origin), CachedData::new(bytes));
+                    let script = compile(
+                        scope,
+                        &mut source,
+                        CompileOptions::ConsumeCodeCache,
+                        NoCacheReason::NoReason,
+                    );
+                    let rejected = source.get_cached_data().is_none_or(|data| data.rejected());
+                    if rejected {
+                        cache.note_rejected();
+                    }
+                    (script, rejected)
+                }
+                None => {
+                    let mut source = Source::new(code, Some(&origin));
+                    let script = compile(
+                        scope,
+                        &mut source,
+                        CompileOptions::NoCompileOptions,
+                        NoCacheReason::NoReason,
+                    );
+                    (script, true)
+                }
+            };
+            let Some(script) = script.filter(|script| script.run(scope).is_some()) else {
+                if scope.is_execution_terminating() {
+                    // A limit stopped it: `load` reports which.
+                    return Err(InstanceError::Bundle("terminated".into()));
+                }
+                let Some(exception) = scope.exception() else {
+                    return Err(InstanceError::Bundle(format!(
+                        "the bundle failed to run ({})",
+                        bundle.specifier()
+                    )));
+                };
+                let error = deno_core::error::exception_to_err(scope, exception, false, false);
+                return Err(InstanceError::Bundle(error.to_string()));
+            };
+            if make_cache {
+                if let Some(data) = script.get_unbound_script(scope).create_code_cache() {
+                    cache.store(cache.key, &data);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `bundle` is an ES module rather than a classic
+    /// (service-worker) script. V8 decides: a bundle is a module when it does
+    /// not compile as a script because of `import`/`export` syntax, however
+    /// it is laid out (minified bundles are one line), or when it fails as a
+    /// script for another reason but compiles as a module (top-level
+    /// `await`). Anything else stays a script, so its error is reported as
+    /// such.
+    fn is_module(&mut self, bundle: &Bundle) -> bool {
+        let name = bundle.specifier().to_string();
+        self.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            v8::tc_scope!(let scope, scope);
+            let Some(source) = v8::String::new(scope, bundle.source()) else {
+                return false;
+            };
+            let Some(name) = v8::String::new(scope, &name) else {
+                return false;
+            };
+            let origin = bundle_origin(scope, name, false);
+            if v8::Script::compile(scope, source, Some(&origin)).is_some() {
+                return false;
+            }
+            let script_error = scope
+                .message()
+                .map(|m| m.get(scope).to_rust_string_lossy(scope))
+                .unwrap_or_default();
+            if ["'export'", "import statement", "'import.meta'"]
+                .iter()
+                .any(|marker| script_error.contains(marker))
+            {
+                return true;
+            }
+            // No module syntax where the script parse stopped, but there
+            // may be some further on (top-level `await` before the first
+            // `export` stops a script parse at the `await`): a module if it
+            // compiles as one. Otherwise the bundle stays a script, so its
+            // error is reported in the mode it was written for.
+            let origin = bundle_origin(scope, name, true);
+            let mut module = v8::script_compiler::Source::new(source, Some(&origin));
+            v8::script_compiler::compile_module(scope, &mut module).is_some()
+        })
+    }
+
+    /// CPU time spent inside this instance's windows so far (until it is
+    /// spawned; afterwards its driver owns it).
+    pub fn cpu_time(&self) -> Duration {
+        self.enforcer.total()
+    }
+}
+
+/// The origin a bundle is compiled under while deciding whether it is a
+/// module.
+fn bundle_origin<'s>(
+    scope: &v8::PinScope<'s, '_>,
+    name: v8::Local<'s, v8::String>,
+    is_module: bool,
+) -> v8::ScriptOrigin<'s> {
+    v8::ScriptOrigin::new(
+        scope,
+        name.into(),
+        0,
+        0,
+        false,
+        0,
+        None,
+        false,
+        false,
+        is_module,
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{body_text, on_local_thread, request};
+    use super::super::{AppConfig, Instance};
+    use crate::bundle::Bundle;
+
+    /// Loads `handler` (after 200 functions) in two instances of one version:
+    /// the first compile makes the code cache, the second load is offered it
+    /// and V8 takes it, and the second instance serves.
+    async fn compiles_once_then_uses_the_code_cache(name: &str, handler: &str, is_module: bool) {
+        let app = AppConfig::new(name);
+        let body: String = (0..200)
+            .map(|i| format!("function f{i}(x) {{ return x * {i} + 1; }}\n"))
+            .collect();
+        let bundle = Bundle::from_source(&format!("{name}.js"), format!("{body}{handler}"));
+        let mut first = Instance::blank(&app).unwrap();
+        first.load(&bundle, &app).await.unwrap();
+        assert!(
+            bundle.code_cache_len() > 0,
+            "the first compile made no code cache"
+        );
+        assert_eq!(
+            bundle.is_module().get(),
+            Some(&is_module),
+            "the style was not remembered"
+        );
+        assert_eq!(bundle.code_cache_uses(), 0);
+        let mut second = Instance::blank(&app).unwrap();
+        second.load(&bundle.clone(), &app).await.unwrap();
+        assert_eq!(
+            bundle.code_cache_uses(),
+            1,
+            "the second instance was not offered the cache"
+        );
+        if !is_module {
+            // Counted for classic scripts only (deno_core does not report a
+            // module's).
+            assert_eq!(bundle.code_cache_rejections(), 0, "V8 refused the cache");
+        }
+        let handle = second.spawn();
+        let response = handle.dispatch(request("http://x/")).await.unwrap();
+        assert_eq!(body_text(response).await, "43");
+        drop(first);
+    }
+
+    #[test]
+    fn a_version_compiles_once_and_later_instances_use_its_code_cache() {
+        on_local_thread(|| async {
+            compiles_once_then_uses_the_code_cache(
+                "cached",
+                "export default { fetch() { return new Response(String(f7(6))); } };",
+                true,
+            )
+            .await;
+            // Another source is another cache.
+            let other = Bundle::from_source(
+                "cached.js",
+                "export default { fetch() { return new Response('o'); } };",
+            );
+            assert_eq!(other.code_cache_len(), 0);
+        });
+    }
+
+    #[test]
+    fn a_classic_script_version_compiles_once_and_later_instances_use_its_code_cache() {
+        on_local_thread(|| async {
+            compiles_once_then_uses_the_code_cache(
+                "cached-script",
+                "addEventListener('fetch', (e) => e.respondWith(new Response(String(f7(6)))));",
+                false,
+            )
+            .await;
+        });
+    }
+}
