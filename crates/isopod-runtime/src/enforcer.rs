@@ -37,14 +37,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cpu_clock;
-use crate::host::RequestTable;
+use crate::instance_host::InstanceHost;
 use crate::limits::{KillReason, Limits};
 use crate::watchdog::WatchSlot;
 use crate::window::{WindowHooks, WindowKind};
 
 pub(crate) struct LimitEnforcer {
     slot: Arc<WatchSlot>,
-    table: Rc<RequestTable>,
+    table: Rc<InstanceHost>,
     cpu: Cell<Duration>,
     startup_cpu: Cell<Duration>,
     window_start: Cell<cpu_clock::WindowStart>,
@@ -54,7 +54,7 @@ pub(crate) struct LimitEnforcer {
 }
 
 impl LimitEnforcer {
-    pub(crate) fn new(slot: Arc<WatchSlot>, table: Rc<RequestTable>, limits: &Limits) -> Self {
+    pub(crate) fn new(slot: Arc<WatchSlot>, table: Rc<InstanceHost>, limits: &Limits) -> Self {
         LimitEnforcer {
             slot,
             table,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::Instance;
 use crate::enforcer::LimitEnforcer;
-use crate::host::{as_host, RequestTable};
+use crate::instance_host::{as_host, InstanceHost};
 use crate::limits::{KillReason, Limits};
 use crate::loader::BundleLoader;
 use crate::memory::MemoryBudget;
@@ -66,6 +66,11 @@ pub enum InstanceError {
     /// carries the error and its `file:line:column`.
     #[error("{0}")]
     Bundle(String),
+    /// A limit (CPU or memory) terminated the bundle's top-level code.
+    /// [`Instance::load`] reports it as [`InstanceError::Bundle`], saying
+    /// which limit; it never leaves the crate as this variant.
+    #[error("a limit stopped the bundle's top-level code")]
+    Terminated,
     /// The network policy is malformed.
     #[error(transparent)]
     Permissions(#[from] isopod_api::PermissionError),
@@ -81,7 +86,7 @@ impl Instance {
     /// life; the CPU budgets are taken again at load.
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let table = RequestTable::new(app.name.clone(), control_tx);
+        let table = InstanceHost::new(app.name.clone(), control_tx);
         let loader = Rc::new(BundleLoader::default());
         let heap_used = Arc::new(AtomicUsize::new(0));
         let memory = MemoryBudget::for_heap_max(app.limits.heap_max_bytes(), heap_used.clone());

@@ -24,7 +24,7 @@ use deno_core::{v8, OpState, PollEventLoopOptions};
 use super::handle::Command;
 use super::{Dispatcher, Instance};
 use crate::body::RequestBodyResource;
-use crate::host::{Control, RequestTable, Responder};
+use crate::instance_host::{Control, InstanceHost, Responder};
 use crate::limits::KillReason;
 use crate::local_channel;
 use crate::request::{DispatchError, IncomingRequest};
@@ -278,7 +278,7 @@ impl Instance {
 fn call_dispatcher(
     scope: &mut v8::PinScope<'_, '_>,
     dispatcher: &Dispatcher,
-    table: &RequestTable,
+    table: &InstanceHost,
     op_state: &RefCell<OpState>,
     id: u32,
     request: IncomingRequest,

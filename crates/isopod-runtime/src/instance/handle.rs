@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::Instance;
 use crate::graveyard::Graveyard;
-use crate::host::{RequestTable, Responder};
+use crate::instance_host::{InstanceHost, Responder};
 use crate::local_channel;
 use crate::request::{DispatchError, IncomingRequest, OutgoingResponse};
 
@@ -37,7 +37,7 @@ pub struct InstanceHandle {
     tx: local_channel::Sender<Command>,
     next_id: Rc<Cell<u32>>,
     /// For the count of requests in flight (gone with the instance).
-    table: Weak<RequestTable>,
+    table: Weak<InstanceHost>,
     queue_wait: Rc<QueueWait>,
     heap_used: Arc<AtomicUsize>,
     stopped: watch::Receiver<bool>,

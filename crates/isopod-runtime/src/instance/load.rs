@@ -254,7 +254,7 @@ impl Instance {
             let Some(script) = script.filter(|script| script.run(scope).is_some()) else {
                 if scope.is_execution_terminating() {
                     // A limit stopped it: `load` reports which.
-                    return Err(InstanceError::Bundle("terminated".into()));
+                    return Err(InstanceError::Terminated);
                 }
                 let Some(exception) = scope.exception() else {
                     return Err(InstanceError::Bundle(format!(

@@ -57,7 +57,7 @@ use deno_core::{v8, JsRuntime};
 use tokio::sync::mpsc;
 
 use crate::enforcer::LimitEnforcer;
-use crate::host::{Control, RequestTable};
+use crate::instance_host::{Control, InstanceHost};
 use crate::limits::Limits;
 use crate::loader::BundleLoader;
 use crate::memory::MemoryBudget;
@@ -79,7 +79,7 @@ pub struct Instance {
     /// The version label kill events carry.
     version: Arc<str>,
     kill_sink: Option<KillSink>,
-    table: Rc<RequestTable>,
+    table: Rc<InstanceHost>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     loader: Rc<BundleLoader>,
     /// How long dispatches wait in this instance's queue (shared with its

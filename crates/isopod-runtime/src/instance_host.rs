@@ -66,10 +66,12 @@ impl PendingRequest {
     }
 }
 
-/// The requests in flight on one instance. A request stays here until its
-/// response has been sent in full (streams included) and its `waitUntil`
-/// work has settled: that is what "in flight" means for draining.
-pub(crate) struct RequestTable {
+/// The host side of one instance: isopod-api's [`Host`] for its ops, and
+/// the table of its requests in flight that those ops act on. A request
+/// stays here until its response has been sent in full (streams included)
+/// and its `waitUntil` work has settled: that is what "in flight" means for
+/// draining.
+pub(crate) struct InstanceHost {
     /// Set when a bundle is loaded (a spare is created before its app is
     /// known).
     app: RefCell<Arc<str>>,
@@ -82,12 +84,12 @@ pub(crate) struct RequestTable {
     stream_idle_timeout: std::cell::Cell<Duration>,
     /// Where the requests' `crypto.subtle` work runs, and what it cost.
     crypto: CryptoPool,
-    this: Weak<RequestTable>,
+    this: Weak<InstanceHost>,
 }
 
-impl RequestTable {
-    pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<RequestTable> {
-        Rc::new_cyclic(|this| RequestTable {
+impl InstanceHost {
+    pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<InstanceHost> {
+        Rc::new_cyclic(|this| InstanceHost {
             app: RefCell::new(app),
             pending: RefCell::new(HashMap::default()),
             released_bodies: RefCell::new(Vec::new()),
@@ -302,7 +304,7 @@ impl RequestTable {
     }
 }
 
-impl Host for RequestTable {
+impl Host for InstanceHost {
     fn log(&self, level: LogLevel, request: &str, message: &str) {
         let app = self.app.borrow().clone();
         let app = &*app;
@@ -373,7 +375,7 @@ impl Host for RequestTable {
 }
 
 /// The table as the `Rc<dyn Host>` that goes into `OpState`.
-pub(crate) fn as_host(table: &Rc<RequestTable>) -> Rc<dyn Host> {
+pub(crate) fn as_host(table: &Rc<InstanceHost>) -> Rc<dyn Host> {
     table.clone()
 }
 
