@@ -2,14 +2,14 @@
 //!
 //! [`Limits`] is the one description of an app's budgets: the process has
 //! defaults (config file, then environment), an app's manifest overrides any
-//! of them ([`LimitOverrides`]), and the enforcement points read them from
-//! the app's [`crate::AppConfig`]:
-//! - CPU per request and at start-up: the instance's window hooks (see
-//!   `enforcer.rs`) and the process-wide watchdog (`watchdog.rs`);
-//! - heap and ArrayBuffer memory: the isolate's create parameters, its
-//!   near-heap-limit callback and its ArrayBuffer allocator (`memory.rs`);
-//! - subrequests: the bootstrap's `fetch`;
-//! - wall-clock time, body size and concurrency: the HTTP layer and the pool.
+//! of them ([`LimitOverrides`]), and they reach the instance in its
+//! [`crate::AppConfig`]. Every limit of the isolate is decided in one
+//! place, the instance's limit enforcer (`enforcer.rs`): CPU, memory,
+//! `waitUntil` time, and the values it hands to the mechanisms that count
+//! on their own (the watchdog, the heap's create parameters and the
+//! ArrayBuffer allocator, a streamed body's pump, the bootstrap's `fetch`).
+//! The limits of the HTTP exchange (the response timeout, the body size,
+//! an app's concurrency) are the HTTP layer's.
 //!
 //! Units are those of the manifest (milliseconds, MiB, counts), so a
 //! `Limits` serialises to what an operator wrote.

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::Instance;
 use crate::enforcer::LimitEnforcer;
 use crate::instance_host::{as_host, InstanceHost};
-use crate::limits::{KillReason, Limits};
+use crate::limits::Limits;
 use crate::loader::BundleLoader;
 use crate::memory::MemoryBudget;
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
@@ -110,7 +110,8 @@ impl Instance {
         .map_err(|e| InstanceError::Create(e.to_string()))?;
         let slot = WatchSlot::register(runtime.v8_isolate().thread_safe_handle());
         crate::watchdog::remember_context(&slot, runtime.main_context());
-        let heap_slot = slot.clone();
+        let enforcer = Rc::new(LimitEnforcer::new(slot, table.clone(), &app.limits));
+        let heap_enforcer = enforcer.clone();
         // SAFETY: used only inside the callback, which V8 calls on this
         // isolate's thread while the isolate is alive.
         let heap_isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
@@ -118,20 +119,8 @@ impl Instance {
             // SAFETY: see above; a non-owning view to read statistics.
             let mut isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(heap_isolate) };
             let used = isolate.get_heap_statistics().used_heap_size();
-            if used < current / 2 {
-                // V8 also calls this when ArrayBuffer memory presses on the
-                // limit (its last-resort GC before refusing a buffer); the
-                // allocator bounds that, and the refusal becomes a
-                // RangeError. A little room, and no kill.
-                return current.saturating_add(current / 4);
-            }
-            // The heap itself is at its limit. V8 would abort the process:
-            // terminate the script instead and give V8 the room to get
-            // there.
-            heap_slot.terminate_here(KillReason::Memory);
-            current.saturating_mul(2)
+            heap_enforcer.near_heap_limit(current, used)
         });
-        let enforcer = Rc::new(LimitEnforcer::new(slot, table.clone(), &app.limits));
         // SAFETY: the pointer is only used while `runtime` (and so the
         // isolate) is alive: `Drop` releases the runtime last.
         let isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
@@ -143,7 +132,6 @@ impl Instance {
         let mut instance = Instance {
             isolate,
             enforcer,
-            limits: app.limits.clone(),
             memory,
             heap_high_water: 0,
             version: Arc::from(""),

@@ -24,8 +24,8 @@ use deno_core::{v8, OpState, PollEventLoopOptions};
 use super::handle::Command;
 use super::{Dispatcher, Instance};
 use crate::body::RequestBodyResource;
+use crate::enforcer::{MemoryCheck, MemorySample};
 use crate::instance_host::{Control, InstanceHost, Responder};
-use crate::limits::KillReason;
 use crate::local_channel;
 use crate::request::{DispatchError, IncomingRequest};
 use crate::watchdog::Termination;
@@ -48,7 +48,6 @@ impl Instance {
     pub(super) async fn drive(&mut self, mut commands: local_channel::Receiver<Command>) -> bool {
         const LINGER_CHECK: Duration = Duration::from_millis(500);
         let mut handles_gone = false;
-        let wait_until_timeout = self.limits.wait_until_timeout();
         let mut linger_check = tokio::time::interval(LINGER_CHECK);
         linger_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = poll_fn(|cx| {
@@ -82,15 +81,7 @@ impl Instance {
             // expire: an idle one is not woken for it. The interval is
             // polled until it is pending, so its next tick wakes the driver.
             while self.table.in_flight() > 0 && linger_check.poll_tick(cx).is_ready() {
-                for label in self.table.expire_lingering(wait_until_timeout) {
-                    tracing::warn!(
-                        target: "isopod::handler",
-                        app = %self.table.app(),
-                        request = %label,
-                        "waitUntil work (or an abandoned handler) still unsettled {} ms after the response; no longer waited for",
-                        wait_until_timeout.as_millis()
-                    );
-                }
+                self.enforcer.expire_lingering();
             }
             let polled = self.poll_event_loop(cx);
             self.release_bodies();
@@ -233,7 +224,6 @@ impl Instance {
             self.heap_sampled = Some(std::time::Instant::now());
         }
         let heap_used = self.heap_used.clone();
-        let heap_max = self.limits.heap_max_bytes();
         let (polled, sampled) = self.window(WindowKind::EventLoop, |runtime| {
             let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
             let sampled = sample.then(|| {
@@ -245,15 +235,17 @@ impl Instance {
         if let Some((used, external)) = sampled {
             heap_used.store(used, Ordering::Relaxed);
             self.heap_high_water = self.heap_high_water.max(used);
-            // Buffers made by ops and WebAssembly memories bypass the
-            // ArrayBuffer allocator; V8's external-memory figure sees them.
             let memory = self.memory.clone();
-            let over = move |used: usize, external: usize| {
-                used.saturating_add(external.max(memory.array_buffer_bytes())) > heap_max
+            let sample = move |heap_used, external| MemorySample {
+                heap_used,
+                external,
+                array_buffers: memory.array_buffer_bytes(),
             };
-            if over(used, external) {
-                // Garbage counts until it is collected: collect it before
-                // deciding (rare: only an isolate at its budget pays).
+            if self.enforcer.check_memory(sample(used, external), false)
+                == MemoryCheck::CollectAndReport
+            {
+                // Garbage counts until it is collected (rare: only an
+                // isolate at its budget pays).
                 let (used, external) = self.window(WindowKind::Other, |runtime| {
                     let isolate = runtime.v8_isolate();
                     isolate.low_memory_notification();
@@ -261,9 +253,7 @@ impl Instance {
                     (stats.used_heap_size(), stats.external_memory())
                 });
                 heap_used.store(used, Ordering::Relaxed);
-                if over(used, external) {
-                    self.enforcer.slot().terminate_here(KillReason::Memory);
-                }
+                self.enforcer.check_memory(sample(used, external), true);
             }
         }
         polled

@@ -32,23 +32,21 @@ impl Instance {
     /// past the memory limit, the load fails and the instance is unusable.
     pub async fn load(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
         self.enforcer.set_limits(&app.limits);
-        self.table
-            .set_stream_idle_timeout(app.limits.stream_idle_timeout());
-        self.limits = app.limits.clone();
         let loaded = self.load_bundle(bundle, app).await;
         match self.termination() {
             None => loaded,
             Some(termination) => {
                 let event = self.kill(termination);
+                let limits = self.enforcer.limits();
                 Err(InstanceError::Bundle(match event.reason {
                     KillReason::Memory => format!(
                         "the bundle's top-level code exceeded the memory limit of {} MiB ({})",
-                        self.limits.heap_max_mb,
+                        limits.heap_max_mb,
                         bundle.specifier()
                     ),
                     _ => format!(
                         "the bundle's top-level code exceeded its startup CPU budget of {} ms ({})",
-                        self.limits.startup_cpu_ms,
+                        limits.startup_cpu_ms,
                         bundle.specifier()
                     ),
                 }))
@@ -120,7 +118,7 @@ impl Instance {
         };
 
         let vars = app.vars.clone();
-        let subrequests = app.limits.subrequests;
+        let subrequests = self.enforcer.subrequests();
         let dispatcher = self.window(WindowKind::Startup, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);

@@ -58,7 +58,6 @@ use tokio::sync::mpsc;
 
 use crate::enforcer::LimitEnforcer;
 use crate::instance_host::{Control, InstanceHost};
-use crate::limits::Limits;
 use crate::loader::BundleLoader;
 use crate::memory::MemoryBudget;
 use crate::window::{Window, WindowKind};
@@ -72,8 +71,6 @@ pub struct Instance {
     isolate: v8::UnsafeRawIsolatePtr,
     /// The window hooks: CPU accounting and deadlines.
     enforcer: Rc<LimitEnforcer>,
-    /// The app's limits, as loaded.
-    limits: Limits,
     memory: Arc<MemoryBudget>,
     heap_high_water: usize,
     /// The version label kill events carry.
