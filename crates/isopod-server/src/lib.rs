@@ -50,6 +50,8 @@ mod admission;
 mod connection;
 mod date;
 mod deploy_check;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod head_deadline;
 mod http_semantics;

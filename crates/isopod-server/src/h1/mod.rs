@@ -26,7 +26,7 @@
 //!   head's arrival until its response is sent in full.
 
 mod replay;
-mod request_head;
+pub(crate) mod request_head;
 mod response_head;
 
 use std::future::{poll_fn, Future};
