@@ -46,8 +46,9 @@ pub enum PoolError {
     /// Every instance is busy and the cap allows no new one.
     #[error("the pool is at its instance cap and every instance is busy")]
     AtCapacity,
-    /// The process is over its memory budget; no instance is created.
-    #[error("the process is over its memory budget")]
+    /// The process is over its memory budget and the thread has no idle
+    /// instance left to evict; no instance is created.
+    #[error("the process is over its memory budget and no idle instance is left to evict")]
     OverMemoryBudget,
     /// The pool has shut down.
     #[error("the pool has shut down")]

@@ -175,6 +175,9 @@ pub(crate) struct LocalPool {
     active: Cell<usize>,
     /// The home thread of an app.
     home_of: Box<dyn Fn(&str) -> usize>,
+    /// Asks every other thread to evict an idle instance for memory: an
+    /// answer per thread, as [`LocalPool::evict_for_memory`] gives it.
+    evict_elsewhere: Box<dyn Fn() -> Vec<tokio::sync::oneshot::Receiver<Option<u64>>>>,
     replica_idle: std::time::Duration,
     max_concurrency: usize,
     /// What spares are made for: the process's default limits.
@@ -193,16 +196,19 @@ impl LocalPool {
         shared: Arc<Shared>,
         config: &crate::PoolConfig,
         home_of: Box<dyn Fn(&str) -> usize>,
+        evict_elsewhere: Box<dyn Fn() -> Vec<tokio::sync::oneshot::Receiver<Option<u64>>>>,
     ) -> Rc<LocalPool> {
+        let graveyard = Graveyard::counting_into(shared.releasing.clone());
         Rc::new(LocalPool {
             thread,
             shared,
             spares: RefCell::new(Vec::new()),
             spare_gone: tokio::sync::Notify::new(),
-            graveyard: Graveyard::default(),
+            graveyard,
             spares_wanted: config.spares_per_thread,
             active: Cell::new(0),
             home_of,
+            evict_elsewhere,
             replica_idle: config.replica_idle,
             max_concurrency: config.max_concurrency.max(1),
             memory_budget: config.memory_budget,
@@ -369,9 +375,7 @@ impl LocalPool {
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
     ) -> Result<(InstanceHandle, CapRelease), PoolError> {
-        if self.over_budget.get() {
-            return Err(PoolError::OverMemoryBudget);
-        }
+        let _reserved = self.make_room_in_memory().await?;
         let started = Instant::now();
         let spare_fits = version
             .config
@@ -484,10 +488,84 @@ impl LocalPool {
             while (self.active.get() == 0 || self.graveyard.len() > MAX_UNREAPED)
                 && self.graveyard.reap_one()
             {
+                self.shared.record_teardowns(1);
                 // One at a time: requests that arrive meanwhile go first.
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Before a miss makes an instance: while the process is past 90 % of
+    /// its memory budget, evicts the least recently used idle instance (or
+    /// a spare) of this thread, or else of the others, and drops it now,
+    /// not at that thread's next idle moment, so that the miss can be
+    /// served. Memory that stopped instances still hold, on any thread,
+    /// counts as released (it is on its way back), and so does what these
+    /// evictions dropped, whether or not the allocator has handed it back to
+    /// the system yet: one slow teardown does not make misses refuse.
+    /// Refused only when the process is over the budget itself and no
+    /// thread has anything idle left.
+    ///
+    /// The room made includes what the new instance will typically hold,
+    /// and misses making instances at the same time count what they
+    /// reserved: two at once do not both take the last room. The returned
+    /// reservation is held while the instance is made.
+    async fn make_room_in_memory(&self) -> Result<MemoryReservation, PoolError> {
+        let high_water = self.memory_budget / 10 * 9;
+        let wanted = self.shared.releasing.typical_instance_bytes();
+        let reserve = || MemoryReservation::new(self.shared.clone(), wanted);
+        let Some(rss_before) = crate::memory::resident_bytes() else {
+            return Ok(reserve());
+        };
+        let mut dropped = 0u64;
+        loop {
+            let rss = crate::memory::resident_bytes()
+                .unwrap_or(rss_before)
+                .min(rss_before.saturating_sub(dropped));
+            let held = rss.saturating_sub(self.shared.releasing.bytes())
+                + self.shared.creating.load(Ordering::Acquire);
+            if held + wanted <= high_water {
+                return Ok(reserve());
+            }
+            let freed = match self.evict_for_memory().await {
+                Some(freed) => Some(freed),
+                None => {
+                    let mut freed = None;
+                    for answer in (self.evict_elsewhere)() {
+                        if let Some(bytes) = answer.await.ok().flatten() {
+                            freed = Some(freed.unwrap_or(0) + bytes);
+                        }
+                    }
+                    freed
+                }
+            };
+            let Some(freed) = freed else {
+                if held <= self.memory_budget {
+                    return Ok(reserve());
+                }
+                tracing::warn!(
+                    rss_mib = rss >> 20,
+                    budget_mib = self.memory_budget >> 20,
+                    thread = self.thread,
+                    "over the memory budget and no idle instance is left to evict: a new instance is refused"
+                );
+                return Err(PoolError::OverMemoryBudget);
+            };
+            dropped += freed;
+        }
+    }
+
+    /// Evicts this thread's least recently used idle instance (or a spare)
+    /// for memory and drops it now, with anything else stopped here; the
+    /// bytes the dropped instances were counted for, or `None` when there
+    /// was nothing idle to evict.
+    pub(crate) async fn evict_for_memory(&self) -> Option<u64> {
+        let stopped = self.evict_one()?;
+        stopped.await;
+        let (reaped, bytes) = self.graveyard.reap_all();
+        self.shared.record_teardowns(reaped);
+        crate::memory::return_freed_memory();
+        Some(bytes)
     }
 
     /// Watches the process's resident memory against its budget: past 90 %
@@ -690,5 +768,26 @@ impl CapRelease {
         if !self.released.replace(true) {
             self.shared.release();
         }
+    }
+}
+
+/// Memory a miss reserved under the budget for the instance it makes,
+/// given back when the instance is made (its memory is then resident, and
+/// counted as such) or its making failed.
+struct MemoryReservation {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl MemoryReservation {
+    fn new(shared: Arc<Shared>, bytes: u64) -> MemoryReservation {
+        shared.creating.fetch_add(bytes, Ordering::AcqRel);
+        MemoryReservation { shared, bytes }
+    }
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.shared.creating.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

@@ -47,10 +47,12 @@ pub struct PoolConfig {
     /// fixed when an isolate is created).
     pub limits: isopod_runtime::Limits,
     /// The process's resident-memory budget in bytes; default 75 % of the
-    /// machine's memory. Past 90 % of it each thread evicts its idle
-    /// instances (least recently used first); past all of it, misses are
-    /// refused ([`crate::PoolError::OverMemoryBudget`]) instead of growing
-    /// until the kernel kills the process.
+    /// machine's memory. A miss that finds the process past 90 % of it
+    /// first evicts its thread's least recently used idle instances and
+    /// drops them at once; past all of it with nothing idle left to evict,
+    /// it is refused ([`crate::PoolError::OverMemoryBudget`]) instead of
+    /// growing until the kernel kills the process. Idle threads also evict
+    /// past 90 %, one instance per check.
     pub memory_budget: u64,
     /// V8's process-wide settings (flags, the code cache). The first pool
     /// or server of a process fixes them.
@@ -83,6 +85,12 @@ enum Job {
     },
     Rows {
         reply: oneshot::Sender<Vec<InstanceRow>>,
+    },
+    /// Another thread's miss needs memory: evict an idle instance here and
+    /// drop it now; the answer is what was freed, `None` if nothing was
+    /// idle.
+    EvictForMemory {
+        reply: oneshot::Sender<Option<u64>>,
     },
     Deployed {
         version: Arc<AppVersion>,
@@ -436,11 +444,28 @@ fn worker_main(
             let inner = inner.clone();
             move |app: &str| inner.home_thread(app)
         };
+        let evict_elsewhere = {
+            let inner = inner.clone();
+            move || {
+                inner
+                    .jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != index)
+                    .filter_map(|(_, jobs)| {
+                        let (reply, answer) = oneshot::channel();
+                        jobs.send(Job::EvictForMemory { reply }).ok()?;
+                        Some(answer)
+                    })
+                    .collect()
+            }
+        };
         let local = LocalPool::new(
             index,
             inner.shared.clone(),
             &inner.config,
             Box::new(home_of),
+            Box::new(evict_elsewhere),
         );
         if inner.config.spares_per_thread > 0 && !quarantine {
             tokio::task::spawn_local(local.clone().refill_spares());
@@ -479,6 +504,12 @@ fn worker_main(
                 }
                 Job::Rows { reply } => {
                     let _ = reply.send(local.rows());
+                }
+                Job::EvictForMemory { reply } => {
+                    let local = local.clone();
+                    tokio::task::spawn_local(async move {
+                        let _ = reply.send(local.evict_for_memory().await);
+                    });
                 }
                 Job::Deployed { version } => local.note_version(&version),
                 Job::Removed { app } => local.remove_app(&app),

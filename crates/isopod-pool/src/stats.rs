@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isopod_runtime::KillEvent;
+use isopod_runtime::{KillEvent, Releasing};
 
 /// How many kill events are kept per app.
 const RECENT_KILLS: usize = 10;
@@ -18,6 +18,15 @@ const COLD_START_WINDOW: usize = 1024;
 pub(crate) struct Shared {
     max_instances: usize,
     total: AtomicUsize,
+    /// What every thread's graveyard still holds: stopped instances not
+    /// yet dropped.
+    pub(crate) releasing: Arc<Releasing>,
+    /// Stopped instances dropped so far.
+    teardowns: AtomicU64,
+    /// Bytes reserved by misses making their instances now (what such an
+    /// instance typically holds), counted toward the memory budget until
+    /// the instance is made and its memory is resident.
+    pub(crate) creating: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -77,6 +86,9 @@ impl Shared {
         Shared {
             max_instances,
             total: AtomicUsize::new(0),
+            releasing: Arc::new(Releasing::default()),
+            teardowns: AtomicU64::new(0),
+            creating: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -133,6 +145,10 @@ impl Shared {
         self.evictions.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_teardowns(&self, count: usize) {
+        self.teardowns.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_cold_start(&self, took: Duration) {
         self.cold_starts
             .lock()
@@ -162,7 +178,7 @@ impl Shared {
     pub(crate) fn snapshot(&self, threads: usize, instances: Vec<InstanceRow>) -> PoolStats {
         let hits = self.hits.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
-        let total = self.max_instances;
+        let max_instances = self.max_instances;
         let cached = self.total.load(Ordering::Acquire);
         let (cold_p50, cold_p99) = self
             .cold_starts
@@ -181,9 +197,12 @@ impl Shared {
             }
         }
         PoolStats {
-            total,
+            max_instances,
             cached,
-            capacity: total.saturating_sub(cached),
+            free: max_instances.saturating_sub(cached),
+            tearing_down: self.releasing.instances(),
+            releasing_bytes: self.releasing.bytes(),
+            teardowns: self.teardowns.load(Ordering::Relaxed),
             hits,
             misses,
             hit_rate: if hits + misses == 0 {
@@ -210,12 +229,19 @@ impl Shared {
 /// A snapshot of the pool, as `GET /admin/pool` answers it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PoolStats {
-    /// The cap on live instances (`max_instances`).
-    pub total: usize,
+    /// The cap on live instances.
+    pub max_instances: usize,
     /// Live instances, spares included.
     pub cached: usize,
-    /// `total - cached`.
-    pub capacity: usize,
+    /// Room under the cap: `max_instances - cached`.
+    pub free: usize,
+    /// Stopped instances whose isolates are not dropped yet (they left the
+    /// cap; their memory is on its way back).
+    pub tearing_down: usize,
+    /// What those still hold, as estimated when they stopped (bytes).
+    pub releasing_bytes: u64,
+    /// Stopped instances dropped so far.
+    pub teardowns: u64,
     /// Requests that found a warm instance.
     pub hits: u64,
     /// Requests that needed a new instance.

@@ -99,7 +99,7 @@ fn more_apps_than_the_cap_evict_and_every_request_is_a_hit_or_a_miss() {
         assert_eq!(stats.hits + stats.misses, sent);
         assert!(stats.evictions > 0, "{stats:?}");
         assert!(stats.cached <= 3, "{stats:?}");
-        assert_eq!(stats.capacity, 3 - stats.cached);
+        assert_eq!(stats.free, 3 - stats.cached);
         assert!(stats.cold_start_p50_ms.is_some());
     });
 }

@@ -40,7 +40,7 @@ mod window;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use bundle::{Bundle, BundleError};
 pub use cpu_clock::{cpu_clock_read_cost, cpu_clock_reads, thread_cpu_time};
-pub use graveyard::Graveyard;
+pub use graveyard::{Graveyard, Releasing};
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink};
 pub use isopod_api::{deny_own_listeners, NetPolicy, PermissionError};
 pub use limits::{KillEvent, KillReason, LimitOverrides, Limits, LimitsError};

@@ -98,7 +98,7 @@ async fn serve(
         }
         Err(PoolError::OverMemoryBudget) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable: the server is over its memory budget and starts no new instance",
+            "Service Unavailable: the server is over its memory budget and no idle instance is left to evict",
         ),
         Err(PoolError::AtCapacity) => text(
             StatusCode::SERVICE_UNAVAILABLE,

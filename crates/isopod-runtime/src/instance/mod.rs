@@ -103,6 +103,16 @@ struct Dispatcher {
 }
 
 impl Instance {
+    /// The bytes of its own this instance keeps resident, as last sampled:
+    /// the most heap it has used and its ArrayBuffer memory (a graveyard
+    /// counts them as on their way back).
+    pub(crate) fn resident_estimate(&self) -> u64 {
+        let heap = self
+            .heap_high_water
+            .max(self.heap_used.load(std::sync::atomic::Ordering::Relaxed));
+        (heap + self.memory.array_buffer_bytes()) as u64
+    }
+
     /// Runs `work` inside one window on this instance's isolate.
     fn window<R>(&mut self, kind: WindowKind, work: impl FnOnce(&mut JsRuntime) -> R) -> R {
         // SAFETY: `self.isolate` is the live isolate of `self.runtime`, owned

@@ -232,7 +232,7 @@ async fn pool_statistics() {
     }
     let (status, pool) = isopod.admin("GET", "/admin/pool", token, None).await;
     assert_eq!(status, 200);
-    assert_eq!(pool["total"], 1000);
+    assert_eq!(pool["max_instances"], 1000);
     // The app's instance, plus the spares the threads keep ready.
     let spares = pool["spares"].as_u64().unwrap();
     assert!(spares <= 4, "{pool}");
@@ -240,7 +240,7 @@ async fn pool_statistics() {
     // the two threads.
     let cached = pool["cached"].as_u64().unwrap();
     assert!((1 + spares..=3 + spares).contains(&cached), "{pool}");
-    assert_eq!(pool["capacity"].as_u64().unwrap(), 1000 - cached);
+    assert_eq!(pool["free"].as_u64().unwrap(), 1000 - cached);
     assert_eq!(
         pool["instances_per_thread"]
             .as_array()

@@ -11,6 +11,7 @@ mod hygiene;
 mod isolation;
 mod limits;
 mod logging;
+mod memory_budget;
 mod probe;
 mod serve;
 mod ssrf;

@@ -150,7 +150,7 @@ async fn more_apps_than_the_cap_evict_and_every_request_is_counted() {
         }
     }
     let (_, pool) = isopod.admin("GET", "/admin/pool", Some(token), None).await;
-    assert_eq!(pool["total"], 3);
+    assert_eq!(pool["max_instances"], 3);
     assert_eq!(
         pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
         sent,

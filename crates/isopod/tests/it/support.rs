@@ -180,13 +180,22 @@ impl Isopod {
 
     /// The process's resident memory, from `/proc`.
     pub(crate) fn rss_bytes(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    /// The most resident memory the process has had (its high-water mark).
+    pub(crate) fn peak_rss_bytes(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// A `kB` line of `/proc/PID/status`.
+    fn status_kib(&self, line: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(line))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kib * 1024
+            .unwrap_or_else(|| panic!("{line} in /proc/PID/status"))
     }
 
     /// Every log record so far.
