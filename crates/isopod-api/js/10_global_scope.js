@@ -28,6 +28,7 @@ const {
   ObjectGetOwnPropertyDescriptor,
   ObjectGetOwnPropertyNames,
   ObjectPrototypeIsPrototypeOf,
+  ObjectSetPrototypeOf,
   PromisePrototypeCatch,
   PromisePrototypeThen,
   PromiseReject,
@@ -37,6 +38,7 @@ const {
   SafePromiseAllSettled,
   SafeWeakMap,
   SafeWeakSet,
+  SymbolToStringTag,
   String: StringConstructor,
   StringPrototypeEndsWith,
   StringPrototypeIndexOf,
@@ -689,6 +691,40 @@ class ExecutionContext {
 }
 
 // ---------------------------------------------------------------------------
+// The global object is a ServiceWorkerGlobalScope, as on workerd: code that
+// tells the worker scopes apart (`self instanceof ServiceWorkerGlobalScope`,
+// `self.constructor.name`, `Object.prototype.toString.call(self)`, the
+// web-platform-tests' IDL harness) finds one. As on workerd, neither
+// WorkerGlobalScope nor EventTarget is on the global's prototype chain (its
+// event methods are its own), and the classes cannot be constructed.
+class WorkerGlobalScope {
+  constructor() {
+    throw new TypeError("Illegal constructor");
+  }
+}
+class ServiceWorkerGlobalScope {
+  constructor() {
+    throw new TypeError("Illegal constructor");
+  }
+}
+for (const [scope, name] of [
+  [WorkerGlobalScope, "WorkerGlobalScope"],
+  [ServiceWorkerGlobalScope, "ServiceWorkerGlobalScope"],
+]) {
+  ObjectDefineProperty(scope.prototype, SymbolToStringTag, {
+    value: name,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  });
+}
+// Per isolate, from __isopodInit: V8 makes each context's global object
+// afresh from the snapshot.
+function makeGlobalAServiceWorkerScope() {
+  ObjectSetPrototypeOf(globalThis, ServiceWorkerGlobalScope.prototype);
+}
+
+// ---------------------------------------------------------------------------
 // The global scope.
 // As workerd answers: libraries tell the Workers runtime by this string
 // (Hono's getRuntimeKey() and env(), among others).
@@ -779,6 +815,8 @@ ObjectDefineProperties(globalThis, {
   ErrorEvent: nonEnumerable(event.ErrorEvent),
   PromiseRejectionEvent: nonEnumerable(event.PromiseRejectionEvent),
   FetchEvent: nonEnumerable(FetchEvent),
+  WorkerGlobalScope: nonEnumerable(WorkerGlobalScope),
+  ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
   ExecutionContext: nonEnumerable(ExecutionContext),
   AbortController: nonEnumerable(abortSignal.AbortController),
   AbortSignal: nonEnumerable(abortSignal.AbortSignal),
@@ -1517,6 +1555,7 @@ ObjectDefineProperty(globalThis, "__isopodInit", {
     monotonicOrigin = clock[1];
     performance.setTimeOrigin();
     removeSharedMemory();
+    makeGlobalAServiceWorkerScope();
     delete globalThis.Deno;
     delete globalThis.__bootstrap;
     return init;
