@@ -122,29 +122,26 @@ impl Graveyard {
 
     /// Drops the oldest stopped instance; false when there is none.
     pub fn reap_one(&self) -> bool {
-        let next = self.dead.borrow_mut().pop_front();
-        let Some((instance, bytes)) = next else {
-            return false;
-        };
-        drop(instance);
-        self.releasing.bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.releasing.instances.fetch_sub(1, Ordering::AcqRel);
-        true
+        self.reap_oldest().is_some()
     }
 
     /// Drops every stopped instance now; returns how many, and the bytes
     /// they were counted for.
     pub fn reap_all(&self) -> (usize, u64) {
         let mut reaped = (0, 0);
-        loop {
-            let next = self.dead.borrow_mut().pop_front();
-            let Some((instance, bytes)) = next else {
-                return reaped;
-            };
-            drop(instance);
-            self.releasing.bytes.fetch_sub(bytes, Ordering::AcqRel);
-            self.releasing.instances.fetch_sub(1, Ordering::AcqRel);
+        while let Some(bytes) = self.reap_oldest() {
             reaped = (reaped.0 + 1, reaped.1 + bytes);
         }
+        reaped
+    }
+
+    /// Drops the oldest stopped instance and stops counting it; the bytes
+    /// it was counted for, or `None` when there is none.
+    fn reap_oldest(&self) -> Option<u64> {
+        let (instance, bytes) = self.dead.borrow_mut().pop_front()?;
+        drop(instance);
+        self.releasing.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.releasing.instances.fetch_sub(1, Ordering::AcqRel);
+        Some(bytes)
     }
 }
