@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
 use isopod_server::{AppManifest, Http1Path, PoolConfig, Route, Server, ServerConfig};
 
+mod admin_client;
+mod admin_commands;
 mod config;
 
 /// isopod: a self-hosted, multi-tenant JavaScript edge runtime on V8.
@@ -44,6 +46,14 @@ enum Command {
     /// prefix), variables, execution mode and optionally a port of its own.
     /// An app without routes answers on `NAME.localhost`.
     Serve(ServeArgs),
+    /// Deploy (or hot-swap) an app through a running server's admin API.
+    Deploy(admin_commands::DeployArgs),
+    /// List the deployed apps.
+    Apps(admin_commands::ListArgs),
+    /// Show the instance pool: counts and a row per instance.
+    Pool(admin_commands::ListArgs),
+    /// Remove an app.
+    Rm(admin_commands::RemoveArgs),
 }
 
 #[derive(clap::Args)]
@@ -99,7 +109,7 @@ fn parse_http1(text: &str) -> Result<Http1Path, String> {
     }
 }
 
-fn parse_var(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_var(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{text}'")),
@@ -112,6 +122,10 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(args),
         Command::Serve(args) => serve(args),
+        Command::Deploy(args) => admin_commands::deploy(args),
+        Command::Apps(args) => admin_commands::apps(args),
+        Command::Pool(args) => admin_commands::pool(args),
+        Command::Rm(args) => admin_commands::remove(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bundles;
+mod cli;
 mod conformance;
 mod errors;
 mod fetch;

@@ -1,0 +1,93 @@
+//! The command line's client of the admin API (`isopod deploy`, `apps`,
+//! `pool`, `rm`): one request per command, over HTTP/1.1, with the bearer
+//! token; errors as one line a person can act on.
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the admin API is and how to authenticate to it.
+pub(crate) struct AdminClient {
+    /// `host:port`, from the admin URL.
+    authority: String,
+    /// The URL as given, for messages.
+    url: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `url` (`http://HOST:PORT`).
+    pub(crate) fn new(url: &str, token: Option<String>) -> anyhow::Result<AdminClient> {
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("the admin URL must start with http:// (got '{url}')"))?
+            .trim_end_matches('/')
+            .to_string();
+        if authority.is_empty() || authority.contains('/') {
+            bail!("the admin URL must be http://HOST:PORT (got '{url}')");
+        }
+        let token = token.filter(|token| !token.is_empty()).ok_or_else(|| {
+            anyhow!("no admin token: pass --admin-token or set ISOPOD_ADMIN_TOKEN")
+        })?;
+        Ok(AdminClient {
+            authority,
+            url: url.to_string(),
+            token,
+        })
+    }
+
+    /// Sends one request and returns the answer's JSON body; an answer
+    /// other than 2xx is an error naming the status and the API's reason.
+    pub(crate) async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<Value> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|error| anyhow!("cannot reach the admin API at {}: {error}", self.url))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .with_context(|| format!("talking to the admin API at {}", self.url))?;
+        tokio::spawn(connection);
+        let (content_type, bytes) = body.unwrap_or(("text/plain", Vec::new()));
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(bytes)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("talking to the admin API at {}", self.url))?;
+        let status = response.status();
+        let text = response.into_body().collect().await?.to_bytes();
+        let answer: Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into_owned()));
+        if status.is_success() {
+            return Ok(answer);
+        }
+        // One line, whatever the API's reason spans (a bundle's error and
+        // its `at file:line:column`).
+        let reason = answer["error"]
+            .as_str()
+            .map(|reason| {
+                reason
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| answer.to_string());
+        match status.as_u16() {
+            401 => bail!("the admin API refused the token (401): {reason}"),
+            _ => bail!("{reason} ({status})"),
+        }
+    }
+}
