@@ -114,6 +114,15 @@ impl OwnPorts {
         })
     }
 
+    /// Stops the accept loops of every app's own port (at shutdown);
+    /// their sockets close as the loops see it.
+    pub(crate) fn close_all(&self) {
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|e| e.into_inner()));
+        for closed in open.into_values() {
+            let _ = closed.stop.send(true);
+        }
+    }
+
     /// Stops listening on `port`: resolves once every worker thread's accept
     /// loop has dropped its socket (or after five seconds, if a thread is
     /// stuck), so a caller that returns after this has closed the port.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use isopod_pool::{AppVersion, Pool, PoolConfig, PoolThread};
 use isopod_runtime::InstanceError;
+use tokio::sync::watch;
 
 use crate::accept::ThreadListeners;
 use crate::deploy_check::check_bundle;
@@ -67,6 +68,9 @@ pub enum ServerError {
 
 /// A running server.
 pub struct Server {
+    /// Set to stop the accept loops of the main address (apps' own ports
+    /// have their own, in `ports`).
+    stop_accepting: watch::Sender<bool>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
@@ -99,8 +103,9 @@ impl Server {
             addr: config.listen,
             error,
         })?;
+        let (stop_accepting, accepting) = watch::channel(false);
         for (thread, listener) in main.into_iter().enumerate() {
-            per_thread[thread].push((listener, None, None));
+            per_thread[thread].push((listener, None, Some(accepting.clone())));
         }
         // Bound before any app can serve, so that all of isopod's own
         // listeners are unreachable from apps from their first request on
@@ -182,6 +187,7 @@ impl Server {
             None => None,
         };
         Ok(Server {
+            stop_accepting,
             local_addr,
             admin_addr,
             registry,
@@ -218,6 +224,37 @@ impl Server {
     /// Stops the worker threads and waits for them.
     pub fn shutdown(self) {
         self.pool.shutdown();
+    }
+
+    /// Stops taking connections, lets the requests in flight finish (their
+    /// streamed bodies and `waitUntil` work included) for at most `drain`,
+    /// then stops the worker threads. Returns how many requests were still
+    /// in flight when it stopped waiting (0 after a clean drain).
+    pub fn shutdown_gracefully(self, drain: std::time::Duration) -> usize {
+        let _ = self.stop_accepting.send(true);
+        self._ports.close_all();
+        let deadline = std::time::Instant::now() + drain;
+        let in_flight = || -> usize {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(runtime) = runtime else {
+                return 0;
+            };
+            runtime
+                .block_on(self.pool.stats())
+                .instances
+                .iter()
+                .map(|row| row.in_flight)
+                .sum()
+        };
+        let mut left = in_flight();
+        while left > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            left = in_flight();
+        }
+        self.pool.shutdown();
+        left
     }
 }
 

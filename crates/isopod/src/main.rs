@@ -212,6 +212,49 @@ fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
         snapshot_bytes = isopod_runtime::snapshot_size(),
         "listening"
     );
-    server.wait();
+    let signal = wait_for_stop_signal()?;
+    // A second signal while draining stops at once.
+    std::thread::spawn(|| {
+        if let Ok(signal) = wait_for_stop_signal() {
+            tracing::warn!(
+                signal,
+                "stopped at once, without waiting for requests in flight"
+            );
+            std::process::exit(1);
+        }
+    });
+    tracing::info!(
+        signal,
+        drain_s = DRAIN.as_secs(),
+        "stopping: no new connections; requests in flight finish"
+    );
+    let left = server.shutdown_gracefully(DRAIN);
+    if left > 0 {
+        tracing::warn!(
+            requests = left,
+            "stopped with requests still in flight after the drain time"
+        );
+    } else {
+        tracing::info!("stopped: every request in flight finished");
+    }
     Ok(())
+}
+
+/// How long a stopping server lets requests in flight finish.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Blocks until SIGTERM or SIGINT; returns which.
+fn wait_for_stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        })
+    })
 }

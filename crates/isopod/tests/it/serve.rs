@@ -235,3 +235,48 @@ async fn a_busy_app_gets_a_replica_a_light_one_does_not_and_idle_replicas_retire
         .await;
     assert_eq!(busy_rows(&pool)[0]["replica"], false, "{pool}");
 }
+
+/// SIGTERM stops the server the way a load balancer's drain expects: no
+/// new connection is taken, the requests in flight finish, and the process
+/// exits cleanly once they have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_ones() {
+    let token = crate::support::ADMIN_TOKEN;
+    let slow = "export default { async fetch() { await new Promise((r) => setTimeout(r, 500)); return new Response('finished'); } };";
+    let mut isopod = Isopod::serve(
+        &format!(
+            "admin_listen = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n\n[[apps]]\nname = \"slow\"\nbundle = \"slow.js\"\n"
+        ),
+        &[("slow.js", slow)],
+    );
+    let endpoint = isopod.clone_addr();
+    let pending = tokio::spawn(async move { endpoint.get_host("slow.localhost", "/").await });
+    isopod
+        .await_admin("/apps/slow", "the request never started", |app| {
+            app["usage"]["in_flight"] == 1
+        })
+        .await;
+    isopod.signal("TERM");
+    isopod.wait_for_log("the stop", |r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopping"))
+    });
+    // New connections are refused (the listeners close as their accept
+    // loops see the stop).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(isopod.addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
+        tokio::task::yield_now().await;
+    }
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "finished"));
+    let exit = isopod.wait_for_exit();
+    assert!(exit.success(), "{exit:?}");
+    isopod.wait_for_log("the clean stop", |r| {
+        r["message"] == "stopped: every request in flight finished"
+    });
+}
