@@ -120,7 +120,8 @@ impl Admin {
             (Method::GET, ["admin", "pool"]) => {
                 reply(StatusCode::OK, json!(self.pool.stats().await))
             }
-            (_, ["apps"] | ["apps", _] | ["admin", "pool"]) => {
+            (Method::GET, ["metrics"]) => self.metrics().await,
+            (_, ["apps"] | ["apps", _] | ["admin", "pool"] | ["metrics"]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -171,6 +172,29 @@ impl Admin {
         });
         described["kills"] = json!(self.pool.kills(name));
         reply(StatusCode::OK, described)
+    }
+
+    /// `GET /metrics`: the pool and each app's kills, for Prometheus.
+    async fn metrics(&self) -> AdminResponse {
+        let stats = self.pool.stats().await;
+        let kills: Vec<(String, isopod_pool::AppKills)> = self
+            .registry
+            .snapshot()
+            .apps()
+            .map(|deployed| {
+                let app = deployed.version.app().to_string();
+                let kills = self.pool.kills(&app);
+                (app, kills)
+            })
+            .collect();
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(
+            &stats, &kills,
+        ))));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     async fn remove(&self, name: &str) -> AdminResponse {

@@ -41,6 +41,7 @@
 //! - `h1`: isopod's own HTTP/1.1 path for bodiless requests.
 //! - `connection`: one connection, and the stack that reads it.
 //! - `accept`: the accept loops on every worker thread.
+//! - `metrics`: the admin API's Prometheus metrics.
 //! - `admin`: the admin API.
 //! - `server`: starting it all (`Server::start`).
 
@@ -57,6 +58,7 @@ mod head_deadline;
 mod http_semantics;
 mod listener;
 mod manifest;
+mod metrics;
 mod periodic;
 mod ports;
 mod registry;

@@ -336,3 +336,39 @@ async fn hot_swap_under_load_fails_no_request_and_mixes_no_versions() {
         "the new version never served: {seen:?}"
     );
 }
+
+/// `GET /metrics` on the admin API: the pool's counters and each app's
+/// instances and kills in the Prometheus text format, behind the token.
+#[tokio::test]
+async fn metrics_speak_prometheus_behind_the_token() {
+    let isopod = server();
+    let token = Some(ADMIN_TOKEN);
+    let spin = "export default { fetch(request) { if (new URL(request.url).pathname === '/spin') { for (;;) {} } return new Response('ok'); } };";
+    assert_eq!(
+        isopod
+            .admin("PUT", "/apps/metered", token, js(spin))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(isopod.get_host("metered.localhost", "/").await.2, "ok");
+    assert_eq!(isopod.get_host("metered.localhost", "/spin").await.0, 503);
+    // A new instance serves after the kill.
+    assert_eq!(isopod.get_host("metered.localhost", "/").await.2, "ok");
+    let (status, _) = isopod.admin("GET", "/metrics", None, None).await;
+    assert_eq!(status, 401);
+    let (status, text) = isopod.admin("GET", "/metrics", token, None).await;
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text, not JSON").to_string();
+    for line in [
+        "# TYPE isopod_pool_hits counter",
+        "isopod_pool_max_instances 1000",
+        "isopod_app_kills_total{app=\"metered\",reason=\"cpu\"} 1",
+        "isopod_app_instances{app=\"metered\"} 1",
+        "isopod_app_in_flight{app=\"metered\"} 0",
+    ] {
+        assert!(text.contains(line), "no '{line}' in:\n{text}");
+    }
+    assert!(text.contains("isopod_pool_misses_total "), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
