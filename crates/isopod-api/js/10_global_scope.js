@@ -59,6 +59,7 @@ const {
   op_isopod_log,
   op_isopod_fail,
   op_isopod_uncaught,
+  op_isopod_fetched,
   op_isopod_fetch_refusal,
   op_isopod_clock,
   op_isopod_in_crypto_pool,
@@ -211,8 +212,18 @@ registerErrorClasses(core, domException);
 // tenant as a TypeError saying what was refused and why, e.g. "fetch to
 // 127.0.0.1:9000 refused: loopback addresses are not reachable from isopod
 // apps"; the reason is worked out in Rust, which knows the app's policy.
+// Each fetch's outcome is counted for the host's metrics (host.rs's
+// `FetchOutcome`, by index).
+const FETCH_RESPONSE = 0;
+const FETCH_FAILED = 1;
+const FETCH_REFUSED = 2;
+function countResponse(response) {
+  op_isopod_fetched(FETCH_RESPONSE);
+  return response;
+}
 function explainRefusal(error) {
   if (ObjectPrototypeIsPrototypeOf(core.NotCapablePrototype, error)) {
+    op_isopod_fetched(FETCH_REFUSED);
     const text = `${error.message}`;
     throw new TypeError(op_isopod_fetch_refusal(text) ?? text);
   }
@@ -224,10 +235,12 @@ function explainRefusal(error) {
         ? op_isopod_fetch_refusal(text)
         : null;
       if (message !== null) {
+        op_isopod_fetched(FETCH_REFUSED);
         throw new TypeError(message);
       }
     }
   }
+  op_isopod_fetched(FETCH_FAILED);
   throw error;
 }
 const isopodFetch = {
@@ -238,9 +251,10 @@ const isopodFetch = {
     // needs explaining: handed on as it is, it stays rejected a microtask
     // sooner than the explaining reaction could reject.
     if (alreadyAborted(input, init)) {
+      op_isopod_fetched(FETCH_FAILED);
       return fetched;
     }
-    return PromisePrototypeCatch(fetched, explainRefusal);
+    return PromisePrototypeThen(fetched, countResponse, explainRefusal);
   },
 }.fetch;
 function alreadyAborted(input, init) {

@@ -54,6 +54,41 @@ pub enum UncaughtKind {
     Exception,
 }
 
+/// How an outbound `fetch` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// A response came back (whatever its status).
+    Response,
+    /// It failed: a network error, an abort, a bad request.
+    Failed,
+    /// The app's network policy refused it.
+    Refused,
+}
+
+/// Outbound fetches of one app by outcome, counted by its instances for
+/// the host's metrics.
+#[derive(Debug, Default)]
+pub struct FetchCounts {
+    /// Fetches that got a response.
+    pub responses: std::sync::atomic::AtomicU64,
+    /// Fetches that failed.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Fetches the network policy refused.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl FetchCounts {
+    /// Counts one fetch.
+    pub fn count(&self, outcome: FetchOutcome) {
+        let counter = match outcome {
+            FetchOutcome::Response => &self.responses,
+            FetchOutcome::Failed => &self.failed,
+            FetchOutcome::Refused => &self.refused,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A response as the handler produced it.
 pub struct HostResponse {
     /// HTTP status code.
@@ -84,9 +119,9 @@ pub enum HandlerBody {
 /// Request ids are the ones the host passed to the JavaScript dispatcher; id
 /// `0` never names a request (it is how code outside any request logs).
 pub trait Host {
-    /// A console record, made while serving `request` (`METHOD /path`), or
-    /// outside any request when `request` is empty.
-    fn log(&self, level: LogLevel, request: &str, message: &str);
+    /// A console record, made while serving `request` (labelled `METHOD
+    /// /path`), or outside any request when `request` is 0 (`label` empty).
+    fn log(&self, level: LogLevel, request: u32, label: &str, message: &str);
     /// The handler's response for `request`.
     fn respond(&self, request: u32, response: HostResponse);
     /// The handler failed to produce a response for `request`.
@@ -96,8 +131,10 @@ pub trait Host {
     fn done(&self, request: u32);
     /// A promise rejection that nothing handled, or an exception thrown by
     /// a callback (timer, microtask) with nobody to catch it, caused while
-    /// serving `request` (empty when outside any request).
-    fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String);
+    /// serving `request` (`request` and `label` as for [`Host::log`]).
+    fn uncaught(&self, request: u32, label: &str, kind: UncaughtKind, detail: String);
+    /// An outbound `fetch` ended.
+    fn fetched(&self, _outcome: FetchOutcome) {}
     /// The tokio runtime whose blocking pool runs this isolate's
     /// `crypto.subtle` work (deno_crypto spawns it with `spawn_blocking`).
     /// The host gives each isolate its own, to bound that work and to
@@ -118,11 +155,11 @@ pub(crate) fn host(state: &OpState) -> Rc<dyn Host> {
 pub(crate) fn op_isopod_log(
     state: &mut OpState,
     #[smi] level: u32,
-    #[smi] _request: u32,
+    #[smi] request: u32,
     #[string] label: &str,
     #[string] message: &str,
 ) {
-    host(state).log(LogLevel::from_console_level(level), label, message);
+    host(state).log(LogLevel::from_console_level(level), request, label, message);
 }
 
 /// The handler's response, with its header list (deno_fetch's `[name,
@@ -397,9 +434,19 @@ pub(crate) fn op_isopod_done(state: &mut OpState, #[smi] request: u32) {
 }
 
 #[op2(fast)]
+pub(crate) fn op_isopod_fetched(state: &mut OpState, #[smi] outcome: u32) {
+    let outcome = match outcome {
+        0 => FetchOutcome::Response,
+        2 => FetchOutcome::Refused,
+        _ => FetchOutcome::Failed,
+    };
+    host(state).fetched(outcome);
+}
+
+#[op2(fast)]
 pub(crate) fn op_isopod_uncaught(
     state: &mut OpState,
-    #[smi] _request: u32,
+    #[smi] request: u32,
     #[string] label: &str,
     #[smi] kind: u32,
     #[string] detail: String,
@@ -409,5 +456,5 @@ pub(crate) fn op_isopod_uncaught(
     } else {
         UncaughtKind::Rejection
     };
-    host(state).uncaught(label, kind, detail);
+    host(state).uncaught(request, label, kind, detail);
 }

@@ -26,7 +26,9 @@ mod permissions;
 pub use address::{classify, ReservedRange};
 pub use clock::{advance_clock, monotonic_ns};
 pub use crypto::warm_up_crypto;
-pub use host::{FailureKind, HandlerBody, Host, HostResponse, LogLevel, UncaughtKind};
+pub use host::{
+    FailureKind, FetchCounts, FetchOutcome, HandlerBody, Host, HostResponse, LogLevel, UncaughtKind,
+};
 pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};
 
 use deno_core::{Extension, ExtensionArguments};
@@ -43,6 +45,7 @@ deno_core::extension!(
         host::op_isopod_fail,
         host::op_isopod_done,
         host::op_isopod_uncaught,
+        host::op_isopod_fetched,
         permissions::op_isopod_fetch_refusal,
         clock::op_isopod_clock,
         crypto::op_isopod_in_crypto_pool,

@@ -18,6 +18,7 @@ fn request(host: &str) -> IncomingRequest {
         headers: Default::default(),
         body: None,
         received: std::time::Instant::now(),
+        request_id: "".into(),
     }
 }
 

@@ -30,6 +30,7 @@ mod pool;
 mod stats;
 mod version;
 
+pub use memory::resident_bytes;
 pub use pool::{Pool, PoolConfig, PoolThread, ThreadMain, ThreadTask};
 pub use stats::{AppKills, InstanceRow, PoolStats};
 pub use version::{AppVersion, ExecutionMode, VersionId};

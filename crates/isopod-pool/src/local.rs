@@ -229,6 +229,9 @@ impl LocalPool {
     /// holds meanwhile. Otherwise the request comes back, for [`dispatch`].
     ///
     /// [`dispatch`]: LocalPool::dispatch
+    // The request comes back by value, not boxed: the miss path it takes
+    // then is the rarer one, and boxing would cost every hit an allocation.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn dispatch_warm(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,

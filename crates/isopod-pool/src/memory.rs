@@ -15,7 +15,7 @@ pub(crate) fn default_budget() -> u64 {
 }
 
 /// The process's resident set, from `/proc/self/statm`.
-pub(crate) fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.

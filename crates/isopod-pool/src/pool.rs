@@ -278,6 +278,7 @@ impl PoolThread {
 ///         headers: Default::default(),
 ///         body: None,
 ///         received: std::time::Instant::now(),
+///         request_id: "".into(),
 ///     })
 ///     .await?;
 /// assert_eq!(response.status(), 200);

@@ -35,6 +35,7 @@ fn get(path: &str) -> IncomingRequest {
         headers: Default::default(),
         body: None,
         received: std::time::Instant::now(),
+        request_id: "".into(),
     }
 }
 

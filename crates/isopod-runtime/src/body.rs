@@ -101,6 +101,10 @@ impl Resource for RequestBodyResource {
 /// the connection.
 pub struct ResponseBody {
     kind: BodyKind,
+    /// What the instance reports about the request, for the access log:
+    /// carried here rather than in the response's extensions, which would
+    /// cost an allocation per response.
+    report: Option<crate::request::ResponseReport>,
 }
 
 enum BodyKind {
@@ -113,7 +117,18 @@ impl ResponseBody {
     pub fn full(bytes: Bytes) -> ResponseBody {
         ResponseBody {
             kind: BodyKind::Full((!bytes.is_empty()).then_some(bytes)),
+            report: None,
         }
+    }
+
+    /// What the instance reported about the request this body answers
+    /// (`None` for isopod's own answers).
+    pub fn report(&self) -> Option<crate::request::ResponseReport> {
+        self.report
+    }
+
+    pub(crate) fn set_report(&mut self, report: crate::request::ResponseReport) {
+        self.report = Some(report);
     }
 
     /// An empty body.
@@ -124,6 +139,7 @@ impl ResponseBody {
     pub(crate) fn channel(rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> ResponseBody {
         ResponseBody {
             kind: BodyKind::Channel(rx),
+            report: None,
         }
     }
 }

@@ -32,6 +32,8 @@ struct PendingRequest {
     /// For log records and kill events (`METHOD /path`, made when needed).
     method: http::Method,
     url: String,
+    /// Its `X-Request-Id`, for log records.
+    request_id: Arc<str>,
     /// The request body's resource, released when the request completes.
     body: Option<ResourceId>,
     /// JavaScript is done: responded or failed, `waitUntil` settled.
@@ -75,6 +77,8 @@ pub(crate) struct InstanceHost {
     /// Set when a bundle is loaded (a spare is created before its app is
     /// known).
     app: RefCell<Arc<str>>,
+    /// Where the app's outbound fetches are counted.
+    fetches: RefCell<Arc<isopod_api::FetchCounts>>,
     pending: RefCell<HashMap<u32, PendingRequest, rustc_hash::FxBuildHasher>>,
     /// Body resources of completed requests, for the driver to close (the
     /// table cannot reach `OpState` from inside an op).
@@ -91,6 +95,7 @@ impl InstanceHost {
     pub(crate) fn new(app: Arc<str>, control: mpsc::UnboundedSender<Control>) -> Rc<InstanceHost> {
         Rc::new_cyclic(|this| InstanceHost {
             app: RefCell::new(app),
+            fetches: RefCell::default(),
             pending: RefCell::new(HashMap::default()),
             released_bodies: RefCell::new(Vec::new()),
             control,
@@ -107,6 +112,7 @@ impl InstanceHost {
         id: u32,
         method: http::Method,
         url: String,
+        request_id: Arc<str>,
         responder: Responder,
         body: Option<ResourceId>,
     ) {
@@ -116,6 +122,7 @@ impl InstanceHost {
                 responder: Some(responder),
                 method,
                 url,
+                request_id,
                 body,
                 script_done: false,
                 streaming: false,
@@ -135,9 +142,11 @@ impl InstanceHost {
         self.stream_idle_timeout.set(idle);
     }
 
-    /// Names the app in every later log record.
-    pub(crate) fn set_app(&self, app: Arc<str>) {
+    /// Names the app in every later log record, and counts its fetches in
+    /// `fetches`.
+    pub(crate) fn set_app(&self, app: Arc<str>, fetches: Arc<isopod_api::FetchCounts>) {
         *self.app.borrow_mut() = app;
+        *self.fetches.borrow_mut() = fetches;
     }
 
     /// Body resources of requests completed since the last call.
@@ -257,6 +266,14 @@ impl InstanceHost {
             .map(|r| (r.method.to_string(), r.path().to_string()))
     }
 
+    /// The `X-Request-Id` of request `id` (empty when it is not in flight).
+    pub(crate) fn request_id(&self, id: u32) -> Arc<str> {
+        match self.pending.borrow().get(&id) {
+            Some(request) => request.request_id.clone(),
+            None => Arc::from(""),
+        }
+    }
+
     /// `METHOD /path` of request `id`, if it is in flight.
     pub(crate) fn label(&self, id: u32) -> Option<String> {
         self.pending.borrow().get(&id).map(PendingRequest::label)
@@ -297,6 +314,12 @@ impl InstanceHost {
                 ResponseBody::channel(rx)
             }
         };
+        let mut body = body;
+        body.set_report(crate::request::ResponseReport {
+            cpu: self.cpu_used(id),
+            // Ids start at 1 on every instance (`InstanceHandle::dispatch`).
+            cold: id == 1,
+        });
         let mut outgoing = http::Response::new(body);
         *outgoing.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
         *outgoing.headers_mut() = response.headers;
@@ -305,17 +328,23 @@ impl InstanceHost {
 }
 
 impl Host for InstanceHost {
-    fn log(&self, level: LogLevel, request: &str, message: &str) {
+    fn log(&self, level: LogLevel, id: u32, request: &str, message: &str) {
         let app = self.app.borrow().clone();
         let app = &*app;
+        let request_id = self.request_id(id);
+        let request_id = &*request_id;
         match level {
             LogLevel::Debug => {
-                tracing::debug!(target: "isopod::console", app, request, "{message}")
+                tracing::debug!(target: "isopod::console", app, request, request_id, "{message}")
             }
-            LogLevel::Info => tracing::info!(target: "isopod::console", app, request, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "isopod::console", app, request, "{message}"),
+            LogLevel::Info => {
+                tracing::info!(target: "isopod::console", app, request, request_id, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "isopod::console", app, request, request_id, "{message}")
+            }
             LogLevel::Error => {
-                tracing::error!(target: "isopod::console", app, request, "{message}")
+                tracing::error!(target: "isopod::console", app, request, request_id, "{message}")
             }
         }
     }
@@ -331,15 +360,17 @@ impl Host for InstanceHost {
     fn fail(&self, id: u32, kind: FailureKind, detail: String) {
         let label = self.label(id);
         let request = label.as_deref().unwrap_or("");
+        let request_id = self.request_id(id);
+        let request_id = &*request_id;
         let app = self.app.borrow().clone();
         let app = &*app;
         let error = match kind {
             FailureKind::Threw => {
-                tracing::error!(target: "isopod::handler", app, request, error = %detail, "handler threw");
+                tracing::error!(target: "isopod::handler", app, request, request_id, error = %detail, "handler threw");
                 DispatchError::HandlerThrew { detail }
             }
             FailureKind::NotAResponse => {
-                tracing::error!(target: "isopod::handler", app, request, error = %detail, "handler returned no Response");
+                tracing::error!(target: "isopod::handler", app, request, request_id, error = %detail, "handler returned no Response");
                 DispatchError::NotAResponse { detail }
             }
         };
@@ -352,6 +383,10 @@ impl Host for InstanceHost {
         self.progress(id, |r| r.script_done = true);
     }
 
+    fn fetched(&self, outcome: isopod_api::FetchOutcome) {
+        self.fetches.borrow().count(outcome);
+    }
+
     fn crypto_runtime(&self) -> std::io::Result<tokio::runtime::Handle> {
         self.crypto.handle()
     }
@@ -360,15 +395,17 @@ impl Host for InstanceHost {
         crate::recycle::header_map()
     }
 
-    fn uncaught(&self, request: &str, kind: UncaughtKind, detail: String) {
+    fn uncaught(&self, id: u32, request: &str, kind: UncaughtKind, detail: String) {
         let app = self.app.borrow().clone();
         let app = &*app;
+        let request_id = self.request_id(id);
+        let request_id = &*request_id;
         match kind {
             UncaughtKind::Rejection => {
-                tracing::error!(target: "isopod::handler", app, request, error = %detail, "unhandled promise rejection")
+                tracing::error!(target: "isopod::handler", app, request, request_id, error = %detail, "unhandled promise rejection")
             }
             UncaughtKind::Exception => {
-                tracing::error!(target: "isopod::handler", app, request, error = %detail, "uncaught exception")
+                tracing::error!(target: "isopod::handler", app, request, request_id, error = %detail, "uncaught exception")
             }
         }
     }

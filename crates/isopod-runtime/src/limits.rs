@@ -257,6 +257,8 @@ pub struct KillEvent {
     pub method: String,
     /// Path of that request.
     pub path: String,
+    /// Its `X-Request-Id` (empty with no offending request).
+    pub request_id: String,
     /// CPU the offending request (or start-up, or background work) had
     /// used, in ms.
     pub cpu_ms: f64,

@@ -21,6 +21,9 @@ pub struct IncomingRequest {
     /// When the HTTP layer received the request: the instance measures how
     /// long requests wait before their handler runs from here.
     pub received: std::time::Instant,
+    /// The request's id (its `X-Request-Id`), named in every log record the
+    /// request causes: console lines, handler errors, a kill.
+    pub request_id: std::sync::Arc<str>,
 }
 
 /// A request's header lines, owned in one buffer: what an instance needs of
@@ -64,16 +67,19 @@ impl HeaderList {
     }
 
     /// The lines of `headers` whose name `keep` accepts, in order, copied in
-    /// one pass into a buffer sized once. No NUL check: an `http` name is a
-    /// token and a value excludes control bytes but tab.
+    /// one pass into a buffer sized once, with `room` bytes to spare for
+    /// lines the caller adds. No NUL check: an `http` name is a token and a
+    /// value excludes control bytes but tab.
     pub fn from_map_where(
         headers: &HeaderMap,
+        room: usize,
         mut keep: impl FnMut(&HeaderName) -> bool,
     ) -> HeaderList {
         let size = headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 2)
-            .sum();
+            .sum::<usize>()
+            + room;
         let mut list = HeaderList::with_capacity(size);
         for (name, value) in headers {
             if keep(name) {
@@ -142,12 +148,25 @@ impl HeaderList {
 
 impl From<&HeaderMap> for HeaderList {
     fn from(headers: &HeaderMap) -> HeaderList {
-        HeaderList::from_map_where(headers, |_| true)
+        HeaderList::from_map_where(headers, 0, |_| true)
     }
 }
 
 /// The response to an [`IncomingRequest`].
 pub type OutgoingResponse = http::Response<ResponseBody>;
+
+/// What the instance reports about a request with the handler's response,
+/// on its body ([`ResponseBody::report`](crate::ResponseBody::report)):
+/// for the access log and the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseReport {
+    /// CPU charged to the request until its response was ready (streamed
+    /// bodies and `waitUntil` work go on after).
+    pub cpu: std::time::Duration,
+    /// Whether it was its instance's first request: the one that waited for
+    /// the instance to be made or its bundle loaded.
+    pub cold: bool,
+}
 
 /// Why a dispatched request has no response from the handler.
 #[derive(Debug, Clone, thiserror::Error)]

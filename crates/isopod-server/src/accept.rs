@@ -10,7 +10,7 @@ use isopod_pool::{Pool, PoolThread};
 use tokio::sync::watch;
 
 use crate::head_deadline::HeadWatch;
-use crate::listener::{Http1Path, ListenerContext};
+use crate::listener::{EdgeConfig, Http1Path, ListenerContext};
 use crate::ports::{stopped, BoundPort};
 use crate::registry::{LocalSnapshot, Registry};
 
@@ -21,18 +21,26 @@ pub(crate) type ThreadListener = (TcpListener, Option<Arc<str>>, Option<watch::R
 /// One worker thread's listeners.
 pub(crate) type ThreadListeners = Vec<ThreadListener>;
 
+/// What every accept loop of the process shares.
+pub(crate) struct Serving {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) http1: Http1Path,
+    pub(crate) edge: Arc<EdgeConfig>,
+    /// Becomes true when the server begins to stop: connections then close
+    /// after their current response, and idle ones at once.
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
 pub(crate) async fn accept_loops(
     thread: PoolThread,
-    registry: Arc<Registry>,
-    http1: Http1Path,
+    serving: Arc<Serving>,
     listeners: ThreadListeners,
 ) {
     let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::task::spawn_local(accept_on(
             thread.clone(),
-            registry.clone(),
-            http1,
+            serving.clone(),
             listener,
         )));
     }
@@ -45,17 +53,16 @@ pub(crate) async fn accept_loops(
 /// its accept loop on each worker thread, on that thread's socket.
 pub(crate) fn serve_own_port(
     pool: &Pool,
-    registry: &Arc<Registry>,
+    serving: &Arc<Serving>,
     app: &Arc<str>,
     bound: BoundPort,
-    http1: Http1Path,
 ) {
     for (thread, socket) in bound.sockets.into_iter().enumerate() {
         let listener = (socket, Some(app.clone()), Some(bound.stop.clone()));
-        let registry = registry.clone();
+        let serving = serving.clone();
         let started = pool.spawn_on_worker(
             thread,
-            Box::new(move |thread| Box::pin(accept_on(thread, registry, http1, listener))),
+            Box::new(move |thread| Box::pin(accept_on(thread, serving, listener))),
         );
         if !started {
             tracing::error!(app = %app, thread, "cannot start an accept loop: the pool has stopped");
@@ -63,12 +70,7 @@ pub(crate) fn serve_own_port(
     }
 }
 
-async fn accept_on(
-    thread: PoolThread,
-    registry: Arc<Registry>,
-    http1: Http1Path,
-    listener: ThreadListener,
-) {
+async fn accept_on(thread: PoolThread, serving: Arc<Serving>, listener: ThreadListener) {
     let (socket, dedicated, stop) = listener;
     let socket = match tokio::net::TcpListener::from_std(socket) {
         Ok(socket) => socket,
@@ -79,9 +81,11 @@ async fn accept_on(
     };
     let listener = Rc::new(ListenerContext {
         thread,
-        apps: LocalSnapshot::new(registry),
+        apps: LocalSnapshot::new(serving.registry.clone()),
         dedicated,
-        http1,
+        http1: serving.http1,
+        edge: serving.edge.clone(),
+        draining: serving.draining.clone(),
     });
     accept_loop(socket, listener, stop).await;
 }
@@ -103,7 +107,7 @@ async fn accept_loop(
             drop(stop);
             return;
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -114,7 +118,8 @@ async fn accept_loop(
         let listener = listener_context.clone();
         let watch = HeadWatch::new();
         let watched = watch.clone();
-        let task = tokio::task::spawn_local(crate::connection::serve(stream, listener, watched));
-        watch.start(task.abort_handle());
+        let task =
+            tokio::task::spawn_local(crate::connection::serve(stream, peer, listener, watched));
+        watch.start(task.abort_handle(), &listener_context.draining);
     }
 }

@@ -1,59 +1,76 @@
 //! The admin API, on its own listener and thread.
 //!
-//! Every call needs `Authorization: Bearer TOKEN` (compared in constant
-//! time; 401 otherwise) except `GET /healthz`.
+//! Every call needs `Authorization: Bearer TOKEN` with one of the named
+//! tokens (compared in constant time; 401 otherwise) except `GET /healthz`.
+//! A change records the name of the token that made it.
 //!
-//! - `PUT /apps/NAME`: deploy or hot-swap. The body is a bare bundle, or (with
-//!   `content-type: application/json`) a manifest `{ "bundle": "…",
-//!   "routes": [{ "host": "…", "path": "…" }], "vars": {…}, "mode": "pooled" |
-//!   "isolate-per-request", "limits": { "cpu_ms": 50, … } }`. The bundle is evaluated in a scratch isolate
-//!   "isolate-per-request", "allow_net": ["127.0.0.1:9000", "10.1.0.0/16",
-//!   "api.internal"] }` (`allow_net`: the non-public hosts and ranges the
-//!   app's `fetch` may reach besides public addresses; a bad entry is a
-//!   400). The bundle is evaluated in a scratch isolate
-//!   under the startup budget first; a broken one answers 400 with the error
-//!   and its file:line, and the running version keeps serving.
+//! - `PUT /apps/NAME`: deploy or hot-swap. The body is a bare bundle (the
+//!   app keeps its settings), or (with `content-type: application/json`) a
+//!   manifest `{ "bundle": "…", "routes": [{ "host": "…", "path": "…" }],
+//!   "vars": {…}, "secrets": {…}, "mode": "pooled" | "isolate-per-request",
+//!   "limits": { "cpu_ms": 50, … }, "allow_net": ["127.0.0.1:9000",
+//!   "10.1.0.0/16", "api.internal"], "port": 9000 }`. The bundle is
+//!   evaluated in a scratch isolate under the startup budget first; a
+//!   broken one answers 400 with the error and its file:line, and the
+//!   running version keeps serving.
 //! - `GET /apps`, `GET /apps/NAME`, `DELETE /apps/NAME`.
-//! - `GET /admin/pool`: the pool's statistics.
+//! - `GET /apps/NAME/versions`; `POST /apps/NAME/rollback` (body `{"version":
+//!   N}` or none, for the previous one); `PUT /apps/NAME/vars` (body
+//!   `{"vars": {"K": "v"}, "secrets": {"S": "…"}}`, a `null` removing one).
+//! - `GET /apps/NAME/logs`: the app's recent console, handler and kill
+//!   records as JSON lines; `?follow=1` keeps the response open and adds
+//!   every new record, access records included (server-sent events when
+//!   the client accepts `text/event-stream`).
+//! - `GET /admin/pool`: the pool's statistics. `GET /metrics`: Prometheus.
+//!
+//! Invariant: no response and no log record carries a secret's value;
+//! secrets are listed by name.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use isopod_pool::{AppVersion, Pool};
-use isopod_runtime::{Bundle, Limits};
+use isopod_pool::Pool;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use crate::accept::serve_own_port;
-use crate::deploy_check::check_bundle;
+use crate::app_metrics::AppMetricsSet;
+use crate::deployments::{ChangeError, Changed, Deployments};
+use crate::log_tail::LogTail;
 use crate::manifest::{check_app_name, AppSettings};
-use crate::ports::OwnPorts;
 use crate::registry::{Deployed, Registry};
 use crate::routing::HostPattern;
 
 /// The largest bundle or manifest `PUT /apps/NAME` accepts.
 const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
 
+/// The largest body of the other calls.
+const MAX_CALL_BYTES: usize = 1024 * 1024;
+
 /// What the admin API needs.
 pub(crate) struct Admin {
-    pub(crate) token: Arc<str>,
+    /// The named tokens: (name, token).
+    pub(crate) tokens: Vec<(String, String)>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) pool: Arc<Pool>,
-    /// Apps' own ports: a deploy may open or move one.
-    pub(crate) ports: Arc<OwnPorts>,
-    /// The process's default limits, which a manifest's `limits` override.
-    pub(crate) default_limits: Limits,
-    /// The HTTP/1.1 stack of apps' own ports opened by a deploy.
-    pub(crate) http1: crate::listener::Http1Path,
+    pub(crate) deployments: Arc<Deployments>,
+    pub(crate) metrics: Arc<AppMetricsSet>,
+    pub(crate) log_tail: Option<Arc<LogTail>>,
+    /// Set when the server begins to stop: `/healthz` answers 503.
+    pub(crate) draining: Arc<AtomicBool>,
+    /// The process's memory budget, for `/metrics`.
+    pub(crate) memory_budget: u64,
 }
 
-type AdminResponse = Response<Full<Bytes>>;
+type AdminBody = BoxBody<Bytes, std::convert::Infallible>;
+type AdminResponse = Response<AdminBody>;
 
 /// Serves the admin API on `listener` from a thread of its own.
 pub(crate) fn spawn(listener: TcpListener, admin: Admin) -> std::io::Result<()> {
@@ -98,46 +115,70 @@ impl Admin {
     async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
         let path = request.uri().path().to_string();
         if request.method() == Method::GET && path == "/healthz" {
-            return reply(StatusCode::OK, json!({ "status": "ok" }));
+            return if self.draining.load(Ordering::Relaxed) {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "status": "stopping" }),
+                )
+            } else {
+                reply(StatusCode::OK, json!({ "status": "ok" }))
+            };
         }
-        if !self.authorized(&request) {
+        let Some(who) = self.authorized(&request) else {
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
             return response;
-        }
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        };
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(String::from)
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, ["apps"]) => self.list(),
             (Method::GET, ["apps", name]) => self.show(name).await,
-            (Method::PUT, ["apps", name]) => {
-                let name = name.to_string();
-                self.deploy(&name, request).await
-            }
+            (Method::PUT, ["apps", name]) => self.deploy(name, &who, request).await,
             (Method::DELETE, ["apps", name]) => self.remove(name).await,
+            (Method::GET, ["apps", name, "versions"]) => self.versions(name).await,
+            (Method::POST, ["apps", name, "rollback"]) => self.rollback(name, &who, request).await,
+            (Method::PUT, ["apps", name, "vars"]) => self.set_vars(name, &who, request).await,
+            (Method::GET, ["apps", name, "logs"]) => self.logs(name, &request),
             (Method::GET, ["admin", "pool"]) => {
                 reply(StatusCode::OK, json!(self.pool.stats().await))
             }
             (Method::GET, ["metrics"]) => self.metrics().await,
-            (_, ["apps"] | ["apps", _] | ["admin", "pool"] | ["metrics"]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-            }
+            (
+                _,
+                ["apps"]
+                | ["apps", _]
+                | ["apps", _, "versions" | "rollback" | "vars" | "logs"]
+                | ["admin", "pool"]
+                | ["metrics"],
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
 
-    fn authorized(&self, request: &Request<Incoming>) -> bool {
-        let Some(given) = request
+    /// The name of the token the request presents, if it is one of ours.
+    fn authorized(&self, request: &Request<Incoming>) -> Option<String> {
+        let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        // Every token is compared, whichever matches, so the time taken
+        // does not tell which one nearly did.
+        let mut found = None;
+        for (name, token) in &self.tokens {
+            if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                found = Some(name.clone());
+            }
+        }
+        found
     }
 
     fn list(&self) -> AdminResponse {
@@ -174,7 +215,8 @@ impl Admin {
         reply(StatusCode::OK, described)
     }
 
-    /// `GET /metrics`: the pool and each app's kills, for Prometheus.
+    /// `GET /metrics`: requests, the pool and each app's kills, for
+    /// Prometheus.
     async fn metrics(&self) -> AdminResponse {
         let stats = self.pool.stats().await;
         let kills: Vec<(String, isopod_pool::AppKills)> = self
@@ -184,12 +226,17 @@ impl Admin {
             .map(|deployed| {
                 let app = deployed.version.app().to_string();
                 let kills = self.pool.kills(&app);
-                (app, kills)
+                (self.metrics.label_of(&app), kills)
             })
             .collect();
-        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(
-            &stats, &kills,
-        ))));
+        let text = crate::metrics::render(&crate::metrics::Scrape {
+            stats: &stats,
+            kills: &kills,
+            apps: &self.metrics.all(),
+            memory_budget: self.memory_budget,
+            label_of: &|app| self.metrics.label_of(app),
+        });
+        let mut response = Response::new(full(Bytes::from(text)));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -198,19 +245,13 @@ impl Admin {
     }
 
     async fn remove(&self, name: &str) -> AdminResponse {
-        match self.registry.remove(name) {
-            Some(removed) => {
-                if let Some(port) = removed.port {
-                    self.ports.close(port).await;
-                }
-                self.pool.removed(name);
-                reply(StatusCode::OK, json!({ "removed": name }))
-            }
-            None => error(StatusCode::NOT_FOUND, &format!("no app named '{name}'")),
+        match self.deployments.remove(name).await {
+            Ok(_) => reply(StatusCode::OK, json!({ "removed": name })),
+            Err(refused) => change_error(refused),
         }
     }
 
-    async fn deploy(&self, name: &str, request: Request<Incoming>) -> AdminResponse {
+    async fn deploy(&self, name: &str, who: &str, request: Request<Incoming>) -> AdminResponse {
         if let Err(refused) = check_app_name(name) {
             return error(StatusCode::BAD_REQUEST, &refused.to_string());
         }
@@ -219,89 +260,240 @@ impl Admin {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        let body = match Limited::new(request.into_body(), MAX_DEPLOY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("a deploy is at most {MAX_DEPLOY_BYTES} bytes"),
-                )
-            }
+        let body = match read_body(request, MAX_DEPLOY_BYTES).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let (source, settings, port) = match parse_body(&body, is_json) {
             Ok(parsed) => parsed,
             Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
         };
-        let bundle = Bundle::from_source(&format!("{name}.js"), source);
-        let manifest = match settings.into_manifest(name, bundle, &self.default_limits) {
-            Ok(manifest) => manifest,
-            Err(refused) => return error(StatusCode::BAD_REQUEST, &refused.to_string()),
-        };
-        let previous = self.registry.snapshot().app(name).cloned();
-        let (config, bundle) = (manifest.config, manifest.bundle);
-        let checked = {
-            let (config, bundle) = (config.clone(), bundle.clone());
-            tokio::task::spawn_blocking(move || check_bundle(&config, &bundle)).await
-        };
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(refused)) => return error(StatusCode::BAD_REQUEST, &refused.to_string()),
-            Err(_) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "checking the bundle failed",
+        // A bare bundle keeps the app's settings and port.
+        let (settings, port) = match (settings, port) {
+            (Some(settings), PortChoice::Set(port)) => (settings, Some(port)),
+            (None, _) | (_, PortChoice::Keep) => {
+                let current = self.registry.snapshot().app(name).cloned();
+                (
+                    current.map(|d| d.declared.clone()).unwrap_or_default(),
+                    None,
                 )
             }
-        }
-        // A JSON manifest states the app's own port (none if absent); a bare
-        // bundle keeps the port the app had.
-        let previous_port = previous.as_ref().and_then(|p| p.port);
-        let port = match port {
-            PortChoice::Keep => previous_port,
-            PortChoice::Set(port) => port,
         };
-        let opened = match port {
-            Some(port) if Some(port) != previous_port => {
-                match self.ports.bind(&config.name, port, self.pool.workers()) {
-                    Ok(bound) => Some(bound),
-                    Err(refused) => {
-                        return error(StatusCode::BAD_REQUEST, &format!("app '{name}': {refused}"))
-                    }
-                }
-            }
-            _ => None,
-        };
-        let version = AppVersion::new(config, bundle, manifest.mode);
-        self.registry
-            .deploy(Deployed::new(version.clone(), manifest.routes, port));
-        if let Some(bound) = opened {
-            serve_own_port(
-                &self.pool,
-                &self.registry,
-                &version.config.name,
-                bound,
-                self.http1,
-            );
-            tracing::info!(app = name, port = ?port, "listening on the app's own port");
+        match self
+            .deployments
+            .deploy(name, source, settings, port, who)
+            .await
+        {
+            Ok(changed) => changed_reply(&changed),
+            Err(refused) => change_error(refused),
         }
-        if let Some(old) = previous_port.filter(|old| Some(*old) != port) {
-            self.ports.close(old).await;
-        }
-        self.pool.deployed(&version);
-        tracing::info!(app = name, version = %version.id, "deployed");
-        let status = if previous.is_some() {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        };
-        reply(
-            status,
-            json!({ "app": name, "version": version.id.to_string() }),
-        )
     }
+
+    async fn versions(&self, name: &str) -> AdminResponse {
+        let Some(store) = self.deployments.store.clone() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this server keeps no registry (no data directory)",
+            );
+        };
+        let app = name.to_string();
+        let listed = tokio::task::spawn_blocking(move || store.versions(&app)).await;
+        match listed {
+            Ok(Ok(versions)) => {
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|record| {
+                        json!({
+                            "version": record.number,
+                            "active": record.active,
+                            "deployed_at_ms": record.deployed_at_ms,
+                            "deployed_by": record.deployed_by,
+                            "origin": record.origin.as_str(),
+                            "rolled_back_from": record.rolled_back_from,
+                            "bundle_sha256": record.bundle_sha256,
+                            "bundle_bytes": record.bundle_size,
+                            "manifest": without_secret_values(&record.manifest),
+                        })
+                    })
+                    .collect();
+                reply(StatusCode::OK, json!({ "app": name, "versions": versions }))
+            }
+            Ok(Err(failed)) => change_error(failed.into()),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the registry task failed",
+            ),
+        }
+    }
+
+    async fn rollback(&self, name: &str, who: &str, request: Request<Incoming>) -> AdminResponse {
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct Rollback {
+            version: Option<u64>,
+        }
+        let body = match read_body(request, MAX_CALL_BYTES).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        };
+        let target: Rollback = if body.iter().all(u8::is_ascii_whitespace) {
+            Rollback::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(target) => target,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid rollback: {e}")),
+            }
+        };
+        match self.deployments.rollback(name, target.version, who).await {
+            Ok(changed) => changed_reply(&changed),
+            Err(refused) => change_error(refused),
+        }
+    }
+
+    async fn set_vars(&self, name: &str, who: &str, request: Request<Incoming>) -> AdminResponse {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Vars {
+            #[serde(default)]
+            vars: std::collections::BTreeMap<String, Option<String>>,
+            #[serde(default)]
+            secrets: std::collections::BTreeMap<String, Option<String>>,
+        }
+        let body = match read_body(request, MAX_CALL_BYTES).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        };
+        let change: Vars = match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            // serde's message never quotes a value, only a key or a type.
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid vars: {e}")),
+        };
+        let changed = self
+            .deployments
+            .set_vars(
+                name,
+                change.vars.into_iter().collect(),
+                change.secrets.into_iter().collect(),
+                who,
+            )
+            .await;
+        match changed {
+            Ok(changed) => changed_reply(&changed),
+            Err(refused) => change_error(refused),
+        }
+    }
+
+    fn logs(&self, name: &str, request: &Request<Incoming>) -> AdminResponse {
+        let Some(tail) = &self.log_tail else {
+            return error(StatusCode::NOT_FOUND, "this server keeps no app logs");
+        };
+        let follow = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "follow=1" || p == "follow=true"));
+        let sse = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        let frame = move |line: &str| -> Bytes {
+            if sse {
+                Bytes::from(format!("data: {line}\n\n"))
+            } else {
+                Bytes::from(format!("{line}\n"))
+            }
+        };
+        let content_type = if sse {
+            "text/event-stream"
+        } else {
+            "application/x-ndjson"
+        };
+        let body: AdminBody = if follow {
+            let (recent, following) = tail.follow(name);
+            let head: Vec<Bytes> = recent.iter().map(|line| frame(line)).collect();
+            let live = futures::stream::unfold(following, move |mut following| async move {
+                use tokio::sync::broadcast::error::RecvError;
+                let chunk = match following.records.recv().await {
+                    Ok(line) => frame(&line),
+                    Err(RecvError::Lagged(missed)) => {
+                        frame(&json!({ "missed_records": missed }).to_string())
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                Some((chunk, following))
+            });
+            let stream = futures::stream::StreamExt::map(
+                futures::stream::StreamExt::chain(futures::stream::iter(head), live),
+                |chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)),
+            );
+            BodyExt::boxed(StreamBody::new(stream))
+        } else {
+            let text: Vec<u8> = tail
+                .recent(name)
+                .iter()
+                .flat_map(|line| frame(line).to_vec())
+                .collect();
+            full(Bytes::from(text))
+        };
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-cache"),
+        );
+        response
+    }
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, AdminResponse> {
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is at most {limit} bytes"),
+        )),
+    }
+}
+
+fn changed_reply(changed: &Changed) -> AdminResponse {
+    let status = if changed.before.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let now = &changed.now;
+    reply(
+        status,
+        json!({
+            "app": now.version.app(),
+            "version": now.version.id.to_string(),
+            "number": now.record.as_ref().map(|r| r.number),
+        }),
+    )
+}
+
+fn change_error(refused: ChangeError) -> AdminResponse {
+    let status = match &refused {
+        ChangeError::Refused(_) => StatusCode::BAD_REQUEST,
+        ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
+        ChangeError::Conflict(_) => StatusCode::CONFLICT,
+        ChangeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &refused.to_string())
+}
+
+/// A stored manifest with each secret's value replaced by `"(secret)"`.
+fn without_secret_values(manifest: &Value) -> Value {
+    let mut shown = manifest.clone();
+    if let Some(Value::Object(secrets)) = shown.get_mut("secrets") {
+        for value in secrets.values_mut() {
+            *value = Value::String("(secret)".into());
+        }
+    }
+    shown
 }
 
 /// What a deploy says about the app's own port.
@@ -312,13 +504,17 @@ enum PortChoice {
     Set(Option<u16>),
 }
 
-/// A deploy's body: a bare bundle, or a JSON manifest `{"bundle": …}` with
-/// an optional `port` and the [`AppSettings`] keys beside it.
-fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings, PortChoice), String> {
+/// A deploy's body: a bare bundle (no settings), or a JSON manifest
+/// `{"bundle": …}` with an optional `port` and the [`AppSettings`] keys
+/// beside it.
+fn parse_body(
+    body: &[u8],
+    is_json: bool,
+) -> Result<(String, Option<AppSettings>, PortChoice), String> {
     if !is_json {
         let source = String::from_utf8(body.to_vec())
             .map_err(|_| "the bundle is not UTF-8 text".to_string())?;
-        return Ok((source, AppSettings::default(), PortChoice::Keep));
+        return Ok((source, None, PortChoice::Keep));
     }
     let invalid = |e: &dyn std::fmt::Display| format!("invalid manifest: {e}");
     let mut manifest: serde_json::Map<String, Value> =
@@ -336,7 +532,7 @@ fn parse_body(body: &[u8], is_json: bool) -> Result<(String, AppSettings, PortCh
         },
     };
     let settings = AppSettings::deserialize(Value::Object(manifest)).map_err(|e| invalid(&e))?;
-    Ok((source, settings, PortChoice::Set(port)))
+    Ok((source, Some(settings), PortChoice::Set(port)))
 }
 
 fn describe(deployed: &Deployed) -> Value {
@@ -357,16 +553,24 @@ fn describe(deployed: &Deployed) -> Value {
     json!({
         "name": version.app(),
         "version": version.id.to_string(),
+        "number": deployed.record.as_ref().map(|r| r.number),
+        "deployed_at_ms": deployed.record.as_ref().map(|r| r.deployed_at_ms),
+        "deployed_by": deployed.record.as_ref().map(|r| r.deployed_by.clone()),
         "mode": version.mode,
         "routes": routes,
         "port": deployed.port,
-        "vars": version.config.vars.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "vars": deployed.declared.vars.keys().collect::<Vec<_>>(),
+        "secrets": deployed.secret_names,
         "allow_net": version.config.net.allowed(),
     })
 }
 
+fn full(bytes: Bytes) -> AdminBody {
+    BodyExt::boxed(Full::new(bytes))
+}
+
 fn reply(status: StatusCode, body: Value) -> AdminResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -9,6 +9,7 @@
 //! `service` functions (`prepare` or `prepare_bodiless`, then `answer`), so
 //! routing and refusals have one implementation.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use hyper::server::conn::http1;
@@ -21,22 +22,34 @@ use crate::listener::{Http1Path, ListenerContext};
 use crate::service::handle;
 
 /// Serves a connection until it closes.
-pub(crate) async fn serve(socket: TcpStream, listener: Rc<ListenerContext>, watch: Rc<HeadWatch>) {
+pub(crate) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    listener: Rc<ListenerContext>,
+    watch: Rc<HeadWatch>,
+) {
+    let peer = crate::edge::Peer::new(peer);
     let rest = match listener.http1 {
-        Http1Path::Own => match crate::h1::serve(socket, &listener, &watch).await {
+        Http1Path::Own => match crate::h1::serve(socket, &peer, &listener, &watch).await {
             Some(rest) => rest,
             None => return,
         },
         Http1Path::Hyper => Replay::new(Vec::new(), socket),
     };
-    serve_with_hyper(rest, listener, watch).await;
+    serve_with_hyper(rest, peer, listener, watch).await;
 }
 
 /// Serves the rest of a connection with hyper, starting with the bytes
 /// already read.
-async fn serve_with_hyper(io: Replay, listener: Rc<ListenerContext>, watch: Rc<HeadWatch>) {
+async fn serve_with_hyper(
+    io: Replay,
+    peer: crate::edge::Peer,
+    listener: Rc<ListenerContext>,
+    watch: Rc<HeadWatch>,
+) {
+    let listener_draining = listener.draining.clone();
     let service = hyper::service::service_fn(move |request| {
-        handle(listener.clone(), request, watch.request_started())
+        handle(listener.clone(), peer, request, watch.request_started())
     });
     let served = http1::Builder::new()
         .keep_alive(true)
@@ -56,7 +69,17 @@ async fn serve_with_hyper(io: Replay, listener: Rc<ListenerContext>, watch: Rc<H
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service);
-    if let Err(error) = served.await {
+    let mut served = std::pin::pin!(served);
+    let mut draining = listener_draining;
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        _ = draining.wait_for(|stopping| *stopping) => {
+            // The response in progress is finished; no other is read.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
     }
 }

@@ -18,6 +18,10 @@
 //!   connection's watch lives on the thread its task runs on.
 //! - The sweep runs only while its thread has connections, so an idle
 //!   thread is not woken each second.
+//! - Once the server is stopping, the sweep closes every idle connection
+//!   at its next round (a busy one closes after its response, in `h1` or
+//!   by hyper's graceful shutdown), so that no connection waits for a
+//!   timeout to let the process exit.
 //! - The sweep is also the thread's clock for the `date` of the responses
 //!   isopod's own HTTP/1.1 path writes (`date::refresh_date`): refreshed
 //!   when the sweep starts and at each of its rounds, so a response never
@@ -31,7 +35,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use isopod_runtime::{BoxError, ResponseBody};
+use isopod_runtime::BoxError;
+
+use crate::access_log::LoggedBody;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::periodic::{every_until_idle, Sweeper};
@@ -66,10 +73,15 @@ impl HeadWatch {
         })
     }
 
-    /// Starts sweeping this connection: `abort` ends its task.
-    pub(crate) fn start(self: &Rc<Self>, abort: AbortHandle) {
+    /// Starts sweeping this connection: `abort` ends its task, and idle, it
+    /// is closed once `draining` turns true.
+    pub(crate) fn start(self: &Rc<Self>, abort: AbortHandle, draining: &watch::Receiver<bool>) {
         let _ = self.abort.set(abort);
         SWEEP.with(|sweep| {
+            sweep
+                .draining
+                .borrow_mut()
+                .get_or_insert_with(|| draining.clone());
             sweep.watched.borrow_mut().push(Rc::downgrade(self));
             if sweep.sweeper.ensure_running(run_sweep) {
                 // The sweep keeps the responses' date; it was stopped.
@@ -110,13 +122,13 @@ impl Drop for Busy {
 /// A response body that keeps its connection busy until hyper has sent it
 /// in full (or given up on it) and dropped it.
 pub(crate) struct WatchedBody {
-    body: ResponseBody,
+    body: LoggedBody,
     _busy: Busy,
 }
 
 impl WatchedBody {
     /// `body`, holding `busy` for as long as it lives.
-    pub(crate) fn new(body: ResponseBody, busy: Busy) -> WatchedBody {
+    pub(crate) fn new(body: LoggedBody, busy: Busy) -> WatchedBody {
         WatchedBody { body, _busy: busy }
     }
 }
@@ -147,6 +159,8 @@ struct Sweep {
     tick: Cell<u64>,
     watched: RefCell<Vec<Weak<HeadWatch>>>,
     sweeper: Sweeper,
+    /// True once the server is stopping (one server per thread's sweep).
+    draining: RefCell<Option<watch::Receiver<bool>>>,
 }
 
 thread_local! {
@@ -155,6 +169,7 @@ thread_local! {
             tick: Cell::new(0),
             watched: RefCell::new(Vec::new()),
             sweeper: Sweeper::new(),
+            draining: RefCell::new(None),
         }
     };
 }
@@ -168,16 +183,23 @@ async fn run_sweep() {
         SWEEP.with(|sweep| {
             let tick = sweep.tick.get() + 1;
             sweep.tick.set(tick);
+            let draining = sweep
+                .draining
+                .borrow()
+                .as_ref()
+                .is_some_and(|draining| !matches!(draining.has_changed(), Ok(false)));
             sweep.watched.borrow_mut().retain(|watched| {
                 let Some(watch) = watched.upgrade() else {
                     return false;
                 };
-                if !watch.overdue(tick) {
+                let idle_while_stopping = draining && watch.busy.get() == 0;
+                if !watch.overdue(tick) && !idle_while_stopping {
                     return true;
                 }
                 tracing::debug!(
                     timeout_s = HEAD_TIMEOUT.as_secs(),
-                    "connection closed: no complete request head within the timeout"
+                    stopping = draining,
+                    "connection closed: no complete request head within the timeout, or the server is stopping"
                 );
                 if let Some(abort) = watch.abort.get() {
                     abort.abort();

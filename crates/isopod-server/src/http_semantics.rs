@@ -54,7 +54,7 @@ pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
     } else {
         Vec::new()
     };
-    HeaderList::from_map_where(headers, |name| {
+    HeaderList::from_map_where(headers, crate::edge::ADDED_BYTES, |name| {
         !HOP_BY_HOP.contains(name) && !named.contains(name)
     })
 }
@@ -67,8 +67,8 @@ pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderLis
         .filter(|line| line.name.eq_ignore_ascii_case(header::CONNECTION.as_str()))
         .map(|line| line.value)
         .collect();
-    let size = lines.iter().map(|l| l.name.len() + l.value.len() + 2).sum();
-    let mut list = HeaderList::with_capacity(size);
+    let size: usize = lines.iter().map(|l| l.name.len() + l.value.len() + 2).sum();
+    let mut list = HeaderList::with_capacity(size + crate::edge::ADDED_BYTES);
     for line in lines {
         let hop_by_hop = HOP_BY_HOP
             .iter()

@@ -22,17 +22,28 @@
 //!   and an app's concurrent requests are capped (queue, then 503).
 //! - Every answer isopod gives itself (4xx, 503, 504) carries a one-line
 //!   reason in a `text/plain` body.
+//! - Every request to an app has an id, which the handler sees in
+//!   `X-Request-Id`, the response carries, and every log record of the
+//!   request names; the client's address and scheme are believed from
+//!   forwarding headers only when a trusted proxy sent them (`edge`).
+//! - With a registry (`isopod-store`), a version is recorded before it is
+//!   served, so a restart serves what was served before it
+//!   (`deployments`).
 //!
 //! Reading order: the modules import only modules above them in this list
 //! (no cycle), so it can be read top down.
 //! - `routing`: host and path patterns, the route table.
 //! - `admission`: an app's cap on concurrent requests.
-//! - `registry`: the deployed apps, and each thread's copy of them.
-//! - `listener`: binding `SO_REUSEPORT` sockets; what a listener's
-//!   connections share (`ListenerContext`, `Http1Path`).
-//! - `ports`: apps' own ports, bound and closed while the server runs.
+//! - `app_metrics`: each app's request counters, bounded in number.
 //! - `manifest`: an app's settings as an operator writes them.
+//! - `registry`: the deployed apps, and each thread's copy of them.
+//! - `edge`: trusted proxies, the client's address and scheme, request ids.
+//! - `access_log`: one record per request, written when its body is done.
+//! - `listener`: binding `SO_REUSEPORT` sockets; what a listener's
+//!   connections share (`ListenerContext`, `Http1Path`, `EdgeConfig`).
+//! - `ports`: apps' own ports, bound and closed while the server runs.
 //! - `deploy_check`: evaluating a bundle before anything serves it.
+//! - `log_tail`: each app's recent log records and live followers.
 //! - `periodic`, `date`, `head_deadline`, `response_deadline`: the
 //!   per-thread sweeps (slow heads, late responses) and the cached `date`.
 //! - `http_semantics`: request targets, `Host`, hop-by-hop headers.
@@ -41,22 +52,29 @@
 //! - `h1`: isopod's own HTTP/1.1 path for bodiless requests.
 //! - `connection`: one connection, and the stack that reads it.
 //! - `accept`: the accept loops on every worker thread.
+//! - `deployments`: recording a version and making it live (deploy,
+//!   rollback, variables, removal).
 //! - `metrics`: the admin API's Prometheus metrics.
 //! - `admin`: the admin API.
 //! - `server`: starting it all (`Server::start`).
 
 mod accept;
+mod access_log;
 mod admin;
 mod admission;
+mod app_metrics;
 mod connection;
 mod date;
 mod deploy_check;
+mod deployments;
+mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1;
 mod head_deadline;
 mod http_semantics;
 mod listener;
+mod log_tail;
 mod manifest;
 mod metrics;
 mod periodic;
@@ -67,11 +85,15 @@ mod routing;
 mod server;
 mod service;
 
+pub use access_log::AccessLog;
 pub use admission::Admission;
+pub use edge::TrustedProxies;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
-pub use listener::Http1Path;
+pub use isopod_store::{Store, StoreError, StoreOptions};
+pub use listener::{EdgeConfig, Http1Path};
+pub use log_tail::{LogTail, LogTailLayer};
 pub use manifest::{check_app_name, AppManifest, AppSettings, ManifestError, RouteSpec};
 pub use ports::PortError;
-pub use registry::{Deployed, Registry, Snapshot};
+pub use registry::{Deployed, Registry, Snapshot, VersionInfo};
 pub use routing::{HostPattern, Route, RouteTable};
-pub use server::{AdminConfig, Server, ServerConfig, ServerError};
+pub use server::{AdminConfig, Server, ServerConfig, ServerError, DEFAULT_METRICS_MAX_APPS};

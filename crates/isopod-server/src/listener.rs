@@ -41,6 +41,30 @@ pub(crate) struct ListenerContext {
     pub(crate) apps: LocalSnapshot,
     /// Which HTTP/1.1 stack reads its connections.
     pub(crate) http1: Http1Path,
+    /// Which peers are believed about the client, and the access log.
+    pub(crate) edge: Arc<EdgeConfig>,
+    /// True once the server is stopping (see `accept::Serving`).
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ListenerContext {
+    /// Whether the server is stopping: a connection closes after its
+    /// current response.
+    pub(crate) fn draining(&self) -> bool {
+        // An atomic load, not the value's lock: this is asked per response.
+        // The sender only ever sends `true`; gone, it is stopping too.
+        !matches!(self.draining.has_changed(), Ok(false))
+    }
+}
+
+/// How requests are vetted and logged at the edge: the same for every
+/// listener of the process.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    /// Peers whose `X-Forwarded-*` and `X-Request-Id` headers are believed.
+    pub trusted_proxies: crate::edge::TrustedProxies,
+    /// Which requests get an access record.
+    pub access_log: crate::access_log::AccessLog,
 }
 
 /// Which HTTP/1.1 stack reads requests.

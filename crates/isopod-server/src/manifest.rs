@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use isopod_pool::ExecutionMode;
 use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::routing::{HostPattern, Route};
 
@@ -25,6 +25,11 @@ pub struct AppManifest {
     pub routes: Vec<Route>,
     /// A listen port of its own (same address as the main listener).
     pub port: Option<u16>,
+    /// The names of the secrets among `config.vars`.
+    pub secret_names: Vec<String>,
+    /// The settings as written: what the registry keeps, so that a restart
+    /// lays them over the process's defaults of that time.
+    pub declared: AppSettings,
 }
 
 impl AppManifest {
@@ -36,13 +41,25 @@ impl AppManifest {
             mode: ExecutionMode::Pooled,
             routes: Vec::new(),
             port: None,
+            secret_names: Vec::new(),
+            declared: AppSettings::default(),
         }
+    }
+
+    /// What the registry keeps of this manifest besides the bundle: its
+    /// settings as written and its own port, as JSON.
+    pub fn declaration(&self) -> serde_json::Value {
+        let mut declaration = serde_json::to_value(&self.declared).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut declaration {
+            fields.insert("port".into(), self.port.into());
+        }
+        declaration
     }
 }
 
 /// What a manifest may say about an app besides its name, its bundle and
 /// its own port (which each source carries in its own way).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
     /// Where it answers; none means `NAME.localhost`.
@@ -51,6 +68,10 @@ pub struct AppSettings {
     /// The handler's `env`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// More of the handler's `env`, whose values are never shown by the
+    /// admin API or written to a log.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     /// Pooled (default) or isolate-per-request.
     #[serde(default)]
     pub mode: ExecutionMode,
@@ -63,7 +84,7 @@ pub struct AppSettings {
 }
 
 /// A route as written: a host pattern and/or a path prefix.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// An exact host, or `*.domain`.
@@ -115,6 +136,14 @@ impl AppSettings {
         defaults: &Limits,
     ) -> Result<AppManifest, ManifestError> {
         check_app_name(name)?;
+        let declared = self.clone();
+        if let Some(both) = self.secrets.keys().find(|key| self.vars.contains_key(*key)) {
+            return Err(ManifestError::new(
+                name,
+                format!("'{both}' is both a variable and a secret"),
+            ));
+        }
+        let secret_names: Vec<String> = self.secrets.keys().cloned().collect();
         let routes = self
             .routes
             .into_iter()
@@ -138,14 +167,17 @@ impl AppSettings {
         Ok(AppManifest {
             config: AppConfig {
                 name: Arc::from(name),
-                vars: self.vars.into_iter().collect(),
+                vars: self.vars.into_iter().chain(self.secrets).collect(),
                 net,
                 limits,
+                fetches: Default::default(),
             },
             bundle,
             mode: self.mode,
             routes,
             port: None,
+            secret_names,
+            declared,
         })
     }
 }

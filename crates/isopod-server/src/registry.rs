@@ -28,11 +28,41 @@ pub struct Deployed {
     pub port: Option<u16>,
     /// How many of its requests are served at once.
     pub admission: crate::admission::Admission,
+    /// The names of its secrets (their values are in its `env`, never
+    /// shown).
+    pub secret_names: Vec<String>,
+    /// The registry's record of this version; `None` when the server keeps
+    /// no registry (`isopod run`).
+    pub record: Option<VersionInfo>,
+    /// Its settings as written, which a change of variables starts from.
+    pub declared: crate::manifest::AppSettings,
+    /// Where its requests are counted.
+    pub(crate) metrics: Arc<crate::app_metrics::AppMetrics>,
+}
+
+/// What the persistent registry says about a deployed version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionInfo {
+    /// Its number among the app's versions (1, 2, …).
+    pub number: u64,
+    /// When it was recorded, in ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+    /// Who recorded it: an admin token's name, or `config`.
+    pub deployed_by: String,
+    /// How: `api`, `config`, `rollback` or `vars`.
+    pub origin: &'static str,
+    /// The bundle's SHA-256, in hex.
+    pub bundle_sha256: String,
 }
 
 impl Deployed {
     /// A deployment of `version`, its admission sized by its limits.
-    pub fn new(version: Arc<AppVersion>, routes: Vec<Route>, port: Option<u16>) -> Deployed {
+    pub(crate) fn new(
+        version: Arc<AppVersion>,
+        routes: Vec<Route>,
+        port: Option<u16>,
+        metrics: Arc<crate::app_metrics::AppMetrics>,
+    ) -> Deployed {
         let admission =
             crate::admission::Admission::new(version.config.limits.max_concurrent_requests);
         Deployed {
@@ -40,6 +70,10 @@ impl Deployed {
             routes,
             port,
             admission,
+            secret_names: Vec::new(),
+            record: None,
+            declared: Default::default(),
+            metrics,
         }
     }
 }
@@ -93,8 +127,13 @@ impl Registry {
 
     /// Deploys (or replaces) an app; returns the version it replaced.
     pub fn deploy(&self, deployed: Deployed) -> Option<Arc<Deployed>> {
+        self.deploy_arc(Arc::new(deployed))
+    }
+
+    /// [`Registry::deploy`] of a shared deployment.
+    pub fn deploy_arc(&self, deployed: Arc<Deployed>) -> Option<Arc<Deployed>> {
         let name = deployed.version.config.name.clone();
-        self.update(|apps| apps.insert(name, Arc::new(deployed)))
+        self.update(|apps| apps.insert(name, deployed))
     }
 
     /// Removes an app; returns it if it was deployed.

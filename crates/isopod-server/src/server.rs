@@ -2,18 +2,23 @@
 //! own listeners and serving them with the pool's instances on that thread.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isopod_pool::{AppVersion, Pool, PoolConfig, PoolThread};
+use isopod_pool::{Pool, PoolConfig, PoolThread};
 use isopod_runtime::InstanceError;
+use isopod_store::{NewVersion, Origin, Store, StoreError, VersionRecord};
 use tokio::sync::watch;
 
-use crate::accept::ThreadListeners;
+use crate::accept::{Serving, ThreadListeners};
+use crate::app_metrics::AppMetricsSet;
 use crate::deploy_check::check_bundle;
-use crate::listener::{bind_reuseport, Http1Path};
+use crate::deployments::{deployed_from, manifest_from_record, Deployments};
+use crate::listener::{bind_reuseport, EdgeConfig, Http1Path};
+use crate::log_tail::LogTail;
 use crate::manifest::AppManifest;
 use crate::ports::{OwnPorts, PortError};
-use crate::registry::{Deployed, Registry};
+use crate::registry::Registry;
 
 /// What a [`Server`] serves and where.
 #[derive(Debug, Clone)]
@@ -28,15 +33,49 @@ pub struct ServerConfig {
     pub admin: Option<AdminConfig>,
     /// Which HTTP/1.1 stack reads requests (isopod's own path by default).
     pub http1: Http1Path,
+    /// Trusted proxies and the access log.
+    pub edge: EdgeConfig,
+    /// The persistent registry. With one, `apps` are applied to it at start
+    /// (each changed declaration a new version) and the server serves every
+    /// app active in it; without, it serves `apps` alone.
+    pub store: Option<Arc<Store>>,
+    /// Where each app's recent log records are kept, for the admin API (it
+    /// must also be installed as a layer of the process's subscriber).
+    pub log_tail: Option<Arc<LogTail>>,
+    /// How many apps get `/metrics` series of their own; the rest share
+    /// the `other` label.
+    pub metrics_max_apps: usize,
 }
 
-/// Where the admin API listens and the token it requires.
+impl ServerConfig {
+    /// Serves `apps` on `listen` with `pool`: no admin API, no registry, the
+    /// default HTTP stack and edge settings.
+    pub fn new(listen: SocketAddr, pool: PoolConfig, apps: Vec<AppManifest>) -> ServerConfig {
+        ServerConfig {
+            listen,
+            pool,
+            apps,
+            admin: None,
+            http1: Http1Path::default(),
+            edge: EdgeConfig::default(),
+            store: None,
+            log_tail: None,
+            metrics_max_apps: DEFAULT_METRICS_MAX_APPS,
+        }
+    }
+}
+
+/// The default bound on apps with `/metrics` series of their own.
+pub const DEFAULT_METRICS_MAX_APPS: usize = 200;
+
+/// Where the admin API listens and the tokens it accepts.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     /// The admin listen address.
     pub listen: SocketAddr,
-    /// The bearer token every admin call (but `/healthz`) must present.
-    pub token: String,
+    /// The named bearer tokens (name, token), one of which every admin call
+    /// (but `/healthz`) must present; a change records the token's name.
+    pub tokens: Vec<(String, String)>,
 }
 
 /// Why a server could not start.
@@ -64,6 +103,12 @@ pub enum ServerError {
     /// The worker threads could not be started.
     #[error(transparent)]
     Pool(#[from] isopod_pool::PoolError),
+    /// The registry could not be read or written.
+    #[error("the registry: {0}")]
+    Store(#[from] StoreError),
+    /// A version in the registry can no longer be served.
+    #[error("the registry: {0}")]
+    Stored(String),
 }
 
 /// A running server.
@@ -77,6 +122,9 @@ pub struct Server {
     pool: Arc<Pool>,
     /// Apps' own ports; their accept loops run while this lives.
     _ports: Arc<OwnPorts>,
+    store: Option<Arc<Store>>,
+    /// Set when it begins to stop (`/healthz` then answers 503).
+    draining: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -112,7 +160,7 @@ impl Server {
         // (apps' own ports are added as they are bound), and before apps'
         // ports, which may not take its port.
         let admin = match config.admin {
-            Some(admin) => Some((bind_admin(admin.listen)?, admin.token)),
+            Some(admin) => Some((bind_admin(admin.listen)?, admin.tokens)),
             None => None,
         };
         let own_listeners: Vec<SocketAddr> = std::iter::once(local_addr)
@@ -122,8 +170,13 @@ impl Server {
         let reserved: Vec<u16> = own_listeners.iter().map(SocketAddr::port).collect();
         let ports = Arc::new(OwnPorts::new(config.listen.ip(), &reserved));
 
+        let metrics = Arc::new(AppMetricsSet::new(config.metrics_max_apps));
+        let apps = match &config.store {
+            Some(store) => stored_apps(store, config.apps, &default_limits)?,
+            None => config.apps.into_iter().map(|app| (app, None)).collect(),
+        };
         let registry = Arc::new(Registry::default());
-        for app in config.apps {
+        for (app, record) in apps {
             if let Some(port) = app.port {
                 let bound = ports.bind(&app.config.name, port, threads)?;
                 for (thread, listener) in bound.sockets.into_iter().enumerate() {
@@ -134,18 +187,22 @@ impl Server {
                     ));
                 }
             }
-            registry.deploy(Deployed::new(
-                AppVersion::new(app.config, app.bundle, app.mode),
-                app.routes,
-                app.port,
-            ));
+            let counters = metrics.for_app(&app.config.name);
+            registry.deploy(deployed_from(app, record.as_ref(), counters));
         }
 
         let listeners = Arc::new(Mutex::new(
             per_thread.into_iter().map(Some).collect::<Vec<_>>(),
         ));
-        let thread_registry = registry.clone();
         let http1 = config.http1;
+        let edge = Arc::new(config.edge);
+        let serving = Arc::new(Serving {
+            registry: registry.clone(),
+            http1,
+            edge: edge.clone(),
+            draining: accepting.clone(),
+        });
+        let thread_serving = serving.clone();
         let main: isopod_pool::ThreadMain = Arc::new(move |thread: PoolThread| {
             let mine = listeners
                 .lock()
@@ -155,11 +212,11 @@ impl Server {
                 .unwrap_or_default();
             Box::pin(crate::accept::accept_loops(
                 thread,
-                thread_registry.clone(),
-                http1,
+                thread_serving.clone(),
                 mine,
             ))
         });
+        let memory_budget = config.pool.memory_budget;
         let pool = Pool::start_with(
             PoolConfig {
                 threads,
@@ -168,17 +225,29 @@ impl Server {
             Some(main),
         )?;
         let pool = Arc::new(pool);
+        let draining = Arc::new(AtomicBool::new(false));
         let admin_addr = match admin {
-            Some(((listener, addr), token)) => {
+            Some(((listener, addr), tokens)) => {
+                let deployments = Arc::new(Deployments::new(
+                    pool.clone(),
+                    ports.clone(),
+                    config.store.clone(),
+                    metrics.clone(),
+                    config.log_tail.clone(),
+                    default_limits,
+                    serving,
+                ));
                 crate::admin::spawn(
                     listener,
                     crate::admin::Admin {
-                        token: token.into(),
+                        tokens,
                         registry: registry.clone(),
                         pool: pool.clone(),
-                        ports: ports.clone(),
-                        default_limits,
-                        http1,
+                        deployments,
+                        metrics,
+                        log_tail: config.log_tail,
+                        draining: draining.clone(),
+                        memory_budget,
                     },
                 )
                 .map_err(|error| ServerError::Listen { addr, error })?;
@@ -193,6 +262,8 @@ impl Server {
             registry,
             pool,
             _ports: ports,
+            store: config.store,
+            draining,
         })
     }
 
@@ -231,6 +302,8 @@ impl Server {
     /// then stops the worker threads. Returns how many requests were still
     /// in flight when it stopped waiting (0 after a clean drain).
     pub fn shutdown_gracefully(self, drain: std::time::Duration) -> usize {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.stop_accepting.send(true);
         self._ports.close_all();
         let deadline = std::time::Instant::now() + drain;
@@ -254,8 +327,53 @@ impl Server {
             left = in_flight();
         }
         self.pool.shutdown();
+        if let Some(store) = &self.store {
+            if let Err(error) = store.flush() {
+                tracing::error!(%error, "could not flush the registry");
+            }
+        }
         left
     }
+}
+
+/// The apps a server with a registry starts with: `declared` (the config
+/// file's) applied to `store` first, each changed declaration recorded as a
+/// new version, then every app active in the registry, with its record.
+fn stored_apps(
+    store: &Store,
+    declared: Vec<AppManifest>,
+    defaults: &isopod_runtime::Limits,
+) -> Result<Vec<(AppManifest, Option<VersionRecord>)>, ServerError> {
+    for app in &declared {
+        let declaration = app.declaration();
+        let source = app.bundle.source();
+        let digest = isopod_store::sha256_hex(format!("{declaration}\n{}", &**source).as_bytes());
+        let recorded = store.apply_declared(
+            &app.config.name,
+            &digest,
+            NewVersion {
+                source: source.as_bytes(),
+                manifest: &declaration,
+                deployed_by: "config",
+                origin: Origin::Config,
+            },
+        )?;
+        if let Some(record) = recorded {
+            tracing::info!(
+                app = %app.config.name,
+                number = record.number,
+                "the config file's declaration is recorded as a new version"
+            );
+        }
+    }
+    store
+        .active_versions()?
+        .into_iter()
+        .map(|stored| {
+            let manifest = manifest_from_record(&stored, defaults).map_err(ServerError::Stored)?;
+            Ok((manifest, Some(stored.record)))
+        })
+        .collect()
 }
 
 /// Binds the admin listener (non-blocking, for the admin thread's runtime).

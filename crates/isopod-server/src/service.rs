@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 use isopod_pool::PoolError;
 use isopod_runtime::{DispatchError, HeaderList, IncomingRequest, ResponseBody};
 
+use crate::access_log::{AccessRecord, LoggedBody};
+use crate::edge::{Origin, Peer};
 use crate::head_deadline::{Busy, WatchedBody};
 use crate::http_semantics::{
     end_to_end_lines, origin_target, request_target, strip_hop_by_hop, BadRequest, Target,
@@ -32,18 +34,58 @@ use crate::response_deadline::within;
 /// response's body has been sent.
 pub(crate) fn handle(
     connection: Rc<ListenerContext>,
+    peer: Peer,
     request: Request<Incoming>,
     busy: Busy,
 ) -> impl Future<Output = Result<Response<WatchedBody>, std::convert::Infallible>> {
-    let prepared = prepare(&connection, request);
+    let prepared = prepare(&connection, &peer, request);
     async move {
-        let response = prepared.answer(&connection).await;
+        let mut response = prepared.answer(&connection).await;
+        // hyper writes the head from the map (isopod's own path writes the
+        // id itself, `h1::send`).
+        if let Some(id) = response.body().request_id() {
+            if let Ok(id) = HeaderValue::from_str(id) {
+                response.headers_mut().insert(&X_REQUEST_ID, id);
+            }
+        }
         Ok(response.map(|body| WatchedBody::new(body, busy)))
     }
 }
 
 /// Waits for the app's admission and its instance's response.
 async fn serve(
+    connection: &ListenerContext,
+    deployed: &Deployed,
+    incoming: IncomingRequest,
+    record: Option<Box<AccessRecord>>,
+) -> Response<LoggedBody> {
+    let received = incoming.received;
+    let request_id = incoming.request_id.clone();
+    let response = respond(connection, deployed, incoming).await;
+    let first_byte = received.elapsed();
+    let report = response.body().report();
+    let (cpu, cold) = report.map_or((None, false), |r| (Some(r.cpu), r.cold));
+    deployed
+        .metrics
+        .record(response.status(), first_byte, cpu, cold);
+    match record {
+        Some(mut record) => {
+            record.status = response.status();
+            record.first_byte = first_byte;
+            record.cpu = cpu;
+            record.cold = cold;
+            response.map(|body| LoggedBody::logged(body, record, request_id))
+        }
+        None => response.map(|body| LoggedBody::unlogged(body, Some(request_id))),
+    }
+}
+
+pub(crate) static X_REQUEST_ID: header::HeaderName =
+    header::HeaderName::from_static("x-request-id");
+
+/// The handler's response, or isopod's answer for the app (refused by its
+/// concurrency cap, too slow, failed).
+async fn respond(
     connection: &ListenerContext,
     deployed: &Deployed,
     incoming: IncomingRequest,
@@ -131,26 +173,31 @@ async fn serve(
 /// A request made ready for its app, or answered by isopod itself (no
 /// route, a bad `Host`, a body over the app's limit).
 ///
-/// isopod's own answers are boxed: the common case stays at most 128 bytes
-/// (checked at compile time below), which a move copies inline rather than
-/// through `memcpy` (a prepared request is moved on its way into its
-/// future).
+/// isopod's own answers are boxed, so that the common case stays small
+/// (checked at compile time below): a prepared request is moved on its way
+/// into its future. It was 128 bytes, which a move copies inline; the
+/// request id (16 bytes) and the access record's pointer (8) took it past
+/// that, to 152, and a move is now a `memcpy` call (the cost per request
+/// before and after is in docs/performance.md).
 pub(crate) enum Prepared {
-    ForApp(Arc<Deployed>, IncomingRequest),
+    /// For the app, with its access record if the request is sampled.
+    ForApp(Arc<Deployed>, IncomingRequest, Option<Box<AccessRecord>>),
     Answered(Box<Response<ResponseBody>>),
 }
 
 const _: () = assert!(
-    std::mem::size_of::<Prepared>() <= 128,
-    "a prepared request outgrew an inline move"
+    std::mem::size_of::<Prepared>() <= 152,
+    "a prepared request grew"
 );
 
 impl Prepared {
     /// The response: the handler's, or isopod's own answer.
-    pub(crate) async fn answer(self, connection: &ListenerContext) -> Response<ResponseBody> {
+    pub(crate) async fn answer(self, connection: &ListenerContext) -> Response<LoggedBody> {
         match self {
-            Prepared::ForApp(deployed, incoming) => serve(connection, &deployed, incoming).await,
-            Prepared::Answered(answer) => *answer,
+            Prepared::ForApp(deployed, incoming, record) => {
+                serve(connection, &deployed, incoming, record).await
+            }
+            Prepared::Answered(answer) => answer.map(|body| LoggedBody::unlogged(body, None)),
         }
     }
 }
@@ -162,7 +209,7 @@ impl Prepared {
 /// header values do; they are dropped here). hyper reads ahead on the
 /// connection while the handler runs, and a buffer still shared then is
 /// replaced by a fresh allocation, on every request.
-fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared {
+fn prepare(connection: &ListenerContext, peer: &Peer, request: Request<Incoming>) -> Prepared {
     let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let declared = parts
@@ -170,7 +217,7 @@ fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (deployed, url) = match route(
+    let (deployed, mut url) = match route(
         connection,
         request_target(&parts),
         parts.uri.path(),
@@ -179,6 +226,19 @@ fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared
         Ok(routed) => routed,
         Err(unrouted) => return Prepared::Answered(Box::new(unrouted.answer())),
     };
+    let mut headers = end_to_end_lines(&parts.headers);
+    let origin = crate::edge::vet(&mut headers, peer, &connection.edge.trusted_proxies);
+    let record = access_record(
+        connection,
+        &deployed,
+        &parts.method,
+        &url,
+        &origin,
+        received,
+    );
+    if origin.https {
+        as_https(&mut url);
+    }
     // A chunked body past the cap fails the handler's read of it.
     let body = (!body.is_end_stream()).then(|| {
         let max_body = deployed.version.config.limits.max_request_body_bytes();
@@ -195,13 +255,53 @@ fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared
     });
     let incoming = IncomingRequest {
         url,
-        headers: end_to_end_lines(&parts.headers),
+        headers,
         method: parts.method,
         version: parts.version,
         body,
         received,
+        request_id: origin.request_id,
     };
-    Prepared::ForApp(deployed, incoming)
+    Prepared::ForApp(deployed, incoming, record)
+}
+
+/// `http://…` as `https://…`: the scheme the client used with the proxy in
+/// front of isopod.
+fn as_https(url: &mut String) {
+    if url.starts_with("http://") {
+        url.insert(4, 's');
+    }
+}
+
+/// The request's access record, begun, if the access log samples it.
+fn access_record(
+    connection: &ListenerContext,
+    deployed: &Arc<Deployed>,
+    method: &Method,
+    url: &str,
+    origin: &Origin,
+    received: std::time::Instant,
+) -> Option<Box<AccessRecord>> {
+    if !connection.edge.access_log.sampled() {
+        return None;
+    }
+    let path = url
+        .find("://")
+        .and_then(|scheme| url[scheme + 3..].find('/').map(|p| scheme + 3 + p))
+        .map_or("/", |start| &url[start..]);
+    Some(Box::new(AccessRecord {
+        version: deployed.version.clone(),
+        method: method.clone(),
+        path: path.to_string(),
+        status: StatusCode::OK,
+        received,
+        first_byte: std::time::Duration::ZERO,
+        cpu: None,
+        cold: false,
+        thread: connection.thread.index(),
+        request_id: origin.request_id.clone(),
+        client: origin.client,
+    }))
 }
 
 /// [`prepare`] for a request without a body whose head isopod's own HTTP/1.1
@@ -209,27 +309,37 @@ fn prepare(connection: &ListenerContext, request: Request<Incoming>) -> Prepared
 /// value and end-to-end header lines.
 pub(crate) fn prepare_bodiless(
     connection: &ListenerContext,
+    peer: &Peer,
     method: Method,
     path_and_query: &str,
     host: Option<&[u8]>,
-    headers: HeaderList,
+    mut headers: HeaderList,
 ) -> Prepared {
     let received = std::time::Instant::now();
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path);
     match route(connection, origin_target(host, path_and_query), path, None) {
-        Ok((deployed, url)) => Prepared::ForApp(
-            deployed,
-            IncomingRequest {
-                method,
-                version: http::Version::HTTP_11,
-                url,
-                headers,
-                body: None,
-                received,
-            },
-        ),
+        Ok((deployed, mut url)) => {
+            let origin = crate::edge::vet(&mut headers, peer, &connection.edge.trusted_proxies);
+            let record = access_record(connection, &deployed, &method, &url, &origin, received);
+            if origin.https {
+                as_https(&mut url);
+            }
+            Prepared::ForApp(
+                deployed,
+                IncomingRequest {
+                    method,
+                    version: http::Version::HTTP_11,
+                    url,
+                    headers,
+                    body: None,
+                    received,
+                    request_id: origin.request_id,
+                },
+                record,
+            )
+        }
         Err(unrouted) => Prepared::Answered(Box::new(unrouted.answer())),
     }
 }

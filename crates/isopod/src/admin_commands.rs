@@ -1,5 +1,6 @@
-//! `isopod deploy`, `apps`, `pool` and `rm`: the admin API from the command
-//! line. Readable tables by default, the API's JSON with `--json`.
+//! `isopod deploy`, `apps`, `versions`, `rollback`, `logs`, `pool` and
+//! `rm`: the admin API from the command line. Readable tables by default,
+//! the API's JSON with `--json`. No command prints a secret's value.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ pub(crate) struct DeployArgs {
     /// A variable for the handler's `env`, as KEY=VALUE; repeat for more.
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = crate::parse_var)]
     vars: Vec<(String, String)>,
+    /// A secret for the handler's `env`, as KEY=VALUE; repeat for more. The
+    /// admin API never shows its value.
+    #[arg(long = "secret", value_name = "KEY=VALUE", value_parser = crate::parse_var)]
+    secrets: Vec<(String, String)>,
     /// `pooled` (the default) or `isolate-per-request`.
     #[arg(long)]
     mode: Option<String>,
@@ -61,6 +66,39 @@ pub(crate) struct DeployArgs {
 /// `isopod apps`, `isopod pool`: only where the admin API is.
 #[derive(clap::Args)]
 pub(crate) struct ListArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod versions`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct VersionsArgs {
+    /// The app.
+    name: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod rollback`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct RollbackArgs {
+    /// The app.
+    name: String,
+    /// The version to serve again (default: the one before the active one).
+    version: Option<u64>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod logs`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct LogsArgs {
+    /// The app.
+    name: String,
+    /// Keep printing new records (console, errors, kills, access) as they
+    /// come, until interrupted.
+    #[arg(long, short)]
+    follow: bool,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -98,6 +136,9 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.vars.is_empty() {
         manifest["vars"] = json!(args.vars.iter().cloned().collect::<BTreeMap<_, _>>());
     }
+    if !args.secrets.is_empty() {
+        manifest["secrets"] = json!(args.secrets.iter().cloned().collect::<BTreeMap<_, _>>());
+    }
     if let Some(mode) = &args.mode {
         manifest["mode"] = json!(mode);
     }
@@ -125,8 +166,9 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         println!("{answer}");
     } else {
         println!(
-            "deployed {} version {}",
-            answer["name"].as_str().unwrap_or(&args.name),
+            "deployed {} version {} ({})",
+            answer["app"].as_str().unwrap_or(&args.name),
+            text(&answer["number"]),
             answer["version"].as_str().unwrap_or("?")
         );
     }
@@ -228,6 +270,145 @@ pub(crate) fn pool(args: ListArgs) -> anyhow::Result<()> {
     println!();
     print_table(&rows);
     Ok(())
+}
+
+pub(crate) fn versions(args: VersionsArgs) -> anyhow::Result<()> {
+    let client = args.admin.client()?;
+    let path = format!("/apps/{}/versions", args.name);
+    let answer = block_on(client.call(http::Method::GET, &path, None))?;
+    if args.admin.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "VERSION", "ACTIVE", "DEPLOYED", "BY", "HOW", "BUNDLE", "BYTES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for version in answer["versions"].as_array().into_iter().flatten() {
+        let how = match version["rolled_back_from"].as_u64() {
+            Some(from) => format!("rollback to {from}"),
+            None => text(&version["origin"]),
+        };
+        rows.push(vec![
+            text(&version["version"]),
+            if version["active"] == json!(true) {
+                "*"
+            } else {
+                ""
+            }
+            .to_string(),
+            version["deployed_at_ms"]
+                .as_u64()
+                .map(|ms| {
+                    httpdate::fmt_http_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                    )
+                })
+                .unwrap_or_default(),
+            text(&version["deployed_by"]),
+            how,
+            version["bundle_sha256"]
+                .as_str()
+                .map(|hash| hash.chars().take(12).collect())
+                .unwrap_or_default(),
+            text(&version["bundle_bytes"]),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+pub(crate) fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let client = args.admin.client()?;
+    let path = format!("/apps/{}/rollback", args.name);
+    let body = match args.version {
+        Some(version) => serde_json::to_vec(&json!({ "version": version }))?,
+        None => Vec::new(),
+    };
+    let answer =
+        block_on(client.call(http::Method::POST, &path, Some(("application/json", body))))?;
+    if args.admin.json {
+        println!("{answer}");
+    } else {
+        println!(
+            "{} now serves version {} ({})",
+            args.name,
+            text(&answer["number"]),
+            text(&answer["version"])
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = args.admin.client()?;
+    let path = format!(
+        "/apps/{}/logs{}",
+        args.name,
+        if args.follow { "?follow=1" } else { "" }
+    );
+    let json = args.admin.json;
+    block_on(client.lines(&path, |line| {
+        if json {
+            println!("{line}");
+        } else {
+            println!("{}", readable_record(line));
+        }
+        // A reader at the end of a pipe sees each record as it comes.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }))
+}
+
+/// A log record as one readable line: time, level, what it is, message and
+/// the request it belongs to.
+fn readable_record(line: &str) -> String {
+    let Ok(record) = serde_json::from_str::<Value>(line) else {
+        return line.to_string();
+    };
+    let time = record["ts_ms"]
+        .as_u64()
+        .map(|ms| {
+            let secs = ms / 1000;
+            format!(
+                "{:02}:{:02}:{:02}.{:03}",
+                secs / 3600 % 24,
+                secs / 60 % 60,
+                secs % 60,
+                ms % 1000
+            )
+        })
+        .unwrap_or_default();
+    let kind = record["target"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("isopod::"))
+        .unwrap_or("log");
+    let what = if kind == "access" {
+        format!(
+            "{} {} {} {:.1}ms{}",
+            text(&record["method"]),
+            text(&record["path"]),
+            text(&record["status"]),
+            record["duration_ms"].as_f64().unwrap_or(0.0),
+            if record["cold"] == json!(true) {
+                " cold"
+            } else {
+                ""
+            }
+        )
+    } else {
+        text(&record["message"])
+    };
+    let request = record["request_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .map(|id| format!("  [{id}]"))
+        .unwrap_or_default();
+    format!(
+        "{time} {:<5} {kind:<7} {what}{request}",
+        text(&record["level"])
+    )
 }
 
 pub(crate) fn remove(args: RemoveArgs) -> anyhow::Result<()> {

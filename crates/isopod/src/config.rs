@@ -5,10 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use isopod_runtime::{Bundle, LimitOverrides, Limits};
-use isopod_server::{AdminConfig, AppManifest, AppSettings, PoolConfig, ServerConfig};
+use isopod_server::{
+    AccessLog, AdminConfig, AppManifest, AppSettings, EdgeConfig, PoolConfig, ServerConfig,
+    TrustedProxies,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -26,7 +30,27 @@ struct ConfigFile {
     replica_idle_ms: Option<u64>,
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
+    /// More admin tokens, each with a name that deploys record.
+    #[serde(default)]
+    admin_tokens: Vec<NamedToken>,
     memory_budget_mb: Option<u64>,
+    /// The registry's directory (relative to the config file's).
+    data_dir: Option<PathBuf>,
+    /// Versions kept per app in the registry.
+    keep_versions: Option<usize>,
+    /// Addresses and CIDR ranges whose forwarding headers are believed.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    /// Whether requests get access records (default true).
+    access_log: Option<bool>,
+    /// The share of requests that get one (default 1.0).
+    access_log_sample: Option<f64>,
+    /// Apps with `/metrics` series of their own.
+    metrics_max_apps: Option<usize>,
+    /// How long a stopping server lets requests in flight finish.
+    drain_timeout_s: Option<u64>,
+    /// `json` (default) or `pretty`.
+    log_format: Option<LogFormat>,
     /// The process's default limits (each app may override them).
     #[serde(default)]
     limits: LimitOverrides,
@@ -43,16 +67,49 @@ struct AppIdentity {
     port: Option<u16>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedToken {
+    name: String,
+    token: String,
+}
+
+/// How log records are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// What `isopod serve` needs besides the server's own config.
+#[derive(Debug)]
+pub(crate) struct ServeSettings {
+    /// The registry's directory.
+    pub(crate) data_dir: PathBuf,
+    /// Versions kept per app.
+    pub(crate) keep_versions: usize,
+    /// How long a stopping server lets requests in flight finish.
+    pub(crate) drain: Duration,
+    /// How log records are written (`None`: not set in the file).
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// The registry's directory when neither `--data-dir` nor `data_dir` says.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./isopod-data";
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
 /// Reads `path` and applies the environment overrides.
-pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: ConfigFile = toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid config", path.display()))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|error| invalid(path, &text, &error))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let limits = process_limits(&file.limits)?;
     let mut apps = Vec::new();
@@ -60,6 +117,27 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         apps.push(manifest(app, base, &limits)?);
     }
     let defaults = PoolConfig::default();
+    let trusted_proxies = TrustedProxies::parse(&file.trusted_proxies)
+        .map_err(|e| anyhow!("{}: trusted_proxies: {e}", path.display()))?;
+    let access_log = match (file.access_log, file.access_log_sample) {
+        (Some(false), _) => AccessLog::OFF,
+        (_, Some(sample)) if (0.0..=1.0).contains(&sample) => AccessLog { sample },
+        (_, Some(sample)) => {
+            return Err(anyhow!(
+                "{}: access_log_sample: {sample} is not between 0 and 1",
+                path.display()
+            ))
+        }
+        (_, None) => AccessLog::default(),
+    };
+    let settings = ServeSettings {
+        data_dir: file
+            .data_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| base.join(dir)),
+        keep_versions: file.keep_versions.unwrap_or(20).max(1),
+        drain: Duration::from_secs(file.drain_timeout_s.unwrap_or(30)),
+        log_format: file.log_format,
+    };
     let mut config = ServerConfig {
         listen: file.listen,
         pool: PoolConfig {
@@ -85,25 +163,59 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         apps,
         admin: None,
         http1: Default::default(),
+        edge: EdgeConfig {
+            trusted_proxies,
+            access_log,
+        },
+        store: None,
+        log_tail: None,
+        metrics_max_apps: file
+            .metrics_max_apps
+            .unwrap_or(isopod_server::DEFAULT_METRICS_MAX_APPS),
     };
     apply_env(&mut config)?;
     let admin_listen = env_parsed("ISOPOD_ADMIN_LISTEN")?.or(file.admin_listen);
     let admin_token = std::env::var("ISOPOD_ADMIN_TOKEN")
         .ok()
         .or(file.admin_token);
-    config.admin = match (admin_listen, admin_token) {
-        (None, _) => None,
-        (Some(_), None) => {
+    let mut tokens: Vec<(String, String)> = admin_token
+        .into_iter()
+        .map(|token| ("admin".to_string(), token))
+        .chain(file.admin_tokens.into_iter().map(|t| (t.name, t.token)))
+        .collect();
+    for (name, token) in &tokens {
+        if token.len() < 16 {
             return Err(anyhow!(
-                "admin_listen is set but no admin token: set admin_token or ISOPOD_ADMIN_TOKEN"
+                "admin token '{name}': a token must be at least 16 characters"
+            ));
+        }
+    }
+    tokens.dedup_by(|a, b| a.1 == b.1);
+    config.admin = match admin_listen {
+        None => None,
+        Some(_) if tokens.is_empty() => {
+            return Err(anyhow!(
+                "admin_listen is set but no admin token: set admin_token, admin_tokens or ISOPOD_ADMIN_TOKEN"
             ))
         }
-        (Some(_), Some(token)) if token.len() < 16 => {
-            return Err(anyhow!("the admin token must be at least 16 characters"))
-        }
-        (Some(listen), Some(token)) => Some(AdminConfig { listen, token }),
+        Some(listen) => Some(AdminConfig { listen, tokens }),
     };
-    Ok(config)
+    Ok((config, settings))
+}
+
+/// A config file's syntax or type error as one line: `FILE:LINE:COLUMN:
+/// message`, the message naming the key.
+fn invalid(path: &Path, text: &str, error: &toml::de::Error) -> anyhow::Error {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            anyhow!("{}:{line}:{column}: {message}", path.display())
+        }
+        None => anyhow!("{}: {message}", path.display()),
+    }
 }
 
 /// `KEY=VALUE` pairs (from the command line) as limit overrides; keys are
@@ -167,6 +279,18 @@ where
     }
 }
 
+/// `ISOPOD_ACCESS_LOG_SAMPLE` (0 to 1; 0 switches the access log off),
+/// which overrides `access_log` and `access_log_sample`.
+pub(crate) fn access_log_from_env() -> anyhow::Result<Option<AccessLog>> {
+    match env_parsed::<f64>("ISOPOD_ACCESS_LOG_SAMPLE")? {
+        Some(sample) if (0.0..=1.0).contains(&sample) => Ok(Some(AccessLog { sample })),
+        Some(sample) => Err(anyhow!(
+            "ISOPOD_ACCESS_LOG_SAMPLE={sample}: not between 0 and 1"
+        )),
+        None => Ok(None),
+    }
+}
+
 /// V8's process-wide settings, from the environment (for diagnosis):
 /// `ISOPOD_V8_FLAGS` and `ISOPOD_CODE_CACHE=off`.
 pub(crate) fn v8_settings() -> isopod_runtime::V8Settings {
@@ -180,6 +304,9 @@ pub(crate) fn v8_settings() -> isopod_runtime::V8Settings {
 fn apply_env(config: &mut ServerConfig) -> anyhow::Result<()> {
     if let Some(listen) = env_parsed("ISOPOD_LISTEN")? {
         config.listen = listen;
+    }
+    if let Some(access_log) = access_log_from_env()? {
+        config.edge.access_log = access_log;
     }
     if let Some(threads) = env_parsed("ISOPOD_THREADS")? {
         config.pool.threads = threads;
@@ -225,7 +352,7 @@ allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
 "#,
         )
         .unwrap();
-        let config = load(&dir.join("isopod.toml")).unwrap();
+        let (config, _) = load(&dir.join("isopod.toml")).unwrap();
         assert_eq!((config.pool.threads, config.pool.max_instances), (2, 7));
         let app = &config.apps[0];
         assert_eq!(app.mode, ExecutionMode::IsolatePerRequest);

@@ -7,11 +7,16 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
-use isopod_server::{AppManifest, Http1Path, PoolConfig, Route, Server, ServerConfig};
+use isopod_server::{
+    AppManifest, Http1Path, LogTail, PoolConfig, Route, Server, ServerConfig, Store, StoreOptions,
+};
+
+use crate::config::LogFormat;
 
 mod admin_client;
 mod admin_commands;
 mod config;
+mod log_output;
 
 /// isopod: a self-hosted, multi-tenant JavaScript edge runtime on V8.
 ///
@@ -27,6 +32,11 @@ mod config;
     after_help = "Environment: ISOPOD_LOG sets the log filter (default `info`; e.g. `debug`, `isopod::console=warn`)."
 )]
 struct Cli {
+    /// How log records are written to stderr: `json` (one object per line)
+    /// or `pretty` (for a terminal). Default: the config's `log_format`,
+    /// else json.
+    #[arg(long, global = true, env = "ISOPOD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +60,13 @@ enum Command {
     Deploy(admin_commands::DeployArgs),
     /// List the deployed apps.
     Apps(admin_commands::ListArgs),
+    /// List an app's versions, newest first.
+    Versions(admin_commands::VersionsArgs),
+    /// Serve an earlier version of an app again (by default, the one
+    /// before the active one), recorded as a new version.
+    Rollback(admin_commands::RollbackArgs),
+    /// Print an app's recent log records; `--follow` keeps printing.
+    Logs(admin_commands::LogsArgs),
     /// Show the instance pool: counts and a row per instance.
     Pool(admin_commands::ListArgs),
     /// Remove an app.
@@ -61,6 +78,11 @@ struct ServeArgs {
     /// The config file.
     #[arg(long, short, default_value = "isopod.toml")]
     config: PathBuf,
+    /// The registry's directory: deployed apps and their versions live
+    /// there across restarts. Default: the config's `data_dir`, else
+    /// ./isopod-data.
+    #[arg(long, env = "ISOPOD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -118,12 +140,15 @@ pub(crate) fn parse_var(text: &str) -> Result<(String, String), String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let format = cli.log_format;
     let outcome = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Serve(args) => serve(args),
+        Command::Run(args) => run(args, format),
+        Command::Serve(args) => serve(args, format),
         Command::Deploy(args) => admin_commands::deploy(args),
         Command::Apps(args) => admin_commands::apps(args),
+        Command::Versions(args) => admin_commands::versions(args),
+        Command::Rollback(args) => admin_commands::rollback(args),
+        Command::Logs(args) => admin_commands::logs(args),
         Command::Pool(args) => admin_commands::pool(args),
         Command::Rm(args) => admin_commands::remove(args),
     };
@@ -137,20 +162,39 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+/// Installs the process's subscriber: records to stderr as `format` says,
+/// filtered by `ISOPOD_LOG`, and every app's records to `tail`, unfiltered
+/// (the admin API's `logs` shows an app's console whatever stderr keeps).
+/// stderr is written by a thread of its own (`log_output.rs`); the
+/// returned guard writes what is left when dropped.
+fn init_logging(format: LogFormat, tail: Option<&Arc<LogTail>>) -> log_output::FlushOnDrop {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter = EnvFilter::try_from_env("ISOPOD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_target(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let (writer, guard) = log_output::BatchedStderr::start();
+    let output = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(log_output::JsonLines)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(output)
+        .with(tail.map(|tail| tail.layer()))
         .init();
+    guard
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
+    let _logging = init_logging(format.unwrap_or_default(), None);
     if !args.bundle.is_file() {
         bail!("bundle not found: {}", args.bundle.display());
     }
@@ -169,14 +213,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             vars: args.vars,
             limits: limits.clone(),
             net,
+            fetches: Default::default(),
         },
         bundle,
     );
     // The one app answers every host and path.
     app.routes = vec![Route::default()];
-    start_and_wait(ServerConfig {
-        listen: SocketAddr::new(args.host, args.port),
-        pool: PoolConfig {
+    let mut config = ServerConfig::new(
+        SocketAddr::new(args.host, args.port),
+        PoolConfig {
             threads,
             // One app: a spare would only cost memory.
             spares_per_thread: 0,
@@ -184,17 +229,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             v8: config::v8_settings(),
             ..PoolConfig::default()
         },
-        apps: vec![app],
-        admin: None,
-        http1: args.http1,
-    })
+        vec![app],
+    );
+    config.http1 = args.http1;
+    if let Some(access_log) = config::access_log_from_env()? {
+        config.edge.access_log = access_log;
+    }
+    start_and_wait(config, DRAIN)
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    start_and_wait(config::load(&args.config)?)
+fn serve(args: ServeArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
+    let loaded = config::load(&args.config);
+    let tail = LogTail::new();
+    let format = format
+        .or_else(|| loaded.as_ref().ok().and_then(|(_, s)| s.log_format))
+        .unwrap_or_default();
+    let _logging = init_logging(format, Some(&tail));
+    let (mut config, settings) = loaded?;
+    let data_dir = args.data_dir.unwrap_or(settings.data_dir);
+    let store = Store::open(
+        &data_dir,
+        StoreOptions {
+            keep_versions: settings.keep_versions,
+        },
+    )
+    .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        keep_versions = settings.keep_versions,
+        "the registry is open"
+    );
+    config.store = Some(Arc::new(store));
+    config.log_tail = Some(tail);
+    start_and_wait(config, settings.drain)
 }
 
-fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
+fn start_and_wait(config: ServerConfig, drain: std::time::Duration) -> anyhow::Result<()> {
     let threads = config.pool.threads;
     let apps: Vec<String> = config
         .apps
@@ -225,10 +295,10 @@ fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
     });
     tracing::info!(
         signal,
-        drain_s = DRAIN.as_secs(),
+        drain_s = drain.as_secs(),
         "stopping: no new connections; requests in flight finish"
     );
-    let left = server.shutdown_gracefully(DRAIN);
+    let left = server.shutdown_gracefully(drain);
     if left > 0 {
         tracing::warn!(
             requests = left,
@@ -240,7 +310,7 @@ fn start_and_wait(config: ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a stopping server lets requests in flight finish.
+/// How long a stopping `isopod run` lets requests in flight finish.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Blocks until SIGTERM or SIGINT; returns which.

@@ -41,6 +41,9 @@ pub struct AppConfig {
     pub net: NetPolicy,
     /// CPU, memory, time and size budgets.
     pub limits: Limits,
+    /// Where its instances count their outbound fetches (shared by every
+    /// instance of the app, for the host's metrics).
+    pub fetches: Arc<isopod_api::FetchCounts>,
 }
 
 impl AppConfig {
@@ -52,6 +55,7 @@ impl AppConfig {
             vars: Vec::new(),
             net: NetPolicy::default(),
             limits: Limits::default(),
+            fetches: Arc::default(),
         }
     }
 }

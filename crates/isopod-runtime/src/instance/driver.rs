@@ -310,7 +310,14 @@ fn call_dispatcher(
     let protocol = v8::Integer::new(scope, protocol_index(request.version)).into();
     let undefined = v8::undefined(scope).into();
     // In the table before any JavaScript runs: the ops look it up.
-    table.insert(id, request.method, request.url, responder, body_rid);
+    table.insert(
+        id,
+        request.method,
+        request.url,
+        request.request_id,
+        responder,
+        body_rid,
+    );
     if dispatch
         .call(
             scope,

@@ -56,6 +56,8 @@ impl Instance {
         let (method, path) = offender
             .and_then(|id| self.table.method_and_path(id))
             .unwrap_or_default();
+        let request_id =
+            offender.map_or_else(String::new, |id| self.table.request_id(id).to_string());
         let heap_now = self.window(WindowKind::Other, |runtime| {
             runtime.v8_isolate().get_heap_statistics().used_heap_size()
         });
@@ -71,6 +73,7 @@ impl Instance {
             reason,
             method,
             path,
+            request_id,
             cpu_ms: cpu.as_secs_f64() * 1000.0,
             crypto_cpu_ms: self.table.crypto().total().as_secs_f64() * 1000.0,
             heap_high_water_bytes: heap_high_water,
@@ -83,6 +86,7 @@ impl Instance {
             version = %event.version,
             method = %event.method,
             path = %event.path,
+            request_id = %event.request_id,
             reason = event.reason.as_str(),
             cpu_ms = event.cpu_ms,
             crypto_cpu_ms = event.crypto_cpu_ms,

@@ -60,7 +60,7 @@ impl Instance {
             .take()
             .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
         // A blank instance may have been made before its app was known.
-        self.table.set_app(app.name.clone());
+        self.table.set_app(app.name.clone(), app.fetches.clone());
         isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
         self.loader.set_bundle(bundle);
         // Decided once per version (the bundle remembers), not per instance:

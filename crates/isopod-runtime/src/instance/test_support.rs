@@ -26,6 +26,7 @@ pub(super) fn request(url: &str) -> IncomingRequest {
         headers: Default::default(),
         body: None,
         received: std::time::Instant::now(),
+        request_id: "".into(),
     }
 }
 

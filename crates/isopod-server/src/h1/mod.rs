@@ -35,11 +35,11 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 
+use crate::access_log::LoggedBody;
 use bytes::Bytes;
 use http::{Method, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use isopod_runtime::ResponseBody;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -65,6 +65,7 @@ const READ_CHUNK: usize = 4096;
 /// where they are used and lent, not passed on, where that is possible.
 pub(crate) async fn serve(
     mut socket: TcpStream,
+    peer: &crate::edge::Peer,
     connection: &ListenerContext,
     watch: &Rc<HeadWatch>,
 ) -> Option<Replay> {
@@ -81,6 +82,9 @@ pub(crate) async fn serve(
             Scan::Simple(head) => head,
             Scan::Partial if input.len() < MAX_HEAD_BYTES => {
                 input.reserve(READ_CHUNK);
+                // Idle between requests when the server stops, the
+                // connection is closed by its thread's sweep
+                // (`head_deadline.rs`), not by a wait per read here.
                 match tokio::io::AsyncReadExt::read_buf(&mut socket, &mut input).await {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => continue,
@@ -95,6 +99,7 @@ pub(crate) async fn serve(
         // whole (hundreds of bytes).
         let answer = pin!(prepare_bodiless(
             connection,
+            peer,
             head.method,
             head.target,
             head.host,
@@ -111,7 +116,7 @@ pub(crate) async fn serve(
             .headers_mut()
             .remove(http::header::CONNECTION)
             .is_some();
-        let close = close || closing_answer;
+        let close = close || closing_answer || connection.draining();
         output.clear();
         if send(&mut socket, &mut output, head_request, &mut response, close)
             .await
@@ -132,10 +137,10 @@ pub(crate) async fn serve(
 /// sends meanwhile (pipelined heads) are kept in `input`, up to a head's
 /// limit.
 fn answer_unless_gone<'a>(
-    mut answer: Pin<&'a mut impl Future<Output = Response<ResponseBody>>>,
+    mut answer: Pin<&'a mut impl Future<Output = Response<LoggedBody>>>,
     socket: &'a TcpStream,
     input: &'a mut Vec<u8>,
-) -> impl Future<Output = Option<Response<ResponseBody>>> + 'a {
+) -> impl Future<Output = Option<Response<LoggedBody>>> + 'a {
     poll_fn(move |cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
@@ -165,7 +170,7 @@ async fn send(
     socket: &mut TcpStream,
     output: &mut Vec<u8>,
     head_request: bool,
-    response: &mut Response<ResponseBody>,
+    response: &mut Response<LoggedBody>,
     close: bool,
 ) -> io::Result<()> {
     let exact = response.body().size_hint().exact();
@@ -174,6 +179,7 @@ async fn send(
         head_request,
         response.status(),
         response.headers(),
+        response.body().request_id(),
         exact,
         close,
     );

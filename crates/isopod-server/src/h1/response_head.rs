@@ -70,13 +70,16 @@ fn frame(
 ///
 /// The handler's `content-length` lines are replaced by the true length
 /// (for a body of known length) or kept as its only statement (a stream);
-/// hop-by-hop lines are already gone (`strip_hop_by_hop`). `close` adds
-/// `connection: close`.
+/// hop-by-hop lines are already gone (`strip_hop_by_hop`). A `request_id`
+/// is written as `x-request-id` after the handler's lines (where hyper,
+/// given it in the map, puts a name the handler did not set), replacing the
+/// handler's own. `close` adds `connection: close`.
 pub(crate) fn encode(
     out: &mut Vec<u8>,
     head: bool,
     status: StatusCode,
     headers: &HeaderMap,
+    request_id: Option<&str>,
     exact: Option<u64>,
     close: bool,
 ) -> Framing {
@@ -100,11 +103,16 @@ pub(crate) fn encode(
     }
     let mut dated = false;
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH {
+        if name == header::CONTENT_LENGTH
+            || (request_id.is_some() && name == crate::service::X_REQUEST_ID)
+        {
             continue;
         }
         dated |= name == header::DATE;
         line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(id) = request_id {
+        line(out, b"x-request-id", id.as_bytes());
     }
     // Where hyper puts it: after the handler's lines, before the length.
     if close {
@@ -162,6 +170,7 @@ mod tests {
             method == http::Method::HEAD,
             status,
             &map,
+            None,
             exact,
             false,
         );
@@ -256,6 +265,7 @@ mod tests {
             false,
             StatusCode::OK,
             &HeaderMap::new(),
+            None,
             Some(0),
             false,
         );
@@ -277,7 +287,7 @@ mod tests {
             "Tue, 01 Jan 2030 00:00:00 GMT".parse().unwrap(),
         );
         let mut out = Vec::new();
-        encode(&mut out, false, StatusCode::OK, &map, Some(0), true);
+        encode(&mut out, false, StatusCode::OK, &map, None, Some(0), true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ndate: Tue, 01 Jan 2030 00:00:00 GMT\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"

@@ -2,28 +2,9 @@
 //! `rm`, and their one-line errors (issue 19's CLI, for the endpoints the
 //! admin API has today).
 
-use std::process::Command;
-
 use serde_json::Value;
 
-use crate::support::{free_port, isopod_bin, temp_bundle, Isopod, ADMIN_TOKEN};
-
-/// Runs `isopod ARGS` against the admin API at `url` (with the test token
-/// unless `token` says otherwise): (success, stdout, stderr).
-fn admin_cli(url: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(isopod_bin())
-        .args(args)
-        .env("ISOPOD_ADMIN_URL", url)
-        .env("ISOPOD_ADMIN_TOKEN", token)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("isopod runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use crate::support::{admin_cli, free_port, temp_bundle, Isopod, ADMIN_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_list_inspect_and_remove_from_the_command_line() {

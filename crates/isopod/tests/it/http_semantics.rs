@@ -314,6 +314,7 @@ async fn a_connection_handed_to_hyper_mid_way_keeps_its_order_and_its_framing() 
             .map(|line| match line.split_once(": ") {
                 Some(("date", _)) => "date: (now)".to_string(),
                 Some(("x-url", _)) => "x-url: (the URL)".to_string(),
+                Some(("x-request-id", _)) => "x-request-id: (an id)".to_string(),
                 Some(("content-length", _)) => "content-length: (its length)".to_string(),
                 _ => line.to_string(),
             })
@@ -519,9 +520,19 @@ async fn exchange(isopod: &Isopod, request: &str) -> String {
         read_to_close(&mut stream, started, std::time::Duration::from_secs(10)).await;
     let text: Vec<&str> = text
         .split("\r\n")
-        .filter(|line| !line.starts_with("date: "))
+        // Each request's id is its own.
+        .filter(|line| !line.starts_with("date: ") && !line.starts_with("x-request-id: "))
         .collect();
-    let text = text.join("\r\n").replace(&"v".repeat(1000), "v…");
+    let mut text = text.join("\r\n").replace(&"v".repeat(1000), "v…");
+    // The handler echoes its request's id too.
+    let key = "\"x-request-id\":\"";
+    let mut from = 0;
+    while let Some(at) = text[from..].find(key) {
+        let start = from + at + key.len();
+        let end = start + text[start..].find('"').unwrap_or(0);
+        text.replace_range(start..end, "(an id)");
+        from = start;
+    }
     format!(
         "{text} [{}]",
         if closed.is_some() { "closed" } else { "open" }

@@ -13,6 +13,7 @@ mod isolation;
 mod limits;
 mod logging;
 mod memory_budget;
+mod platform;
 mod probe;
 mod serve;
 mod ssrf;

@@ -236,13 +236,23 @@ async fn a_busy_app_gets_a_replica_a_light_one_does_not_and_idle_replicas_retire
     assert_eq!(busy_rows(&pool)[0]["replica"], false, "{pool}");
 }
 
-/// SIGTERM stops the server the way a load balancer's drain expects: no
-/// new connection is taken, the requests in flight finish, and the process
-/// exits cleanly once they have.
+/// SIGTERM: `/healthz` turns 503, no new connection is taken, a slow
+/// streaming response in flight finishes and its `waitUntil` work runs,
+/// and the process exits cleanly once they have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_ones() {
     let token = crate::support::ADMIN_TOKEN;
-    let slow = "export default { async fetch() { await new Promise((r) => setTimeout(r, 500)); return new Response('finished'); } };";
+    let slow = "export default { fetch(request, env, ctx) {\
+        ctx.waitUntil(new Promise((r) => setTimeout(r, 300)).then(() => console.log('waitUntil ran')));\
+        const encoder = new TextEncoder();\
+        let sent = 0;\
+        const body = new ReadableStream({ async pull(controller) {\
+          await new Promise((r) => setTimeout(r, 100));\
+          if (sent++ === 5) { controller.close(); return; }\
+          controller.enqueue(encoder.encode(`chunk ${sent}\\n`));\
+        } });\
+        return new Response(body);\
+      } };";
     let mut isopod = Isopod::serve(
         &format!(
             "admin_listen = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n\n[[apps]]\nname = \"slow\"\nbundle = \"slow.js\"\n"
@@ -256,12 +266,17 @@ async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_ones() {
             app["usage"]["in_flight"] == 1
         })
         .await;
+    assert_eq!(isopod.admin("GET", "/healthz", None, None).await.0, 200);
+    // A keep-alive connection between requests is closed by the stop.
+    let mut idle = tokio::net::TcpStream::connect(isopod.addr).await.unwrap();
     isopod.signal("TERM");
     isopod.wait_for_log("the stop", |r| {
         r["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("stopping"))
     });
+    let (status, health) = isopod.admin("GET", "/healthz", None, None).await;
+    assert_eq!((status, &health["status"]), (503, &"stopping".into()));
     // New connections are refused (the listeners close as their accept
     // loops see the stop).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -272,10 +287,22 @@ async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_ones() {
         );
         tokio::task::yield_now().await;
     }
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut byte),
+    )
+    .await
+    .expect("an idle connection is closed by the stop");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let (status, _, body) = pending.await.unwrap();
-    assert_eq!((status, body.as_str()), (200, "finished"));
+    assert_eq!(status, 200);
+    assert_eq!(body, "chunk 1\nchunk 2\nchunk 3\nchunk 4\nchunk 5\n");
     let exit = isopod.wait_for_exit();
     assert!(exit.success(), "{exit:?}");
+    isopod.wait_for_log("the waitUntil work", |r| {
+        r["target"] == "isopod::console" && r["message"] == "waitUntil ran"
+    });
     isopod.wait_for_log("the clean stop", |r| {
         r["message"] == "stopped: every request in flight finished"
     });

@@ -70,6 +70,18 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh directory under the system's temporary one.
+pub(crate) fn fresh_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "isopod-{what}-{}-{}",
+        std::process::id(),
+        SERVE_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A running `isopod run` or `isopod serve` process.
 pub(crate) struct Isopod {
     child: Child,
@@ -104,18 +116,25 @@ impl Isopod {
         bundles: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Isopod {
-        let dir = std::env::temp_dir().join(format!(
-            "isopod-serve-{}-{}",
-            std::process::id(),
-            SERVE_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        Isopod::serve_in(&fresh_dir("serve"), config, bundles, env)
+    }
+
+    /// [`Isopod::serve_with_env`] in `dir`, whose registry (`dir/data`) a
+    /// second process started there finds again.
+    pub(crate) fn serve_in(
+        dir: &Path,
+        config: &str,
+        bundles: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Isopod {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         for (name, source) in bundles {
             std::fs::write(dir.join(name), source).unwrap();
         }
         std::fs::write(
             dir.join("isopod.toml"),
-            format!("listen = \"127.0.0.1:0\"\n{config}"),
+            format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{config}"),
         )
         .unwrap();
         let mut command = Command::new(isopod_bin());
@@ -453,4 +472,21 @@ pub(crate) fn assert_admin_refused(status: u16, body: &Value, reason: &str) {
     assert_eq!(status, 400, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains(reason), "expected '{reason}' in {body}");
+}
+
+/// Runs `isopod ARGS` against the admin API at `url` (with the test token
+/// unless `token` says otherwise): (success, stdout, stderr).
+pub(crate) fn admin_cli(url: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(isopod_bin())
+        .args(args)
+        .env("ISOPOD_ADMIN_URL", url)
+        .env("ISOPOD_ADMIN_TOKEN", token)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("isopod runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
