@@ -98,6 +98,13 @@ impl HeaderList {
         self.push_unchecked(name, value);
     }
 
+    /// Appends a line the caller made and knows to hold no NUL byte (a
+    /// fixed name, an address, an id of visible ASCII), unchecked.
+    pub fn push_known(&mut self, name: &[u8], value: &[u8]) {
+        debug_assert!(!name.contains(&0) && !value.contains(&0));
+        self.push_unchecked(name, value);
+    }
+
     /// Appends a line as an HTTP/1 parser read it off the wire, its name
     /// lowercased (names are case-insensitive, and the rest of isopod sees
     /// them lowercase, as `http` keeps them). No NUL check: `httparse`

@@ -12,7 +12,6 @@
 //! per thread, without a shared counter.
 
 use std::cell::Cell;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -67,7 +66,7 @@ impl AccessLog {
 
 /// What an access record says, gathered before the body is sent.
 pub(crate) struct AccessRecord {
-    pub(crate) version: Arc<isopod_pool::AppVersion>,
+    pub(crate) deployed: Arc<crate::registry::Deployed>,
     pub(crate) method: Method,
     pub(crate) path: String,
     pub(crate) status: StatusCode,
@@ -78,18 +77,20 @@ pub(crate) struct AccessRecord {
     pub(crate) cold: bool,
     pub(crate) thread: usize,
     pub(crate) request_id: Arc<str>,
-    pub(crate) client: IpAddr,
+    pub(crate) client: crate::edge::Address,
 }
 
 impl AccessRecord {
     fn write(&self, bytes_out: u64, complete: bool) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Strings and numbers only: a `Display` field would go through
+        // `core::fmt`, for every request.
         tracing::info!(
             target: "isopod::access",
-            app = self.version.app(),
-            version = %self.version.id,
-            method = %self.method,
-            path = %self.path,
+            app = self.deployed.version.app(),
+            version = &*self.deployed.version_label,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status = self.status.as_u16(),
             duration_ms = ms(self.received.elapsed()),
             first_byte_ms = ms(self.first_byte),
@@ -97,7 +98,7 @@ impl AccessRecord {
             cold = self.cold,
             thread = self.thread,
             request_id = &*self.request_id,
-            client = %self.client,
+            client = self.client.as_str(),
             bytes_out,
             complete,
             "access"

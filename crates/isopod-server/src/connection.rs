@@ -28,7 +28,7 @@ pub(crate) async fn serve(
     listener: Rc<ListenerContext>,
     watch: Rc<HeadWatch>,
 ) {
-    let peer = crate::edge::Peer::new(peer);
+    let peer = crate::edge::Peer::of(peer);
     let rest = match listener.http1 {
         Http1Path::Own => match crate::h1::serve(socket, &peer, &listener, &watch).await {
             Some(rest) => rest,

@@ -29,6 +29,17 @@ const EDGE_HEADERS: [&[u8]; 4] = [
     b"x-forwarded-proto",
 ];
 
+/// Whether `name` (in any case) is one of [`EDGE_HEADERS`]: asked of every
+/// line as the list is built, so that [`vet`] reads the list only when one
+/// is there.
+pub(crate) fn is_edge_name(name: &[u8]) -> bool {
+    // Lengths first: most names are ruled out by one comparison.
+    matches!(name.len(), 12 | 15 | 16 | 17)
+        && EDGE_HEADERS
+            .iter()
+            .any(|edge| edge.eq_ignore_ascii_case(name))
+}
+
 /// Room a request's header list is made with for the lines [`vet`] adds
 /// (names, an IPv6 address, a made id): so that adding them does not move
 /// the list.
@@ -84,25 +95,42 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// A connection's peer, with its address as text made once per connection
-/// rather than per request.
+/// An IP address and its text, made once.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer {
+pub(crate) struct Address {
     ip: IpAddr,
     text: [u8; 45],
     len: u8,
 }
 
-impl Peer {
-    pub(crate) fn new(addr: std::net::SocketAddr) -> Peer {
-        let ip = canonical(addr.ip());
+impl Address {
+    fn new(ip: IpAddr) -> Address {
+        let ip = canonical(ip);
         let mut text = [0u8; 45];
         let len = format_ip(ip, &mut text).len() as u8;
-        Peer { ip, text, len }
+        Address { ip, text, len }
     }
 
-    fn text(&self) -> &[u8] {
-        &self.text[..usize::from(self.len)]
+    /// The address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The address as text (`192.0.2.7`, `2001:db8::1`).
+    pub(crate) fn as_str(&self) -> &str {
+        // Written by `Display`, so UTF-8.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// A connection's peer: its address as text is made once per connection,
+/// not per request.
+pub(crate) type Peer = Address;
+
+impl Peer {
+    /// The peer of a connection from `addr`.
+    pub(crate) fn of(addr: std::net::SocketAddr) -> Peer {
+        Address::new(addr.ip())
     }
 }
 
@@ -110,7 +138,7 @@ impl Peer {
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
     /// The client's address.
-    pub(crate) client: IpAddr,
+    pub(crate) client: Address,
     /// Whether the client spoke HTTPS (to a proxy in front of isopod).
     pub(crate) https: bool,
     /// The request's id.
@@ -125,16 +153,25 @@ pub(crate) struct Origin {
 /// first of `X-Forwarded-Proto`, and a well-formed `X-Request-Id` is kept.
 /// From any other peer, or without those lines, the client is the peer,
 /// the scheme is `http` and the id is made here.
-pub(crate) fn vet(headers: &mut HeaderList, peer: &Peer, trusted: &TrustedProxies) -> Origin {
+/// `edge_lines` says whether the list holds any line of [`EDGE_HEADERS`]
+/// (as [`is_edge_name`] found while building it); without, the list is not
+/// read, only added to.
+pub(crate) fn vet(
+    headers: &mut HeaderList,
+    edge_lines: bool,
+    peer: &Peer,
+    trusted: &TrustedProxies,
+) -> Origin {
     let mut origin = Origin {
-        client: peer.ip,
+        client: *peer,
         https: false,
         request_id: Arc::from(""),
     };
     let mut given_id: Option<&[u8]> = None;
     let mut has_edge_lines = false;
-    let from_proxy = !trusted.is_empty() && trusted.trusts(peer.ip);
-    for (name, value) in headers.iter() {
+    let from_proxy = !trusted.is_empty() && trusted.trusts(peer.ip());
+    let lines = edge_lines.then(|| headers.iter()).into_iter().flatten();
+    for (name, value) in lines {
         if !EDGE_HEADERS.contains(&name) {
             continue;
         }
@@ -145,7 +182,7 @@ pub(crate) fn vet(headers: &mut HeaderList, peer: &Peer, trusted: &TrustedProxie
         match name {
             b"x-forwarded-for" => {
                 if let Some(client) = forwarded_client(value, trusted) {
-                    origin.client = client;
+                    origin.client = Address::new(client);
                 }
             }
             b"x-forwarded-proto" => {
@@ -173,21 +210,18 @@ pub(crate) fn vet(headers: &mut HeaderList, peer: &Peer, trusted: &TrustedProxie
         }
         *headers = rewritten;
     }
-    let mut address = [0u8; 45];
-    let client = if origin.client == peer.ip {
-        peer.text()
-    } else {
-        format_ip(origin.client, &mut address)
-    };
+    let client = origin.client.as_str().as_bytes();
+    // Known names, and values with no NUL (an address, a scheme, an id of
+    // visible ASCII): no check needed.
     if !(from_proxy && has_forwarded_for(headers)) {
-        headers.push(b"x-forwarded-for", client);
+        headers.push_known(b"x-forwarded-for", client);
     }
-    headers.push(
+    headers.push_known(
         b"x-forwarded-proto",
         if origin.https { b"https" } else { b"http" },
     );
-    headers.push(b"cf-connecting-ip", client);
-    headers.push(b"x-request-id", origin.request_id.as_bytes());
+    headers.push_known(b"cf-connecting-ip", client);
+    headers.push_known(b"x-request-id", origin.request_id.as_bytes());
     origin
 }
 
@@ -318,9 +352,9 @@ mod tests {
             ("cf-connecting-ip", "6.6.6.6"),
             ("x-request-id", "forged"),
         ]);
-        let peer = Peer::new("192.0.2.7:1234".parse().unwrap());
-        let origin = vet(&mut headers, &peer, &trusted);
-        assert_eq!(origin.client, "192.0.2.7".parse::<IpAddr>().unwrap());
+        let peer = Peer::of("192.0.2.7:1234".parse().unwrap());
+        let origin = vet(&mut headers, true, &peer, &trusted);
+        assert_eq!(origin.client.ip(), "192.0.2.7".parse::<IpAddr>().unwrap());
         assert!(!origin.https);
         assert_ne!(&*origin.request_id, "forged");
         assert_eq!(get(&headers, "x-forwarded-for"), ["192.0.2.7"]);
@@ -338,9 +372,10 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-request-id", "abc-123"),
         ]);
-        let peer = Peer::new("[::ffff:10.0.0.1]:1234".parse().unwrap());
-        let origin = vet(&mut headers, &peer, &trusted);
-        assert_eq!(origin.client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        let peer = Peer::of("[::ffff:10.0.0.1]:1234".parse().unwrap());
+        let origin = vet(&mut headers, true, &peer, &trusted);
+        assert_eq!(origin.client.ip(), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(origin.client.as_str(), "203.0.113.9");
         assert!(origin.https);
         assert_eq!(&*origin.request_id, "abc-123");
         assert_eq!(

@@ -46,7 +46,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A request's end-to-end header lines, in order, as the handler gets them:
 /// every line but the hop-by-hop ones (those `Connection` lists included),
 /// copied in one pass, the map itself left as it is (it is dropped next).
-pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
+///
+/// Also says whether any line is one `edge::vet` must vet.
+pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> (HeaderList, bool) {
     // Browsers send `Connection` with nearly every request, so this is the
     // usual case rather than a rare one.
     let named = if headers.contains_key(header::CONNECTION) {
@@ -54,14 +56,17 @@ pub(crate) fn end_to_end_lines(headers: &HeaderMap) -> HeaderList {
     } else {
         Vec::new()
     };
-    HeaderList::from_map_where(headers, crate::edge::ADDED_BYTES, |name| {
+    let mut edge_lines = false;
+    let list = HeaderList::from_map_where(headers, crate::edge::ADDED_BYTES, |name| {
+        edge_lines |= crate::edge::is_edge_name(name.as_str().as_bytes());
         !HOP_BY_HOP.contains(name) && !named.contains(name)
-    })
+    });
+    (list, edge_lines)
 }
 
 /// [`end_to_end_lines`] for header lines as they came on the wire, names in
 /// any case: the lines the handler gets, names lowercased.
-pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderList {
+pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> (HeaderList, bool) {
     let connection_values: Vec<&[u8]> = lines
         .iter()
         .filter(|line| line.name.eq_ignore_ascii_case(header::CONNECTION.as_str()))
@@ -69,6 +74,7 @@ pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderLis
         .collect();
     let size: usize = lines.iter().map(|l| l.name.len() + l.value.len() + 2).sum();
     let mut list = HeaderList::with_capacity(size + crate::edge::ADDED_BYTES);
+    let mut edge_lines = false;
     for line in lines {
         let hop_by_hop = HOP_BY_HOP
             .iter()
@@ -79,8 +85,9 @@ pub(crate) fn end_to_end_wire_lines(lines: &[httparse::Header<'_>]) -> HeaderLis
         if !hop_by_hop {
             list.push_wire(line.name.as_bytes(), line.value);
         }
+        edge_lines |= crate::edge::is_edge_name(line.name.as_bytes());
     }
-    list
+    (list, edge_lines)
 }
 
 /// Whether a comma-separated header value (`Connection`'s) lists `token`,
@@ -319,6 +326,7 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
         let lines: Vec<_> = end_to_end_lines(&headers)
+            .0
             .iter()
             .map(|(name, _)| name.to_vec())
             .collect();
@@ -358,7 +366,7 @@ mod tests {
         headers.insert(header::TE, "trailers".parse().unwrap());
         headers.insert("proxy-connection", "1".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
-        assert_eq!(end_to_end_lines(&headers).len(), 1);
+        assert_eq!(end_to_end_lines(&headers).0.len(), 1);
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
     }

@@ -38,6 +38,8 @@ pub struct Deployed {
     pub declared: crate::manifest::AppSettings,
     /// Where its requests are counted.
     pub(crate) metrics: Arc<crate::app_metrics::AppMetrics>,
+    /// The version's id as text, for access records.
+    pub(crate) version_label: Box<str>,
 }
 
 /// What the persistent registry says about a deployed version.
@@ -65,6 +67,7 @@ impl Deployed {
     ) -> Deployed {
         let admission =
             crate::admission::Admission::new(version.config.limits.max_concurrent_requests);
+        let version_label = version.id.to_string().into();
         Deployed {
             version,
             routes,
@@ -73,6 +76,7 @@ impl Deployed {
             secret_names: Vec::new(),
             record: None,
             declared: Default::default(),
+            version_label,
             metrics,
         }
     }

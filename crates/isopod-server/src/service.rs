@@ -226,8 +226,13 @@ fn prepare(connection: &ListenerContext, peer: &Peer, request: Request<Incoming>
         Ok(routed) => routed,
         Err(unrouted) => return Prepared::Answered(Box::new(unrouted.answer())),
     };
-    let mut headers = end_to_end_lines(&parts.headers);
-    let origin = crate::edge::vet(&mut headers, peer, &connection.edge.trusted_proxies);
+    let (mut headers, edge_lines) = end_to_end_lines(&parts.headers);
+    let origin = crate::edge::vet(
+        &mut headers,
+        edge_lines,
+        peer,
+        &connection.edge.trusted_proxies,
+    );
     let record = access_record(
         connection,
         &deployed,
@@ -290,7 +295,7 @@ fn access_record(
         .and_then(|scheme| url[scheme + 3..].find('/').map(|p| scheme + 3 + p))
         .map_or("/", |start| &url[start..]);
     Some(Box::new(AccessRecord {
-        version: deployed.version.clone(),
+        deployed: deployed.clone(),
         method: method.clone(),
         path: path.to_string(),
         status: StatusCode::OK,
@@ -314,6 +319,7 @@ pub(crate) fn prepare_bodiless(
     path_and_query: &str,
     host: Option<&[u8]>,
     mut headers: HeaderList,
+    edge_lines: bool,
 ) -> Prepared {
     let received = std::time::Instant::now();
     let path = path_and_query
@@ -321,7 +327,12 @@ pub(crate) fn prepare_bodiless(
         .map_or(path_and_query, |(path, _)| path);
     match route(connection, origin_target(host, path_and_query), path, None) {
         Ok((deployed, mut url)) => {
-            let origin = crate::edge::vet(&mut headers, peer, &connection.edge.trusted_proxies);
+            let origin = crate::edge::vet(
+                &mut headers,
+                edge_lines,
+                peer,
+                &connection.edge.trusted_proxies,
+            );
             let record = access_record(connection, &deployed, &method, &url, &origin, received);
             if origin.https {
                 as_https(&mut url);

@@ -36,6 +36,10 @@ const MAX_PENDING: usize = 8 << 20;
 
 /// Log records as JSON lines: `timestamp`, `level`, `target`, then the
 /// event's fields (`message` among them) at the top level.
+///
+/// The line is built in a buffer of the thread's with plain pushes and
+/// handed to the writer in one call: each piece written through
+/// `fmt::Write` would be a dynamic call of its own.
 pub(crate) struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -49,131 +53,168 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, std::time::SystemTime::now())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(metadata.level().as_str())?;
-        writer.write_str("\",\"target\":")?;
-        write_json_string(&mut writer, metadata.target())?;
-        let mut fields = JsonFields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str("}\n")
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        LINE.with(|line| {
+            // A record made while formatting one (a field's `Debug` that
+            // logs) gets a buffer of its own.
+            let mut own = String::new();
+            let mut borrowed = line.try_borrow_mut();
+            let line = match &mut borrowed {
+                Ok(line) => &mut **line,
+                Err(_) => &mut own,
+            };
+            line.clear();
+            json_line(line, event);
+            writer.write_str(line)
+        })
     }
+}
+
+/// `event` as one JSON line, into `line`.
+fn json_line(line: &mut String, event: &Event<'_>) {
+    let metadata = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line, std::time::SystemTime::now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(metadata.level().as_str());
+    line.push_str("\",\"target\":");
+    push_json_string(line, metadata.target());
+    event.record(&mut JsonFields(line));
+    line.push_str("}\n");
 }
 
 /// An event's fields written as `,"name":value` pairs.
-struct JsonFields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    result: fmt::Result,
-}
+struct JsonFields<'a>(&'a mut String);
 
-impl JsonFields<'_, '_> {
-    fn pair(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = (|| {
-            self.writer.write_char(',')?;
-            write_json_string(self.writer, field.name())?;
-            self.writer.write_char(':')?;
-            value(self.writer)
-        })();
+impl JsonFields<'_> {
+    fn name(&mut self, field: &Field) -> &mut String {
+        self.0.push(',');
+        push_json_string(self.0, field.name());
+        self.0.push(':');
+        self.0
     }
 }
 
-impl Visit for JsonFields<'_, '_> {
+impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.pair(field, |w| write_json_string(w, value));
+        push_json_string(self.name(field), value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.pair(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.name(field)
+            .push_str(if value { "true" } else { "false" });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.pair(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.name(field).push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.pair(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.name(field).push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.pair(field, |w| {
-            if value.is_finite() {
-                write!(w, "{value}")
-            } else {
-                // JSON has no NaN or infinity.
-                w.write_str("null")
-            }
-        });
+        let line = self.name(field);
+        if value.is_finite() {
+            // The shortest form that reads back as the same number,
+            // without `core::fmt`'s float machinery.
+            line.push_str(zmij::Buffer::new().format_finite(value));
+        } else {
+            // JSON has no NaN or infinity.
+            line.push_str("null");
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.pair(field, |w| {
-            w.write_char('"')?;
-            write!(Escaping(&mut *w), "{value:?}")?;
-            w.write_char('"')
-        });
+        let line = self.name(field);
+        line.push('"');
+        // Writing into a `String` cannot fail.
+        let _ = write!(Escaping(&mut *line), "{value:?}");
+        line.push('"');
     }
 }
 
 /// `text` as a JSON string, quotes included.
-fn write_json_string(writer: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    writer.write_char('"')?;
-    Escaping(&mut *writer).write_str(text)?;
-    writer.write_char('"')
+fn push_json_string(line: &mut String, text: &str) {
+    line.push('"');
+    push_escaped(line, text);
+    line.push('"');
 }
 
-/// Writes what it is given with JSON's string escapes.
-struct Escaping<W>(W);
+/// Whether a byte must be escaped in a JSON string.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
 
-impl<W: fmt::Write> fmt::Write for Escaping<W> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let bytes = text.as_bytes();
-        let mut start = 0;
-        for (i, &byte) in bytes.iter().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            // Escapes replace ASCII bytes, so `i` is a char boundary.
-            self.0.write_str(&text[start..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
-            }
-            start = i + 1;
+/// `text` with JSON's string escapes.
+fn push_escaped(line: &mut String, text: &str) {
+    let bytes = text.as_bytes();
+    // Most text needs no escape: one scan, one copy.
+    let Some(first) = bytes.iter().position(|&b| needs_escape(b)) else {
+        line.push_str(text);
+        return;
+    };
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate().skip(first) {
+        if !needs_escape(byte) {
+            continue;
         }
-        self.0.write_str(&text[start..])
+        // Escapes replace ASCII bytes, so `i` is a char boundary.
+        line.push_str(&text[start..i]);
+        match byte {
+            b'"' => line.push_str("\\\""),
+            b'\\' => line.push_str("\\\\"),
+            b'\n' => line.push_str("\\n"),
+            b'\r' => line.push_str("\\r"),
+            b'\t' => line.push_str("\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                line.push_str("\\u00");
+                line.push(char::from(HEX[usize::from(byte >> 4)]));
+                line.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+        start = i + 1;
+    }
+    line.push_str(&text[start..]);
+}
+
+/// A `fmt::Write` that escapes what it is given (for `Debug` fields).
+struct Escaping<'a>(&'a mut String);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        push_escaped(self.0, text);
+        Ok(())
     }
 }
 
 /// `at` in RFC 3339 UTC with microseconds (`2026-12-02T21:21:15.123456Z`).
-fn write_timestamp(writer: &mut impl fmt::Write, at: std::time::SystemTime) -> fmt::Result {
+fn push_timestamp(line: &mut String, at: std::time::SystemTime) {
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
     let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
     let second_of_day = seconds % 86_400;
-    write!(
-        writer,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-        since.subsec_micros()
-    )
+    // Digits by hand: `core::fmt`'s padding costs more than the rest of a
+    // record's fixed fields together.
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for slot in text[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, second_of_day / 3600);
+    put(14, 2, second_of_day / 60 % 60);
+    put(17, 2, second_of_day % 60);
+    put(20, 6, u64::from(since.subsec_micros()));
+    // ASCII digits and punctuation.
+    line.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard
@@ -328,21 +369,20 @@ mod tests {
     fn timestamps_are_rfc_3339() {
         let at = std::time::UNIX_EPOCH + Duration::from_micros(1_796_246_475_123_456);
         let mut text = String::new();
-        write_timestamp(&mut text, at).unwrap();
+        push_timestamp(&mut text, at);
         assert_eq!(text, "2026-12-02T21:21:15.123456Z");
         let mut text = String::new();
-        write_timestamp(
+        push_timestamp(
             &mut text,
             std::time::UNIX_EPOCH + Duration::from_secs(951_782_400),
-        )
-        .unwrap();
+        );
         assert_eq!(text, "2000-02-29T00:00:00.000000Z");
     }
 
     #[test]
     fn strings_are_escaped() {
         let mut text = String::new();
-        write_json_string(&mut text, "a \"b\" \\ c\nd\u{1}é").unwrap();
+        push_json_string(&mut text, "a \"b\" \\ c\nd\u{1}é");
         assert_eq!(text, r#""a \"b\" \\ c\nd\u0001é""#);
         let parsed: String = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed, "a \"b\" \\ c\nd\u{1}é");

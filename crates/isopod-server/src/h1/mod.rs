@@ -103,7 +103,8 @@ pub(crate) async fn serve(
             head.method,
             head.target,
             head.host,
-            head.headers
+            head.headers,
+            head.edge_lines
         )
         .answer(connection));
         input.drain(..length);

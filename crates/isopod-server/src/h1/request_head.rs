@@ -40,6 +40,8 @@ pub(crate) struct SimpleHead<'input> {
     pub(crate) host: Option<&'input [u8]>,
     /// The end-to-end lines, as the handler gets them.
     pub(crate) headers: HeaderList,
+    /// Whether any of them is one `edge::vet` must vet.
+    pub(crate) edge_lines: bool,
     /// The client asked for the connection to close after the response.
     pub(crate) close: bool,
     /// The head's length in bytes, its blank line included.
@@ -98,11 +100,13 @@ pub(crate) fn scan(input: &[u8]) -> Scan<'_> {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Scan::Defer;
     };
+    let (headers, edge_lines) = end_to_end_wire_lines(request.headers);
     Scan::Simple(SimpleHead {
         method,
         target,
         host,
-        headers: end_to_end_wire_lines(request.headers),
+        headers,
+        edge_lines,
         close,
         length,
     })
