@@ -4,7 +4,8 @@
 //! versions it has had (bundle, opaque JSON manifest, who deployed it and
 //! how) and which one is active, so a restart serves exactly what was
 //! serving before. A [`Store`] is the one handle on the file; each concern
-//! it keeps lives in a module of its own (the registry in `registry`).
+//! it keeps lives in a module of its own (the registry in `registry`, the
+//! cache of version snapshots in `snapshots`).
 //!
 //! Invariants:
 //! - Every write is one `BEGIN IMMEDIATE` transaction with
@@ -28,6 +29,7 @@ mod digest;
 mod error;
 mod registry;
 mod schema;
+mod snapshots;
 mod store;
 
 #[cfg(test)]

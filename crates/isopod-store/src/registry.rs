@@ -473,6 +473,12 @@ fn sweep_bundles(conn: &Connection, context: &'static str) -> Result<(), StoreEr
          WHERE NOT EXISTS (SELECT 1 FROM versions WHERE versions.bundle_sha256 = bundles.sha256)",
         [],
     )
+    .context(context)?;
+    conn.execute(
+        "DELETE FROM snapshots
+         WHERE NOT EXISTS (SELECT 1 FROM bundles WHERE bundles.sha256 = snapshots.bundle_sha256)",
+        [],
+    )
     .map(drop)
     .context(context)
 }

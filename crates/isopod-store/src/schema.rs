@@ -51,6 +51,18 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (name, active_version) REFERENCES versions(app, number)
     );
     ",
+    // 2: version snapshots, a cache beside the bundles: keyed by what a
+    // snapshot depends on (the bundle, what else its top-level code saw, the
+    // build that made it), swept with the bundle it was made from.
+    "
+    CREATE TABLE snapshots (
+        key TEXT PRIMARY KEY NOT NULL,
+        bundle_sha256 TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        made_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX snapshots_by_bundle ON snapshots(bundle_sha256);
+    ",
 ];
 
 /// The schema version this build writes.

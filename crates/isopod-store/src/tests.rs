@@ -554,3 +554,32 @@ fn origins_have_lowercase_names() {
         );
     }
 }
+
+#[test]
+fn a_snapshot_is_kept_beside_its_bundle_and_goes_with_it() {
+    let dir = TempDir::new("snapshots");
+    let store = open(&dir);
+    let sha = sha256_hex(b"export default {}");
+    // Not kept for a bundle the registry does not hold.
+    assert!(!store.put_snapshot("k1", &sha, b"bytes").unwrap());
+    assert_eq!(store.snapshot("k1").unwrap(), None);
+
+    deploy(&store, "a", "export default {}");
+    assert!(store.put_snapshot("k1", &sha, b"bytes").unwrap());
+    assert!(store.put_snapshot("k1", &sha, b"newer").unwrap());
+    assert_eq!(
+        store.snapshot("k1").unwrap().as_deref(),
+        Some(&b"newer"[..])
+    );
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(
+        store.snapshot("k1").unwrap().as_deref(),
+        Some(&b"newer"[..])
+    );
+
+    // Removing the last version that uses the bundle removes its snapshots.
+    assert!(store.remove_app("a").unwrap());
+    assert_eq!(store.snapshot("k1").unwrap(), None);
+    assert_eq!(count(&dir, "snapshots"), 0);
+}
