@@ -13,6 +13,9 @@ Prints, for the release build on this machine:
   - blank-isolate creation and cold-miss latency p50/p99 (from the pool's own
     statistics, after deploying many apps through the admin API);
   - RSS per idle warm instance at 100 and 1,000 apps;
+  - the first request of never-seen apps, small and the ~950 KB real-world
+    bundle (bench/realworld), end to end, with and without version snapshots
+    and spares, and RSS per idle instance of each;
   - a 215 KiB framework bundle's cold start (Hono, isolate-per-request),
     from the version's code cache and compiled from source
     (ISOPOD_CODE_CACHE=off);
@@ -129,7 +132,7 @@ class Admin:
         return response.status, json.loads(data) if data else None
 
 
-def serve(max_instances, threads=2, spares=2, env=None):
+def serve(max_instances, threads=2, spares=2, env=None, extra=""):
     port, admin_port = free_port(), free_port()
     directory = tempfile.mkdtemp(prefix="isopod-bench-")
     config = os.path.join(directory, "isopod.toml")
@@ -137,6 +140,7 @@ def serve(max_instances, threads=2, spares=2, env=None):
         f.write(
             f'listen = "127.0.0.1:{port}"\nthreads = {threads}\nmax_instances = {max_instances}\n'
             f'spares_per_thread = {spares}\nadmin_listen = "127.0.0.1:{admin_port}"\nadmin_token = "{TOKEN}"\n'
+            f'data_dir = "{directory}/data"\n{extra}'
         )
     proc = start([ISOPOD, "serve", "--config", config], env=dict(os.environ, **(env or {})))
     wait_listening(admin_port)
@@ -303,6 +307,50 @@ def bench_framework_cold_start():
     print(f"code cache saves {p50s['off'] - p50s['on']:.2f} ms per cold start ({p50s['off'] / p50s['on']:.2f}x)")
 
 
+def bench_first_request():
+    section("first request of a never-seen app, end to end (isopod serve, 2 threads, warm_on_deploy off)")
+    real_path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
+    if not os.path.exists(real_path):
+        print("bench/realworld/dist/app.js is missing: npm --prefix bench/realworld ci && npm --prefix bench/realworld run build")
+        return
+    with open(real_path) as f:
+        real = f.read()
+    apps = 20 if QUICK else 60
+    cases = [("small", None), ("real ~950 KB", real)]
+    for label, source in cases:
+        for snapshots in ("on", "off"):
+            for spares in (2, 0):
+                proc, port, admin = serve(
+                    max_instances=2000, spares=spares,
+                    env={"ISOPOD_SNAPSHOTS": snapshots}, extra="warm_on_deploy = false\n")
+                conn = http.client.HTTPConnection("127.0.0.1", port)
+                base = None
+                samples = []
+                for i in range(apps):
+                    body = app_source(i) if source is None else source + f"\n// app {i}\n"
+                    manifest = json.dumps({"bundle": body, "snapshot": "share-random"})
+                    status, answer = admin.call("PUT", f"/apps/a{i}", manifest, "application/json")
+                    assert status == 201, answer
+                    # Let the threads refill their spares (when they keep any)
+                    # and drop the deploy's scratch isolates.
+                    time.sleep(0.15)
+                    if base is None:
+                        base = rss_kib(proc.pid)
+                    started = time.perf_counter()
+                    assert get(conn, f"a{i}.localhost") == 200
+                    samples.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.5)
+                rss = rss_kib(proc.pid)
+                _, pool = admin.call("GET", "/admin/pool")
+                stop(proc)
+                print(
+                    f"{label:13} snapshots {snapshots:3} spares {spares}: first request p50 {percentile(samples, 0.5):7.2f} ms"
+                    f"  p99 {percentile(samples, 0.99):7.2f} ms   RSS per idle instance {(rss - base) / apps / 1024:6.2f} MiB"
+                    f"   (snapshot starts {pool['snapshot_starts']})",
+                    flush=True,
+                )
+
+
 def bench_replicas():
     section("a CPU-bound app (~1 ms per request) on 1 and 2 worker threads (wrk -t2 -c16, both cores)")
     busy = "export default { fetch() { let x = 0; for (let i = 0; i < 1e6; i++) x = (x + i * 7) | 0; return new Response('busy' + (x & 0)); } };"
@@ -435,6 +483,7 @@ def main():
     bench_warm_latency()
     bench_cold_and_memory()
     bench_framework_cold_start()
+    bench_first_request()
     bench_replicas()
     bench_zipf()
     bench_neighbours()

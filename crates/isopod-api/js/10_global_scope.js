@@ -15,6 +15,7 @@ import { registerErrorClasses } from "ext:isopod_api/04_error_classes.js";
 const {
   ArrayBuffer,
   ArrayBufferIsView,
+  ArrayPrototypeIncludes,
   ArrayPrototypePush,
   Date: OriginalDate,
   DateNow,
@@ -89,6 +90,20 @@ function takeFastOps() {
 }
 
 // ---------------------------------------------------------------------------
+// Version snapshots (isopod-runtime's version_snapshot.rs): a version's
+// top-level code runs once in a snapshotting isolate, and its instances start
+// from the heap it left. While it runs, anything that would be wrong to share
+// between instances (randomness, the time) or that lives outside the heap (a
+// WebAssembly module, an outbound fetch) is recorded here as a taint, and a
+// tainted version is loaded from source instead. `null` outside that run.
+let snapshotTaints = null;
+function taint(what) {
+  if (snapshotTaints !== null && !ArrayPrototypeIncludes(snapshotTaints, what)) {
+    ArrayPrototypePush(snapshotTaints, what);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The coarse clock (Spectre hygiene, as workerd does it): time does not
 // advance while JavaScript runs. `clock` is a Float64Array [wall ms,
 // monotonic ms] over a buffer the host rewrites each time it enters the
@@ -98,8 +113,11 @@ function takeFastOps() {
 // registers the isolate's buffer (at snapshot time there is none).
 let clock = null;
 let monotonicOrigin = 0;
-const wallNow = () => clock === null ? DateNow() : clock[0];
-const monotonicNow = () => clock === null ? 0 : clock[1] - monotonicOrigin;
+// Without a clock buffer (while a snapshot is being made) a reading is a
+// taint: every instance started from the snapshot would share it.
+const wallNow = () => clock === null ? (taint("the clock"), DateNow()) : clock[0];
+const monotonicNow = () =>
+  clock === null ? (taint("the clock"), 0) : clock[1] - monotonicOrigin;
 
 // deno's performance module fills an 8-byte buffer with (seconds,
 // nanoseconds) through op_now and op_time_origin, taken from the ops its
@@ -1558,23 +1576,197 @@ function init(exported, env, limits) {
 // functions are kept only on the Rust side.
 ObjectDefineProperty(globalThis, "__isopodInit", {
   value: () => {
-    delete globalThis.__isopodInit;
+    hideBootstrap();
     takeFastOps();
-    // Per isolate, not per snapshot: this isolate's clock buffer, which the
-    // host rewrites at every window entry, and performance.timeOrigin, this
-    // isolate's birth.
-    const clockBuffer = new ArrayBuffer(16);
-    op_isopod_clock(clockBuffer);
-    clock = new Float64Array(clockBuffer);
-    monotonicOrigin = clock[1];
-    performance.setTimeOrigin();
-    removeSharedMemory();
-    makeGlobalAServiceWorkerScope();
-    delete globalThis.Deno;
-    delete globalThis.__bootstrap;
+    startClock();
     return init;
   },
   configurable: true,
   enumerable: false,
   writable: false,
 });
+
+// The same, for the isolate that makes a version's snapshot: no clock and
+// no fast ops (neither can be serialised; `__isopodResume` adds both in each
+// instance started from the snapshot), and taints recorded from here until
+// `end` is called after the bundle's top-level code. `end` takes what the
+// instances will need (the module's default export) and leaves
+// `__isopodResume` as the only handle on the global object.
+ObjectDefineProperty(globalThis, "__isopodInitForSnapshot", {
+  value: (shareRandom) => {
+    // deno_core finds its ops through these when it starts an isolate from
+    // the snapshot: hidden from tenant code while it runs, put back for the
+    // snapshot, hidden again by `__isopodResume`.
+    const denoGlobal = ObjectGetOwnPropertyDescriptor(globalThis, "Deno");
+    const bootstrapGlobal = ObjectGetOwnPropertyDescriptor(globalThis, "__bootstrap");
+    hideBootstrap();
+    snapshotTaints = [];
+    const restore = watchForTaints(shareRandom);
+    const end = (exported) => {
+      restore();
+      const taints = snapshotTaints;
+      snapshotTaints = null;
+      if (denoGlobal !== undefined) {
+        ObjectDefineProperty(globalThis, "Deno", denoGlobal);
+      }
+      if (bootstrapGlobal !== undefined) {
+        ObjectDefineProperty(globalThis, "__bootstrap", bootstrapGlobal);
+      }
+      ObjectDefineProperty(globalThis, "__isopodResume", {
+        value: () => {
+          delete globalThis.__isopodResume;
+          hideBootstrap();
+          takeFastOps();
+          startClock();
+          return [init, exported];
+        },
+        configurable: true,
+        enumerable: false,
+        writable: false,
+      });
+      return taints;
+    };
+    return end;
+  },
+  configurable: true,
+  enumerable: false,
+  writable: false,
+});
+
+function hideBootstrap() {
+  delete globalThis.__isopodInit;
+  delete globalThis.__isopodInitForSnapshot;
+  removeSharedMemory();
+  makeGlobalAServiceWorkerScope();
+  delete globalThis.Deno;
+  delete globalThis.__bootstrap;
+}
+
+// Per isolate, never in a snapshot: this isolate's clock buffer, which the
+// host rewrites at every window entry, and performance.timeOrigin, this
+// isolate's birth.
+function startClock() {
+  const clockBuffer = new ArrayBuffer(16);
+  op_isopod_clock(clockBuffer);
+  clock = new Float64Array(clockBuffer);
+  monotonicOrigin = clock[1];
+  performance.setTimeOrigin();
+}
+
+// Wraps, for the snapshot's top-level run only, every source of randomness
+// and every API whose result lives outside the heap, so that a call records
+// a taint; returns the function that puts the originals back.
+function watchForTaints(shareRandom) {
+  const saved = [];
+  // `instead`, when given, runs in place of the original (for calls whose
+  // effect must not happen in the snapshotting process at all).
+  const watch = (object, key, what, instead = undefined) => {
+    const descriptor = ObjectGetOwnPropertyDescriptor(object, key);
+    if (descriptor === undefined || typeof descriptor.value !== "function") {
+      return;
+    }
+    const original = instead ?? descriptor.value;
+    ArrayPrototypePush(saved, [object, key, descriptor]);
+    const watched = function (...args) {
+      taint(what);
+      return new.target === undefined
+        ? ReflectApply(original, this, args)
+        : ReflectConstruct(original, args, new.target === watched ? original : new.target);
+    };
+    ObjectDefineProperty(object, key, { ...descriptor, value: watched });
+  };
+  const restoreWasm = watchWebAssembly();
+  if (!shareRandom) {
+    watch(globalThis.Math, "random", "Math.random()");
+  }
+  // Nothing leaves the snapshotting process: a top-level fetch never
+  // settles, and its version is loaded from source.
+  watch(globalThis, "fetch", "fetch()", () => new Promise(() => {}));
+  // deno's Blob keeps its parts alive with a FinalizationRegistry, which V8
+  // cannot serialise once it has work pending; so is a tenant's own.
+  watch(globalThis, "Blob", "a Blob or File");
+  watch(globalThis, "File", "a Blob or File");
+  watch(globalThis, "FinalizationRegistry", "a FinalizationRegistry");
+  // WebCrypto's objects are host (cppgc) objects, which cannot be made in
+  // a snapshotting isolate. Reading `crypto` there (libraries keep it at
+  // top level) gives a stand-in, which stays in the snapshot: in each
+  // instance its members call the instance's own `crypto`. Calling them
+  // during the snapshot's run is a taint (randomness, or work that would
+  // not settle), answered with placeholders never used: the version is then
+  // loaded from source.
+  const cryptoGlobal = ObjectGetOwnPropertyDescriptor(globalThis, "crypto");
+  ArrayPrototypePush(saved, [globalThis, "crypto", cryptoGlobal]);
+  ObjectDefineProperty(globalThis, "crypto", {
+    ...cryptoGlobal,
+    get: () => cryptoStandIn,
+  });
+  return () => {
+    for (let i = saved.length - 1; i >= 0; i--) {
+      const { 0: object, 1: key, 2: descriptor } = saved[i];
+      ObjectDefineProperty(object, key, descriptor);
+    }
+    restoreWasm();
+  };
+}
+
+// Stand-ins for `crypto` and `crypto.subtle` in a version's snapshot (see
+// `watchForTaints`): plain objects with WebCrypto's prototypes, whose members
+// call the isolate's own objects once the snapshot's run is over.
+const subtleStandIn = { __proto__: crypto.SubtleCrypto.prototype };
+for (const key of ObjectGetOwnPropertyNames(crypto.SubtleCrypto.prototype)) {
+  const member = ObjectGetOwnPropertyDescriptor(crypto.SubtleCrypto.prototype, key);
+  if (key === "constructor" || typeof member.value !== "function") {
+    continue;
+  }
+  ObjectDefineProperty(subtleStandIn, key, nonEnumerable({
+    [key](...args) {
+      if (snapshotTaints !== null) {
+        taint("crypto.subtle");
+        return new Promise(() => {});
+      }
+      const subtle = crypto.crypto.subtle;
+      return ReflectApply(subtle[key], subtle, args);
+    },
+  }[key]));
+}
+const cryptoStandIn = {
+  __proto__: crypto.Crypto.prototype,
+  getRandomValues(array) {
+    if (snapshotTaints !== null) {
+      taint("crypto.getRandomValues()");
+      return array;
+    }
+    return crypto.crypto.getRandomValues(array);
+  },
+  randomUUID() {
+    if (snapshotTaints !== null) {
+      taint("crypto.randomUUID()");
+      return "00000000-0000-4000-8000-000000000000";
+    }
+    return crypto.crypto.randomUUID();
+  },
+  get subtle() {
+    return subtleStandIn;
+  },
+};
+
+function watchWebAssembly() {
+  // V8 has no WebAssembly in a snapshotting isolate; reading it there,
+  // even to test whether it exists, would bake the wrong answer in.
+  const wasm = ObjectGetOwnPropertyDescriptor(globalThis, "WebAssembly");
+  ObjectDefineProperty(globalThis, "WebAssembly", {
+    get() {
+      taint("WebAssembly");
+      return wasm?.value;
+    },
+    configurable: true,
+    enumerable: false,
+  });
+  return () => {
+    if (wasm === undefined) {
+      delete globalThis.WebAssembly;
+    } else {
+      ObjectDefineProperty(globalThis, "WebAssembly", wasm);
+    }
+  };
+}

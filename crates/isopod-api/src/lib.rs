@@ -22,6 +22,7 @@ mod clock;
 mod crypto;
 mod host;
 mod permissions;
+mod snapshot_watch;
 
 pub use address::{classify, ReservedRange};
 pub use clock::{advance_clock, monotonic_ns};
@@ -30,6 +31,7 @@ pub use host::{
     FailureKind, FetchCounts, FetchOutcome, HandlerBody, Host, HostResponse, LogLevel, UncaughtKind,
 };
 pub use permissions::{deny_own_listeners, NetPolicy, PermissionError};
+pub use snapshot_watch::WatchedBlobStore;
 
 use deno_core::{Extension, ExtensionArguments};
 
@@ -82,6 +84,10 @@ pub fn extensions() -> Vec<Extension> {
 pub struct IsolateOptions {
     /// The `User-Agent` sent by outbound `fetch`.
     pub user_agent: String,
+    /// Where `Blob` and `File` contents live; `None` gives the isolate a
+    /// store of its own. (The snapshotting isolate passes one that counts,
+    /// since a Blob's bytes cannot go into a snapshot.)
+    pub blob_store: Option<std::sync::Arc<dyn deno_web::BlobStoreTrait>>,
 }
 
 /// The per-isolate arguments matching [`extensions`], for
@@ -89,7 +95,10 @@ pub struct IsolateOptions {
 pub fn extension_args(options: &IsolateOptions) -> Vec<ExtensionArguments> {
     vec![
         deno_web::deno_web::args(
-            deno_web::BlobStore::default_arc(),
+            options
+                .blob_store
+                .clone()
+                .unwrap_or_else(deno_web::BlobStore::default_arc),
             None,
             false,
             Default::default(),

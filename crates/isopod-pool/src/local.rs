@@ -329,14 +329,35 @@ impl LocalPool {
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
     ) -> Result<Rc<Pooled>, PoolError> {
+        self.fill_slot_counting(version, true).await
+    }
+
+    /// The slot's instance, made now unless another task made it first.
+    async fn fill_slot(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+    ) -> Result<Rc<Pooled>, PoolError> {
+        self.fill_slot_counting(version, false).await
+    }
+
+    async fn fill_slot_counting(
+        self: &Rc<Self>,
+        version: &Arc<AppVersion>,
+        counted: bool,
+    ) -> Result<Rc<Pooled>, PoolError> {
         let slot = self.slot(version);
         let _creating = slot.creating.lock().await;
         if let Some(instance) = slot.live_instance() {
-            // Another request created it while this one waited.
-            self.shared.record_hit();
+            // Another request (or the deploy's warm-up) created it while
+            // this one waited.
+            if counted {
+                self.shared.record_hit();
+            }
             return Ok(instance);
         }
-        self.shared.record_miss();
+        if counted {
+            self.shared.record_miss();
+        }
         let (handle, release) = self.create(version).await?;
         let replica = (self.home_of)(version.app()) != self.thread;
         if replica {
@@ -372,8 +393,10 @@ impl LocalPool {
             .clone()
     }
 
-    /// Takes a spare, or makes room under the global cap and creates a
-    /// blank instance; then loads the version's bundle and starts it.
+    /// Starts an instance of `version`: from its snapshot, or by loading
+    /// its bundle into a spare or, making room under the global cap, into a
+    /// new blank instance (see [`AppVersion::starts_from_snapshot`] for the
+    /// choice).
     async fn create(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
@@ -384,7 +407,14 @@ impl LocalPool {
             .config
             .limits
             .same_isolate_shape(&self.spare_config.limits);
-        let spare = spare_fits.then(|| self.take_spare()).flatten();
+        let have_spare = spare_fits && !self.spares.borrow().is_empty();
+        let from_snapshot = version.starts_from_snapshot(have_spare);
+        let spare = (spare_fits && !from_snapshot)
+            .then(|| self.take_spare())
+            .flatten();
+        let from_spare = spare.is_some();
+        // Whether the instance comes ready from the snapshot (no load).
+        let mut restored = false;
         let blank = match spare {
             Some(spare) => Ok(spare),
             None => {
@@ -396,11 +426,26 @@ impl LocalPool {
                         None => return Err(PoolError::AtCapacity),
                     }
                 }
-                self.new_blank(&version.config)
+                match version.snapshot() {
+                    Some(Ok(snapshot)) if from_snapshot => {
+                        restored = true;
+                        let instance =
+                            Instance::from_snapshot(snapshot, &version.bundle, &version.config);
+                        self.shared
+                            .record_snapshot_start(started.elapsed(), instance.is_ok());
+                        version.start_costs.from_snapshot_us.store(
+                            started.elapsed().as_micros().max(1) as u64,
+                            Ordering::Relaxed,
+                        );
+                        instance
+                    }
+                    _ => self.new_blank(&version.config),
+                }
             }
         };
         let created = async {
             let mut instance = blank?;
+            let loading = Instant::now();
             instance.set_version(version.id.to_string());
             let shared = self.shared.clone();
             let killed = version.clone();
@@ -408,7 +453,15 @@ impl LocalPool {
                 killed.load.killed();
                 shared.record_kill(event)
             }));
-            instance.load(&version.bundle, &version.config).await?;
+            if !restored {
+                instance.load(&version.bundle, &version.config).await?;
+                if from_spare {
+                    version.start_costs.load_into_spare_us.store(
+                        loading.elapsed().as_micros().max(1) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
             Ok::<_, isopod_runtime::InstanceError>(
                 instance.spawn_with_graveyard(self.graveyard.clone()),
             )
@@ -668,7 +721,9 @@ impl LocalPool {
     /// A newer deploy of an app retires the slots of its older versions:
     /// their handles go, and their instances stop once their in-flight
     /// requests are done.
-    pub(crate) fn note_version(&self, version: &Arc<AppVersion>) {
+    /// Returns whether `version` is the newest this thread has seen of its
+    /// app.
+    pub(crate) fn note_version(&self, version: &Arc<AppVersion>) -> bool {
         let newer = {
             let mut current = self.current.borrow_mut();
             match current.get_mut(version.app()) {
@@ -687,6 +742,16 @@ impl LocalPool {
             self.slots.borrow_mut().retain(|&deploy, slot| {
                 slot.version.app() != version.app() || deploy >= version.id.deploy
             });
+        }
+        newer
+    }
+
+    /// Makes `version`'s pooled instance on this thread unless it has one
+    /// (a deploy's warm-up: neither a hit nor a miss). A failure is logged;
+    /// the first request will try again and report it.
+    pub(crate) async fn warm(self: &Rc<Self>, version: &Arc<AppVersion>) {
+        if let Err(error) = self.fill_slot(version).await {
+            tracing::warn!(app = %version.app(), version = %version.id, %error, "warming the new version failed");
         }
     }
 

@@ -57,6 +57,10 @@ pub struct PoolConfig {
     /// V8's process-wide settings (flags, the code cache). The first pool
     /// or server of a process fixes them.
     pub v8: isopod_runtime::V8Settings,
+    /// Whether [`Pool::deployed`] leaves one warm instance of a pooled
+    /// version on its home thread, so the first request after a deploy
+    /// finds it; default true.
+    pub warm_on_deploy: bool,
 }
 
 impl Default for PoolConfig {
@@ -73,6 +77,7 @@ impl Default for PoolConfig {
             limits: isopod_runtime::Limits::default(),
             memory_budget: crate::memory::default_budget(),
             v8: isopod_runtime::V8Settings::default(),
+            warm_on_deploy: true,
         }
     }
 }
@@ -512,7 +517,16 @@ fn worker_main(
                         let _ = reply.send(local.evict_for_memory().await);
                     });
                 }
-                Job::Deployed { version } => local.note_version(&version),
+                Job::Deployed { version } => {
+                    if local.note_version(&version)
+                        && inner.config.warm_on_deploy
+                        && version.mode == crate::ExecutionMode::Pooled
+                        && inner.home_thread(version.app()) == index
+                    {
+                        let local = local.clone();
+                        tokio::task::spawn_local(async move { local.warm(&version).await });
+                    }
+                }
                 Job::Removed { app } => local.remove_app(&app),
                 Job::Spawn { task } => {
                     tokio::task::spawn_local(task(thread.clone()));

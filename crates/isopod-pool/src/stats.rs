@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     cold_starts: Mutex<Durations>,
     /// Blank isolates made from the snapshot, spares or inline.
     blank_creations: Mutex<Durations>,
+    snapshot_starts: AtomicU64,
+    snapshot_start_failures: AtomicU64,
+    /// Instances created from their version's snapshot.
+    snapshot_start_times: Mutex<Durations>,
     /// Kills per app.
     kills: Mutex<HashMap<String, AppKills>>,
 }
@@ -96,6 +100,9 @@ impl Shared {
             blanks_created: AtomicU64::new(0),
             cold_starts: Mutex::new(Durations::default()),
             blank_creations: Mutex::new(Durations::default()),
+            snapshot_starts: AtomicU64::new(0),
+            snapshot_start_failures: AtomicU64::new(0),
+            snapshot_start_times: Mutex::new(Durations::default()),
             kills: Mutex::new(HashMap::new()),
         }
     }
@@ -164,6 +171,20 @@ impl Shared {
             .record(took);
     }
 
+    /// An instance was created from its version's snapshot (`ok`), or
+    /// creating it failed.
+    pub(crate) fn record_snapshot_start(&self, took: Duration, ok: bool) {
+        if !ok {
+            self.snapshot_start_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.snapshot_starts.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_start_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(took);
+    }
+
     /// A spare was added (`+1`) or taken or dropped (`-1`).
     pub(crate) fn spares_changed(&self, added: bool) {
         if added {
@@ -187,6 +208,11 @@ impl Shared {
             .percentiles();
         let (blank_p50, blank_p99) = self
             .blank_creations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .percentiles();
+        let (snapshot_p50, snapshot_p99) = self
+            .snapshot_start_times
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .percentiles();
@@ -217,6 +243,10 @@ impl Shared {
             cold_start_p99_ms: cold_p99,
             blank_creation_p50_ms: blank_p50,
             blank_creation_p99_ms: blank_p99,
+            snapshot_starts: self.snapshot_starts.load(Ordering::Relaxed),
+            snapshot_start_failures: self.snapshot_start_failures.load(Ordering::Relaxed),
+            snapshot_start_p50_ms: snapshot_p50,
+            snapshot_start_p99_ms: snapshot_p99,
             instances_per_thread: per_thread,
             quarantine_thread: threads.saturating_sub(1),
             cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
@@ -264,6 +294,16 @@ pub struct PoolStats {
     pub blank_creation_p50_ms: Option<f64>,
     /// 99th percentile of the same.
     pub blank_creation_p99_ms: Option<f64>,
+    /// Instances created from their version's snapshot (no compile, no
+    /// top-level run) so far.
+    pub snapshot_starts: u64,
+    /// Creations from a version's snapshot that failed (the miss failed).
+    pub snapshot_start_failures: u64,
+    /// Median time to create an instance from its version's snapshot,
+    /// ready to serve, over the recent ones.
+    pub snapshot_start_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub snapshot_start_p99_ms: Option<f64>,
     /// Pooled instances per thread (the worker threads, then the
     /// quarantine thread).
     pub instances_per_thread: Vec<usize>,

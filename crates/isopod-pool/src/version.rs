@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use isopod_runtime::{AppConfig, Bundle};
+use isopod_runtime::{AppConfig, Bundle, NotSnapshottable, VersionSnapshot};
 use sha2::{Digest, Sha256};
 
 /// How an app's requests meet isolates.
@@ -47,9 +47,26 @@ pub struct AppVersion {
     pub mode: ExecutionMode,
     /// Identity.
     pub id: VersionId,
+    /// The version's startup snapshot, or why it has none (then its
+    /// instances load the bundle from source into a blank isolate); unset
+    /// while it is being made.
+    snapshot: OnceLock<Result<VersionSnapshot, NotSnapshottable>>,
     /// How busy this version is, across threads: the replica scheduler's
     /// input.
     pub(crate) load: VersionLoad,
+    /// What starting an instance cost, each way: learnt on misses, so a
+    /// miss takes the cheaper one (see [`AppVersion::starts_from_snapshot`]).
+    pub(crate) start_costs: StartCosts,
+}
+
+/// The most recent cost, in microseconds (0: not measured yet), of each way
+/// to start an instance of a version.
+#[derive(Debug, Default)]
+pub(crate) struct StartCosts {
+    /// Evaluating the bundle in a blank isolate that already exists.
+    pub(crate) load_into_spare_us: AtomicU64,
+    /// Creating the isolate from the version's snapshot.
+    pub(crate) from_snapshot_us: AtomicU64,
 }
 
 /// Live load of one version, shared by every thread.
@@ -97,6 +114,8 @@ impl VersionLoad {
 
 impl AppVersion {
     /// A new version of `config.name` with a fresh deploy id.
+    /// Its instances load the bundle from source until
+    /// [`AppVersion::set_snapshot`] gives it a snapshot.
     pub fn new(config: AppConfig, bundle: Bundle, mode: ExecutionMode) -> Arc<AppVersion> {
         static NEXT_DEPLOY: AtomicU64 = AtomicU64::new(1);
         let digest = Sha256::digest(bundle.source().as_bytes());
@@ -109,8 +128,45 @@ impl AppVersion {
                 hash: hash.into(),
                 deploy: NEXT_DEPLOY.fetch_add(1, Ordering::Relaxed),
             },
+            snapshot: OnceLock::new(),
             load: VersionLoad::default(),
+            start_costs: StartCosts::default(),
         })
+    }
+
+    /// Whether a miss that has a spare at hand should still start from the
+    /// snapshot: when the version has one and restoring it was cheaper than
+    /// evaluating the bundle last time each was measured (each way is tried
+    /// once before the costs are compared). A miss without a spare always
+    /// starts from the snapshot when there is one: a blank isolate costs
+    /// about what a small snapshot does, before any evaluation.
+    pub(crate) fn starts_from_snapshot(&self, have_spare: bool) -> bool {
+        if !matches!(self.snapshot.get(), Some(Ok(_))) {
+            return false;
+        }
+        if !have_spare {
+            return true;
+        }
+        let load = self.start_costs.load_into_spare_us.load(Ordering::Relaxed);
+        let restore = self.start_costs.from_snapshot_us.load(Ordering::Relaxed);
+        match (load, restore) {
+            (_, 0) => true,
+            (0, _) => false,
+            (load, restore) => restore < load,
+        }
+    }
+
+    /// The version's snapshot, or why it has none; `None` until one was
+    /// made or refused.
+    pub fn snapshot(&self) -> Option<&Result<VersionSnapshot, NotSnapshottable>> {
+        self.snapshot.get()
+    }
+
+    /// Sets the outcome of making the version's snapshot, once (later calls
+    /// are ignored and return false). Instances created afterwards may start
+    /// from it; those alive are not touched.
+    pub fn set_snapshot(&self, snapshot: Result<VersionSnapshot, NotSnapshottable>) -> bool {
+        self.snapshot.set(snapshot).is_ok()
     }
 
     /// The app's name.

@@ -19,6 +19,8 @@ pub struct Bundle {
     /// Whether it is an ES module (or a classic script), once an instance
     /// has found out.
     is_module: Arc<OnceLock<bool>>,
+    /// How long the first successful load took.
+    first_load: Arc<OnceLock<std::time::Duration>>,
 }
 
 /// The V8 code cache of one bundle.
@@ -111,12 +113,13 @@ impl Bundle {
         Bundle::new(bundle_specifier(name), source)
     }
 
-    fn new(specifier: ModuleSpecifier, source: impl Into<Arc<str>>) -> Bundle {
+    pub(crate) fn new(specifier: ModuleSpecifier, source: impl Into<Arc<str>>) -> Bundle {
         let source = source.into();
         Bundle {
             specifier,
             code_cache: Arc::new(CodeCache::new(&source)),
             is_module: Arc::default(),
+            first_load: Arc::default(),
             source,
         }
     }
@@ -140,6 +143,22 @@ impl Bundle {
     /// scripts only: deno_core does not report a module's).
     pub fn code_cache_rejections(&self) -> u64 {
         self.code_cache.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is an ES module (`Some(false)`: a classic script), once
+    /// an instance has loaded it.
+    pub fn is_module_known(&self) -> Option<bool> {
+        self.is_module.get().copied()
+    }
+
+    /// How long the first load of this bundle into a blank instance took
+    /// (compiling it and running its top-level code), once one succeeded.
+    pub fn first_load_time(&self) -> Option<std::time::Duration> {
+        self.first_load.get().copied()
+    }
+
+    pub(crate) fn note_load_time(&self, took: std::time::Duration) {
+        let _ = self.first_load.set(took);
     }
 
     pub(crate) fn is_module(&self) -> &OnceLock<bool> {

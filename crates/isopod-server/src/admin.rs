@@ -471,8 +471,19 @@ fn changed_reply(changed: &Changed) -> AdminResponse {
             "app": now.version.app(),
             "version": now.version.id.to_string(),
             "number": now.record.as_ref().map(|r| r.number),
+            "snapshot": snapshot_state(&now.version),
         }),
     )
+}
+
+/// A version's snapshot as the admin API shows it: `made` (with its size),
+/// `none` (with why), or `pending` while it is being made.
+fn snapshot_state(version: &isopod_pool::AppVersion) -> Value {
+    match version.snapshot() {
+        None => json!({ "state": "pending" }),
+        Some(Ok(snapshot)) => json!({ "state": "made", "bytes": snapshot.len() }),
+        Some(Err(why)) => json!({ "state": "none", "why": why.to_string() }),
+    }
 }
 
 fn change_error(refused: ChangeError) -> AdminResponse {
@@ -562,6 +573,7 @@ fn describe(deployed: &Deployed) -> Value {
         "vars": deployed.declared.vars.keys().collect::<Vec<_>>(),
         "secrets": deployed.secret_names,
         "allow_net": version.config.net.allowed(),
+        "snapshot": snapshot_state(version),
     })
 }
 

@@ -27,6 +27,7 @@ use crate::log_tail::LogTail;
 use crate::manifest::{AppManifest, AppSettings};
 use crate::ports::OwnPorts;
 use crate::registry::{Deployed, Registry, VersionInfo};
+use crate::snapshots::Snapshots;
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub(crate) struct Deployments {
     serving: Arc<Serving>,
     /// Held by each change from its first check to its swap.
     lock: Mutex<()>,
+    /// Each new version's snapshot.
+    snapshots: Arc<Snapshots>,
 }
 
 /// A change made: the version now live, and the one it replaced.
@@ -86,22 +89,25 @@ impl Deployments {
     pub(crate) fn new(
         pool: Arc<Pool>,
         ports: Arc<OwnPorts>,
-        store: Option<Arc<Store>>,
         metrics: Arc<AppMetricsSet>,
         log_tail: Option<Arc<LogTail>>,
         default_limits: Limits,
         serving: Arc<Serving>,
+        // Where each version's snapshot comes from; its registry is the one
+        // changes are recorded in.
+        snapshots: Arc<Snapshots>,
     ) -> Deployments {
         Deployments {
             registry: serving.registry.clone(),
             pool,
             ports,
-            store,
+            store: snapshots.store().cloned(),
             metrics,
             log_tail,
             default_limits,
             serving,
             lock: Mutex::new(()),
+            snapshots,
         }
     }
 
@@ -252,6 +258,10 @@ impl Deployments {
         let name = manifest.config.name.clone();
         let port = manifest.port;
         let previous_port = previous.as_ref().and_then(|p| p.port);
+        let snapshot = self
+            .snapshots
+            .prepare(&manifest.bundle, &manifest.config)
+            .await;
         let opened = match port {
             Some(port) if Some(port) != previous_port => Some(
                 self.ports
@@ -279,6 +289,7 @@ impl Deployments {
         };
         let deployed = self.deployed(manifest, record.as_ref());
         let version = deployed.version.clone();
+        version.set_snapshot(snapshot.outcome);
         let now = Arc::new(deployed);
         let before = self.registry.deploy_arc(now.clone());
         if let Some(bound) = opened {
@@ -289,6 +300,9 @@ impl Deployments {
             self.ports.close(old).await;
         }
         self.pool.deployed(&version);
+        if snapshot.fresh {
+            self.snapshots.keep(&version).await;
+        }
         tracing::info!(
             app = %name,
             version = %version.id,

@@ -84,6 +84,7 @@ mod response_deadline;
 mod routing;
 mod server;
 mod service;
+mod snapshots;
 
 pub use access_log::AccessLog;
 pub use admission::Admission;

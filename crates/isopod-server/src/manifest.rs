@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use isopod_pool::ExecutionMode;
-use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy};
+use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{HostPattern, Route};
@@ -81,6 +81,16 @@ pub struct AppSettings {
     /// Non-public hosts and ranges the app's `fetch` may reach.
     #[serde(default)]
     pub allow_net: Vec<String>,
+    /// Whether its versions get startup snapshots: `on` (default), `off`,
+    /// or `share-random` (top-level `Math.random()` allowed). Left out of
+    /// the declaration when default, so older declarations keep their
+    /// digest.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub snapshot: SnapshotPolicy,
+}
+
+fn is_default_policy(policy: &SnapshotPolicy) -> bool {
+    *policy == SnapshotPolicy::default()
 }
 
 /// A route as written: a host pattern and/or a path prefix.
@@ -171,6 +181,7 @@ impl AppSettings {
                 net,
                 limits,
                 fetches: Default::default(),
+                snapshot: self.snapshot,
             },
             bundle,
             mode: self.mode,

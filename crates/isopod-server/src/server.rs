@@ -19,6 +19,7 @@ use crate::log_tail::LogTail;
 use crate::manifest::AppManifest;
 use crate::ports::{OwnPorts, PortError};
 use crate::registry::Registry;
+use crate::snapshots::Snapshots;
 
 /// What a [`Server`] serves and where.
 #[derive(Debug, Clone)]
@@ -45,6 +46,10 @@ pub struct ServerConfig {
     /// How many apps get `/metrics` series of their own; the rest share
     /// the `other` label.
     pub metrics_max_apps: usize,
+    /// How each version's startup snapshot is made (normally the isopod
+    /// binary itself, run as `isopod __snapshot`); `None` turns version
+    /// snapshots off, and every instance loads its bundle from source.
+    pub snapshotter: Option<isopod_runtime::Snapshotter>,
 }
 
 impl ServerConfig {
@@ -61,6 +66,7 @@ impl ServerConfig {
             store: None,
             log_tail: None,
             metrics_max_apps: DEFAULT_METRICS_MAX_APPS,
+            snapshotter: None,
         }
     }
 }
@@ -176,6 +182,11 @@ impl Server {
             None => config.apps.into_iter().map(|app| (app, None)).collect(),
         };
         let registry = Arc::new(Registry::default());
+        let snapshots = Arc::new(Snapshots::new(
+            config.snapshotter.clone(),
+            config.store.clone(),
+        ));
+        let mut without_snapshots = Vec::new();
         for (app, record) in apps {
             if let Some(port) = app.port {
                 let bound = ports.bind(&app.config.name, port, threads)?;
@@ -188,7 +199,9 @@ impl Server {
                 }
             }
             let counters = metrics.for_app(&app.config.name);
-            registry.deploy(deployed_from(app, record.as_ref(), counters));
+            let deployed = deployed_from(app, record.as_ref(), counters);
+            without_snapshots.push(deployed.version.clone());
+            registry.deploy(deployed);
         }
 
         let listeners = Arc::new(Mutex::new(
@@ -225,17 +238,20 @@ impl Server {
             Some(main),
         )?;
         let pool = Arc::new(pool);
+        // Served from source from their first request; their snapshots
+        // follow, from the registry or made anew.
+        snapshots.clone().fill_in_background(without_snapshots);
         let draining = Arc::new(AtomicBool::new(false));
         let admin_addr = match admin {
             Some(((listener, addr), tokens)) => {
                 let deployments = Arc::new(Deployments::new(
                     pool.clone(),
                     ports.clone(),
-                    config.store.clone(),
                     metrics.clone(),
                     config.log_tail.clone(),
                     default_limits,
                     serving,
+                    snapshots.clone(),
                 ));
                 crate::admin::spawn(
                     listener,

@@ -49,6 +49,11 @@ pub(crate) struct DeployArgs {
     /// `pooled` (the default) or `isolate-per-request`.
     #[arg(long)]
     mode: Option<String>,
+    /// Startup snapshots of its versions: `on` (the default), `off`, or
+    /// `share-random` (top-level `Math.random()` allowed, its values shared
+    /// by every instance).
+    #[arg(long)]
+    snapshot: Option<String>,
     /// A limit, as KEY=VALUE with a key of the manifest's `limits` table;
     /// repeat for more.
     #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = crate::parse_var)]
@@ -138,6 +143,9 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     if !args.secrets.is_empty() {
         manifest["secrets"] = json!(args.secrets.iter().cloned().collect::<BTreeMap<_, _>>());
+    }
+    if let Some(snapshot) = &args.snapshot {
+        manifest["snapshot"] = json!(snapshot);
     }
     if let Some(mode) = &args.mode {
         manifest["mode"] = json!(mode);

@@ -51,6 +51,11 @@ struct ConfigFile {
     drain_timeout_s: Option<u64>,
     /// `json` (default) or `pretty`.
     log_format: Option<LogFormat>,
+    /// Whether each version gets a startup snapshot (default true).
+    snapshots: Option<bool>,
+    /// Whether a deploy leaves one warm instance of the new version
+    /// (default true).
+    warm_on_deploy: Option<bool>,
     /// The process's default limits (each app may override them).
     #[serde(default)]
     limits: LimitOverrides,
@@ -159,6 +164,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)>
                 .memory_budget_mb
                 .map_or(defaults.memory_budget, |mb| mb << 20),
             v8: v8_settings(),
+            warm_on_deploy: file.warm_on_deploy.unwrap_or(defaults.warm_on_deploy),
         },
         apps,
         admin: None,
@@ -172,6 +178,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)>
         metrics_max_apps: file
             .metrics_max_apps
             .unwrap_or(isopod_server::DEFAULT_METRICS_MAX_APPS),
+        snapshotter: snapshotter(file.snapshots)?,
     };
     apply_env(&mut config)?;
     let admin_listen = env_parsed("ISOPOD_ADMIN_LISTEN")?.or(file.admin_listen);
@@ -289,6 +296,29 @@ pub(crate) fn access_log_from_env() -> anyhow::Result<Option<AccessLog>> {
         )),
         None => Ok(None),
     }
+}
+
+/// How version snapshots are made: by this very binary, run as
+/// `isopod __snapshot` (so a snapshot always comes from the build that reads
+/// it); `None` when `ISOPOD_SNAPSHOTS=off` or the config's `snapshots =
+/// false` (the environment wins) turns them off.
+pub(crate) fn snapshotter(
+    configured: Option<bool>,
+) -> anyhow::Result<Option<isopod_runtime::Snapshotter>> {
+    let on = match std::env::var("ISOPOD_SNAPSHOTS").ok().as_deref() {
+        Some("off") => false,
+        Some("on") => true,
+        Some(other) => return Err(anyhow!("ISOPOD_SNAPSHOTS={other}: expected on or off")),
+        None => configured.unwrap_or(true),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let this = std::env::current_exe().context("finding isopod's own binary for snapshots")?;
+    Ok(Some(isopod_runtime::Snapshotter::new(
+        this,
+        vec!["__snapshot".into()],
+    )))
 }
 
 /// V8's process-wide settings, from the environment (for diagnosis):

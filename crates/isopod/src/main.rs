@@ -71,6 +71,11 @@ enum Command {
     Pool(admin_commands::ListArgs),
     /// Remove an app.
     Rm(admin_commands::RemoveArgs),
+    /// Makes one version's startup snapshot: the request on stdin, the
+    /// snapshot on stdout. Run by the server itself, in a process of its
+    /// own per snapshot.
+    #[command(name = "__snapshot", hide = true)]
+    Snapshot,
 }
 
 #[derive(clap::Args)]
@@ -140,6 +145,12 @@ pub(crate) fn parse_var(text: &str) -> Result<(String, String), String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Snapshot = cli.command {
+        // No logging, no platform set-up: the snapshotting process sets V8
+        // up for making a snapshot, and its stderr is discarded.
+        let status = isopod_runtime::version_snapshot::serve_snapshot_request();
+        return std::process::ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
     let format = cli.log_format;
     let outcome = match cli.command {
         Command::Run(args) => run(args, format),
@@ -151,6 +162,7 @@ fn main() -> std::process::ExitCode {
         Command::Logs(args) => admin_commands::logs(args),
         Command::Pool(args) => admin_commands::pool(args),
         Command::Rm(args) => admin_commands::remove(args),
+        Command::Snapshot => Ok(()),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -214,6 +226,7 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
             limits: limits.clone(),
             net,
             fetches: Default::default(),
+            snapshot: Default::default(),
         },
         bundle,
     );
@@ -232,6 +245,7 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
         vec![app],
     );
     config.http1 = args.http1;
+    config.snapshotter = config::snapshotter(None)?;
     if let Some(access_log) = config::access_log_from_env()? {
         config.edge.access_log = access_log;
     }

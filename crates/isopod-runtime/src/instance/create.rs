@@ -21,12 +21,14 @@ use isopod_api::{IsolateOptions, NetPolicy};
 use tokio::sync::mpsc;
 
 use super::Instance;
+use crate::bundle::Bundle;
 use crate::enforcer::LimitEnforcer;
 use crate::instance_host::{as_host, InstanceHost};
 use crate::limits::Limits;
 use crate::loader::BundleLoader;
 use crate::memory::MemoryBudget;
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
+use crate::version_snapshot::VersionSnapshot;
 use crate::watchdog::WatchSlot;
 use crate::window::WindowKind;
 
@@ -44,6 +46,27 @@ pub struct AppConfig {
     /// Where its instances count their outbound fetches (shared by every
     /// instance of the app, for the host's metrics).
     pub fetches: Arc<isopod_api::FetchCounts>,
+    /// Whether its versions get startup snapshots, and on what terms.
+    pub snapshot: SnapshotPolicy,
+}
+
+/// Whether an app's versions get startup snapshots
+/// ([`crate::version_snapshot`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotPolicy {
+    /// A snapshot unless top-level code does something a snapshot must not
+    /// hold or share (the default).
+    #[default]
+    On,
+    /// Never: every instance runs the bundle's top-level code.
+    Off,
+    /// As `On`, except that `Math.random()` at top level is allowed: every
+    /// instance of the version starts with the values top-level code drew
+    /// (as if drawn once, at deploy), and draws its own from then on. For
+    /// libraries that salt names with it; `crypto`'s randomness still
+    /// refuses the snapshot.
+    ShareRandom,
 }
 
 impl AppConfig {
@@ -56,6 +79,7 @@ impl AppConfig {
             net: NetPolicy::default(),
             limits: Limits::default(),
             fetches: Arc::default(),
+            snapshot: SnapshotPolicy::default(),
         }
     }
 }
@@ -89,6 +113,71 @@ impl Instance {
     /// The heap limits of `app.limits` are fixed here, for the isolate's
     /// life; the CPU budgets are taken again at load.
     pub fn blank(app: &AppConfig) -> Result<Instance, InstanceError> {
+        let mut instance = Instance::create(app, SNAPSHOT, None)?;
+        let init = instance.bootstrap("globalThis.__isopodInit()")?;
+        let init = instance.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            let init = v8::Local::new(scope, init);
+            let init = v8::Local::<v8::Function>::try_from(init)
+                .map_err(|_| InstanceError::Create("bootstrap returned no init".into()))?;
+            Ok::<_, InstanceError>(v8::Global::new(scope, init))
+        })?;
+        instance.init = Some(init);
+        Ok(instance)
+    }
+
+    /// Creates an instance of a version from the version's own snapshot
+    /// ([`crate::version_snapshot`]): the bundle's top-level code already
+    /// ran when the snapshot was made, so the instance is ready to
+    /// [`Instance::spawn`]. `bundle` names the version in errors.
+    ///
+    /// Costs V8's deserialisation of the snapshot (more than a blank
+    /// instance for a larger heap), and no compile or top-level run.
+    pub fn from_snapshot(
+        snapshot: &VersionSnapshot,
+        bundle: &Bundle,
+        app: &AppConfig,
+    ) -> Result<Instance, InstanceError> {
+        let bytes = snapshot.bytes().clone();
+        // SAFETY: the slice points into `bytes`, which the instance keeps
+        // (`startup_bytes`) until after its runtime, and so its isolate and
+        // everything deno_core deserialised from the snapshot, is dropped.
+        let startup: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        let mut instance = Instance::create(app, startup, Some(bytes))?;
+        let resumed = instance.bootstrap("globalThis.__isopodResume()")?;
+        let (init, exported) = instance.window(WindowKind::Startup, |runtime| {
+            deno_core::scope!(scope, runtime);
+            let pair = v8::Local::new(scope, resumed);
+            let pair = v8::Local::<v8::Array>::try_from(pair)
+                .map_err(|_| InstanceError::Create("the snapshot has no resume".into()))?;
+            let init = pair
+                .get_index(scope, 0)
+                .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+                .ok_or_else(|| InstanceError::Create("the snapshot has no init".into()))?;
+            let exported = pair
+                .get_index(scope, 1)
+                .unwrap_or_else(|| v8::undefined(scope).into());
+            Ok::<_, InstanceError>((
+                v8::Global::new(scope, init),
+                v8::Global::new(scope, exported),
+            ))
+        })?;
+        instance.enforcer.set_limits(&app.limits);
+        instance.set_app(app)?;
+        instance.wire(init, exported, &app.vars, bundle)?;
+        Ok(instance)
+    }
+
+    /// The isolate from `startup` (isopod's API snapshot or a version's),
+    /// exited, with its limits, watch slot and heap callback; before any
+    /// JavaScript runs in it. `startup_bytes` owns `startup` when it is not
+    /// the embedded snapshot.
+    fn create(
+        app: &AppConfig,
+        startup: &'static [u8],
+        startup_bytes: Option<Arc<[u8]>>,
+    ) -> Result<Instance, InstanceError> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let table = InstanceHost::new(app.name.clone(), control_tx);
         let loader = Rc::new(BundleLoader::default());
@@ -100,7 +189,7 @@ impl Instance {
 
         let mut runtime = JsRuntime::try_new(RuntimeOptions {
             create_params: Some(create_params),
-            startup_snapshot: Some(SNAPSHOT),
+            startup_snapshot: Some(startup),
             residual_lazy_js_sources: RESIDUAL_LAZY_JS,
             residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
             extensions: isopod_api::extensions(),
@@ -133,7 +222,7 @@ impl Instance {
         // it is entered only inside windows.
         unsafe { runtime.v8_isolate().exit() };
 
-        let mut instance = Instance {
+        Ok(Instance {
             isolate,
             enforcer,
             memory,
@@ -149,25 +238,29 @@ impl Instance {
             init: None,
             dispatcher: None,
             runtime: ManuallyDrop::new(runtime),
-        };
-        instance.bootstrap()?;
-        Ok(instance)
+            startup_bytes,
+        })
     }
 
-    /// Per-isolate state and the bootstrap's hand-over, before any tenant
-    /// code: after this, no tenant-reachable name leads to an op.
-    fn bootstrap(&mut self) -> Result<(), InstanceError> {
+    /// Per-isolate state and the bootstrap's hand-over (`hand_over`, a
+    /// script whose value is returned), before any tenant code: after this,
+    /// no tenant-reachable name leads to an op.
+    fn bootstrap(
+        &mut self,
+        hand_over: &'static str,
+    ) -> Result<v8::Global<v8::Value>, InstanceError> {
         let host = as_host(&self.table);
         let options = IsolateOptions {
             user_agent: "isopod".to_string(),
+            blob_store: None,
         };
-        let init = self.window(WindowKind::Startup, |runtime| {
+        self.window(WindowKind::Startup, |runtime| {
             runtime
                 .lazy_init_extensions(isopod_api::extension_args(&options))
                 .map_err(|e| InstanceError::Create(e.to_string()))?;
             isopod_api::install_host(&mut runtime.op_state().borrow_mut(), host);
-            let init = runtime
-                .execute_script("isopod:bootstrap", "globalThis.__isopodInit()")
+            let handed_over = runtime
+                .execute_script("isopod:bootstrap", hand_over)
                 .map_err(|e| InstanceError::Create(e.to_string()))?;
             deno_core::scope!(scope, runtime);
             // Code generation from strings (eval, new Function, …) is refused
@@ -175,13 +268,8 @@ impl Instance {
             scope
                 .get_current_context()
                 .set_allow_generation_from_strings(false);
-            let init = v8::Local::new(scope, init);
-            let init = v8::Local::<v8::Function>::try_from(init)
-                .map_err(|_| InstanceError::Create("bootstrap returned no init".into()))?;
-            Ok::<_, InstanceError>(v8::Global::new(scope, init))
-        })?;
-        self.init = Some(init);
-        Ok(())
+            Ok(handed_over)
+        })
     }
 }
 
@@ -198,6 +286,8 @@ impl Drop for Instance {
         // SAFETY: dropped exactly once, here; the exit matching the enter
         // above is done by `OwnedIsolate::drop`.
         unsafe { ManuallyDrop::drop(&mut self.runtime) };
+        // Only now may a version snapshot's bytes go.
+        self.startup_bytes = None;
     }
 }
 

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use deno_core::{v8, PollEventLoopOptions};
+use deno_core::{v8, JsRuntime, PollEventLoopOptions};
 
 use super::{AppConfig, Dispatcher, Instance, InstanceError};
 use crate::bundle::Bundle;
@@ -32,9 +32,15 @@ impl Instance {
     /// past the memory limit, the load fails and the instance is unusable.
     pub async fn load(&mut self, bundle: &Bundle, app: &AppConfig) -> Result<(), InstanceError> {
         self.enforcer.set_limits(&app.limits);
+        let started = std::time::Instant::now();
         let loaded = self.load_bundle(bundle, app).await;
         match self.termination() {
-            None => loaded,
+            None => {
+                if loaded.is_ok() {
+                    bundle.note_load_time(started.elapsed());
+                }
+                loaded
+            }
             Some(termination) => {
                 let event = self.kill(termination);
                 let limits = self.enforcer.limits();
@@ -59,18 +65,22 @@ impl Instance {
             .init
             .take()
             .ok_or_else(|| InstanceError::Bundle("this instance already has a bundle".into()))?;
-        // A blank instance may have been made before its app was known.
-        self.table.set_app(app.name.clone(), app.fetches.clone());
-        isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
+        self.set_app(app)?;
         self.loader.set_bundle(bundle);
         // Decided once per version (the bundle remembers), not per instance:
         // finding out may parse the whole bundle.
         let is_module = *bundle.is_module().get_or_init(|| self.is_module(bundle));
         let exported = match is_module {
             false => {
-                self.define_global_bindings(&app.vars);
+                self.window(WindowKind::Startup, |runtime| {
+                    set_globals(runtime, &app.vars)
+                });
                 self.run_classic_script(bundle)?;
-                None
+                self.window(WindowKind::Startup, |runtime| {
+                    deno_core::scope!(scope, runtime);
+                    let undefined: v8::Local<v8::Value> = v8::undefined(scope).into();
+                    v8::Global::new(scope, undefined)
+                })
             }
             true => {
                 // Loaded through the loader, which hands over the source with
@@ -108,32 +118,47 @@ impl Instance {
                 })
                 .await
                 .map_err(|e| InstanceError::Bundle(e.to_string()))?;
-                let namespace = self
-                    .window(WindowKind::Startup, |runtime| {
-                        runtime.get_module_namespace(id)
-                    })
-                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
-                Some(namespace)
+                self.window(WindowKind::Startup, |runtime| {
+                    let namespace = runtime.get_module_namespace(id)?;
+                    deno_core::scope!(scope, runtime);
+                    let namespace = v8::Local::new(scope, namespace);
+                    let key = v8::String::new(scope, "default").unwrap();
+                    let exported = namespace
+                        .get(scope, key.into())
+                        .unwrap_or_else(|| v8::undefined(scope).into());
+                    Ok::<_, deno_core::error::CoreError>(v8::Global::new(scope, exported))
+                })
+                .map_err(|e| InstanceError::Bundle(e.to_string()))?
             }
         };
+        self.wire(init, exported, &app.vars, bundle)
+    }
 
-        let vars = app.vars.clone();
+    /// Tells a blank instance (made before its app was known) or one from a
+    /// snapshot which app it serves, and where its `fetch` may go.
+    pub(super) fn set_app(&mut self, app: &AppConfig) -> Result<(), InstanceError> {
+        self.table.set_app(app.name.clone(), app.fetches.clone());
+        isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
+        Ok(())
+    }
+
+    /// Calls the bootstrap's `init` with the bundle's default export
+    /// (`undefined` for a service-worker script) and the app's `env`, and
+    /// keeps the dispatcher it returns: the instance is ready to serve.
+    pub(super) fn wire(
+        &mut self,
+        init: v8::Global<v8::Function>,
+        exported: v8::Global<v8::Value>,
+        vars: &[(String, String)],
+        bundle: &Bundle,
+    ) -> Result<(), InstanceError> {
         let subrequests = self.enforcer.subrequests();
         let dispatcher = self.window(WindowKind::Startup, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
-            let exported: v8::Local<v8::Value> = match &exported {
-                Some(namespace) => {
-                    let namespace = v8::Local::new(scope, namespace);
-                    let key = v8::String::new(scope, "default").unwrap();
-                    namespace
-                        .get(scope, key.into())
-                        .unwrap_or_else(|| v8::undefined(scope).into())
-                }
-                None => v8::undefined(scope).into(),
-            };
+            let exported = v8::Local::new(scope, exported);
             let env = v8::Object::new(scope);
-            for (key, value) in &vars {
+            for (key, value) in vars {
                 let (Some(k), Some(v)) =
                     (v8::String::new(scope, key), v8::String::new(scope, value))
                 else {
@@ -176,27 +201,6 @@ impl Instance {
         })?;
         self.dispatcher = Some(Rc::new(dispatcher));
         Ok(())
-    }
-
-    /// A service-worker script reads its app's variables as globals (it
-    /// has no `env`), as on Workers: each is set on the global object
-    /// before the script runs, so its top-level code sees them too.
-    fn define_global_bindings(&mut self, vars: &[(String, String)]) {
-        if vars.is_empty() {
-            return;
-        }
-        self.window(WindowKind::Startup, |runtime| {
-            deno_core::scope!(scope, runtime);
-            let global = scope.get_current_context().global(scope);
-            for (key, value) in vars {
-                let (Some(key), Some(value)) =
-                    (v8::String::new(scope, key), v8::String::new(scope, value))
-                else {
-                    continue;
-                };
-                global.set(scope, key.into(), value.into());
-            }
-        });
     }
 
     /// Compiles and runs a classic (service-worker) script, with the
@@ -280,38 +284,8 @@ impl Instance {
     /// `await`). Anything else stays a script, so its error is reported as
     /// such.
     fn is_module(&mut self, bundle: &Bundle) -> bool {
-        let name = bundle.specifier().to_string();
         self.window(WindowKind::Startup, |runtime| {
-            deno_core::scope!(scope, runtime);
-            v8::tc_scope!(let scope, scope);
-            let Some(source) = v8::String::new(scope, bundle.source()) else {
-                return false;
-            };
-            let Some(name) = v8::String::new(scope, &name) else {
-                return false;
-            };
-            let origin = bundle_origin(scope, name, false);
-            if v8::Script::compile(scope, source, Some(&origin)).is_some() {
-                return false;
-            }
-            let script_error = scope
-                .message()
-                .map(|m| m.get(scope).to_rust_string_lossy(scope))
-                .unwrap_or_default();
-            if ["'export'", "import statement", "'import.meta'"]
-                .iter()
-                .any(|marker| script_error.contains(marker))
-            {
-                return true;
-            }
-            // No module syntax where the script parse stopped, but there
-            // may be some further on (top-level `await` before the first
-            // `export` stops a script parse at the `await`): a module if it
-            // compiles as one. Otherwise the bundle stays a script, so its
-            // error is reported in the mode it was written for.
-            let origin = bundle_origin(scope, name, true);
-            let mut module = v8::script_compiler::Source::new(source, Some(&origin));
-            v8::script_compiler::compile_module(scope, &mut module).is_some()
+            bundle_is_module(runtime, bundle)
         })
     }
 
@@ -320,6 +294,60 @@ impl Instance {
     pub fn cpu_time(&self) -> Duration {
         self.enforcer.total()
     }
+}
+
+/// A service-worker script reads its app's variables as globals (it has no
+/// `env`), as on Workers: each is set on the global object before the script
+/// runs, so its top-level code sees them too.
+pub(crate) fn set_globals(runtime: &mut JsRuntime, vars: &[(String, String)]) {
+    if vars.is_empty() {
+        return;
+    }
+    deno_core::scope!(scope, runtime);
+    let global = scope.get_current_context().global(scope);
+    for (key, value) in vars {
+        let (Some(key), Some(value)) = (v8::String::new(scope, key), v8::String::new(scope, value))
+        else {
+            continue;
+        };
+        global.set(scope, key.into(), value.into());
+    }
+}
+
+/// Whether `bundle` is an ES module rather than a classic script (see
+/// `Instance::is_module`); call it inside a window.
+pub(crate) fn bundle_is_module(runtime: &mut JsRuntime, bundle: &Bundle) -> bool {
+    let name = bundle.specifier().to_string();
+    deno_core::scope!(scope, runtime);
+    v8::tc_scope!(let scope, scope);
+    let Some(source) = v8::String::new(scope, bundle.source()) else {
+        return false;
+    };
+    let Some(name) = v8::String::new(scope, &name) else {
+        return false;
+    };
+    let origin = bundle_origin(scope, name, false);
+    if v8::Script::compile(scope, source, Some(&origin)).is_some() {
+        return false;
+    }
+    let script_error = scope
+        .message()
+        .map(|m| m.get(scope).to_rust_string_lossy(scope))
+        .unwrap_or_default();
+    if ["'export'", "import statement", "'import.meta'"]
+        .iter()
+        .any(|marker| script_error.contains(marker))
+    {
+        return true;
+    }
+    // No module syntax where the script parse stopped, but there
+    // may be some further on (top-level `await` before the first
+    // `export` stops a script parse at the `await`): a module if it
+    // compiles as one. Otherwise the bundle stays a script, so its
+    // error is reported in the mode it was written for.
+    let origin = bundle_origin(scope, name, true);
+    let mut module = v8::script_compiler::Source::new(source, Some(&origin));
+    v8::script_compiler::compile_module(scope, &mut module).is_some()
 }
 
 /// The origin a bundle is compiled under while deciding whether it is a

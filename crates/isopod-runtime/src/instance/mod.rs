@@ -41,11 +41,12 @@ mod driver;
 mod kill;
 mod load;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
-pub use create::{AppConfig, InstanceError};
+pub use create::{AppConfig, InstanceError, SnapshotPolicy};
 pub use handle::InstanceHandle;
 pub use kill::KillSink;
+pub(crate) use load::{bundle_is_module, set_globals};
 
 use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
@@ -91,6 +92,10 @@ pub struct Instance {
     /// (an `Rc` clone: cloning a `v8::Global` makes a new global handle).
     dispatcher: Option<Rc<Dispatcher>>,
     runtime: ManuallyDrop<JsRuntime>,
+    /// The version snapshot the isolate was made from, if not the embedded
+    /// one: it must outlive the isolate (V8 and deno_core keep pointers into
+    /// it), so `Drop` releases it after `runtime`.
+    startup_bytes: Option<Arc<[u8]>>,
 }
 
 struct Dispatcher {

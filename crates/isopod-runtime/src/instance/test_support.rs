@@ -5,7 +5,7 @@ use std::future::Future;
 
 use crate::request::{IncomingRequest, OutgoingResponse};
 
-pub(super) fn on_local_thread<F: Future<Output = ()>>(make: impl FnOnce() -> F + Send + 'static) {
+pub(crate) fn on_local_thread<F: Future<Output = ()>>(make: impl FnOnce() -> F + Send + 'static) {
     crate::init_v8();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -18,7 +18,7 @@ pub(super) fn on_local_thread<F: Future<Output = ()>>(make: impl FnOnce() -> F +
     .expect("the test thread did not panic or abort");
 }
 
-pub(super) fn request(url: &str) -> IncomingRequest {
+pub(crate) fn request(url: &str) -> IncomingRequest {
     IncomingRequest {
         method: http::Method::GET,
         version: http::Version::HTTP_11,
@@ -30,7 +30,7 @@ pub(super) fn request(url: &str) -> IncomingRequest {
     }
 }
 
-pub(super) async fn body_text(response: OutgoingResponse) -> String {
+pub(crate) async fn body_text(response: OutgoingResponse) -> String {
     use http_body_util::BodyExt;
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()

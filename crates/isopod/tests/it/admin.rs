@@ -254,8 +254,9 @@ async fn pool_statistics() {
         pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
         5
     );
-    assert_eq!(pool["misses"], 1);
-    assert!(pool["hit_rate"].as_f64().unwrap() > 0.79);
+    // The deploy left the new version warm: every request was a hit.
+    assert_eq!(pool["misses"], 0, "{pool}");
+    assert_eq!(pool["hit_rate"].as_f64(), Some(1.0));
     assert!(pool["cold_start_p50_ms"].as_f64().unwrap() > 0.0);
     let row = &pool["instances"][0];
     assert_eq!(

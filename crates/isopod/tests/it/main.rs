@@ -16,6 +16,7 @@ mod memory_budget;
 mod platform;
 mod probe;
 mod serve;
+mod snapshots;
 mod ssrf;
 mod streaming;
 mod support;
