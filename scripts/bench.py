@@ -346,7 +346,9 @@ def bench_first_request():
                 print(
                     f"{label:13} snapshots {snapshots:3} spares {spares}: first request p50 {percentile(samples, 0.5):7.2f} ms"
                     f"  p99 {percentile(samples, 0.99):7.2f} ms   RSS per idle instance {(rss - base) / apps / 1024:6.2f} MiB"
-                    f"   (snapshot starts {pool['snapshot_starts']})",
+                    f"   (snapshot starts {pool['snapshot_starts']}; the pool's own split, p50: wait"
+                    f" {pool['first_response_wait_p50_ms'] or 0:.2f}, isolate {pool['first_response_isolate_p50_ms'] or 0:.2f},"
+                    f" load {pool['first_response_load_p50_ms'] or 0:.2f}, handler {pool['first_response_handler_p50_ms'] or 0:.2f} ms)",
                     flush=True,
                 )
 

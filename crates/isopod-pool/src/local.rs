@@ -43,6 +43,19 @@ struct Pooled {
     concurrency: LocalSemaphore,
     /// Gives the instance's place under the cap back once it stops.
     release: CapRelease,
+    /// How it was started, for the first request it serves.
+    start: StartTimes,
+}
+
+/// How long starting an instance took, in its two parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StartTimes {
+    /// Getting the isolate: a spare, a new blank one, or the version's
+    /// snapshot restored (then ready, with no load).
+    pub(crate) isolate: std::time::Duration,
+    /// Loading the bundle into it: compile and top-level run (zero from a
+    /// snapshot).
+    pub(crate) load: std::time::Duration,
 }
 
 impl Drop for Pooled {
@@ -279,19 +292,35 @@ impl LocalPool {
         self.note_version(&version);
         match version.mode {
             ExecutionMode::Pooled => {
+                let arrived = request.received;
+                let looking = Instant::now();
+                let missed = !self.has_warm(&version);
                 let instance = self.pooled_instance(&version).await?;
+                let ready = Instant::now();
+                let start = instance.start;
                 let turn = InstanceTurn::begin(instance, request.received);
                 // Held until the response is ready: past the cap, requests
                 // wait here rather than pile into the isolate.
                 let _slot = turn.0.concurrency.acquire().await;
-                Ok(turn.0.handle.dispatch(request).await?)
+                let response = turn.0.handle.dispatch(request).await?;
+                if missed {
+                    self.shared
+                        .record_first_response(arrived, looking, ready, start);
+                }
+                Ok(response)
             }
             ExecutionMode::IsolatePerRequest => {
                 self.shared.record_miss();
-                let (handle, _release) = Box::pin(self.create(&version)).await?;
+                let arrived = request.received;
+                let looking = Instant::now();
+                let (handle, _release, start) = Box::pin(self.create(&version)).await?;
+                let ready = Instant::now();
                 // The only handle goes with this request: once it completes,
                 // the instance's driver stops and drops the isolate.
-                Ok(handle.dispatch(request).await?)
+                let response = handle.dispatch(request).await?;
+                self.shared
+                    .record_first_response(arrived, looking, ready, start);
+                Ok(response)
             }
         }
     }
@@ -358,7 +387,7 @@ impl LocalPool {
         if counted {
             self.shared.record_miss();
         }
-        let (handle, release) = self.create(version).await?;
+        let (handle, release, start) = self.create(version).await?;
         let replica = (self.home_of)(version.app()) != self.thread;
         if replica {
             version.load.replicas.fetch_add(1, Ordering::Relaxed);
@@ -373,6 +402,7 @@ impl LocalPool {
             replica,
             concurrency: LocalSemaphore::new(self.max_concurrency),
             release,
+            start,
         });
         *slot.instance.borrow_mut() = Some(instance.clone());
         Ok(instance)
@@ -400,7 +430,7 @@ impl LocalPool {
     async fn create(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
-    ) -> Result<(InstanceHandle, CapRelease), PoolError> {
+    ) -> Result<(InstanceHandle, CapRelease, StartTimes), PoolError> {
         let _reserved = self.make_room_in_memory().await?;
         let started = Instant::now();
         let spare_fits = version
@@ -443,9 +473,11 @@ impl LocalPool {
                 }
             }
         };
+        let mut start = StartTimes::default();
         let created = async {
             let mut instance = blank?;
             let loading = Instant::now();
+            start.isolate = loading - started;
             instance.set_version(version.id.to_string());
             let shared = self.shared.clone();
             let killed = version.clone();
@@ -455,6 +487,7 @@ impl LocalPool {
             }));
             if !restored {
                 instance.load(&version.bundle, &version.config).await?;
+                start.load = loading.elapsed();
                 if from_spare {
                     version.start_costs.load_into_spare_us.store(
                         loading.elapsed().as_micros().max(1) as u64,
@@ -473,7 +506,7 @@ impl LocalPool {
                 let release = CapRelease::new(self.shared.clone(), handle.stopped());
                 let watcher = release.clone();
                 tokio::task::spawn_local(async move { watcher.when_stopped().await });
-                Ok((handle, release))
+                Ok((handle, release, start))
             }
             Err(error) => {
                 self.shared.release();

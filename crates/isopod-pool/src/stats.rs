@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     snapshot_start_failures: AtomicU64,
     /// Instances created from their version's snapshot.
     snapshot_start_times: Mutex<Durations>,
+    /// Misses from the request's arrival to its response head, and parts.
+    first_responses: Mutex<FirstResponses>,
     /// Kills per app.
     kills: Mutex<HashMap<String, AppKills>>,
 }
@@ -52,6 +54,17 @@ pub struct AppKills {
     pub by_reason: BTreeMap<&'static str, u64>,
     /// The most recent kill events, newest last.
     pub recent: VecDeque<KillEvent>,
+}
+
+/// Misses as their client sees them: from the request's arrival to its
+/// response head, and the parts of that.
+#[derive(Default)]
+struct FirstResponses {
+    total: Durations,
+    waiting: Durations,
+    isolate: Durations,
+    load: Durations,
+    handler: Durations,
 }
 
 /// The most recent `COLD_START_WINDOW` durations of one kind.
@@ -103,6 +116,7 @@ impl Shared {
             snapshot_starts: AtomicU64::new(0),
             snapshot_start_failures: AtomicU64::new(0),
             snapshot_start_times: Mutex::new(Durations::default()),
+            first_responses: Mutex::new(FirstResponses::default()),
             kills: Mutex::new(HashMap::new()),
         }
     }
@@ -171,6 +185,31 @@ impl Shared {
             .record(took);
     }
 
+    /// A request that found no warm instance got its response head: it
+    /// arrived at `arrived`, the pool took it at `looking`, its instance was
+    /// ready at `ready` (made as `start` says), and the handler answered
+    /// now.
+    pub(crate) fn record_first_response(
+        &self,
+        arrived: std::time::Instant,
+        looking: std::time::Instant,
+        ready: std::time::Instant,
+        start: crate::local::StartTimes,
+    ) {
+        let now = std::time::Instant::now();
+        let mut first = self
+            .first_responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        first.total.record(now.saturating_duration_since(arrived));
+        first
+            .waiting
+            .record(looking.saturating_duration_since(arrived));
+        first.isolate.record(start.isolate);
+        first.load.record(start.load);
+        first.handler.record(now.saturating_duration_since(ready));
+    }
+
     /// An instance was created from its version's snapshot (`ok`), or
     /// creating it failed.
     pub(crate) fn record_snapshot_start(&self, took: Duration, ok: bool) {
@@ -216,6 +255,19 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .percentiles();
+        let first = {
+            let first = self
+                .first_responses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            [
+                first.total.percentiles(),
+                first.waiting.percentiles(),
+                first.isolate.percentiles(),
+                first.load.percentiles(),
+                first.handler.percentiles(),
+            ]
+        };
         let mut per_thread = vec![0; threads];
         for row in &instances {
             if let Some(count) = per_thread.get_mut(row.thread) {
@@ -247,6 +299,12 @@ impl Shared {
             snapshot_start_failures: self.snapshot_start_failures.load(Ordering::Relaxed),
             snapshot_start_p50_ms: snapshot_p50,
             snapshot_start_p99_ms: snapshot_p99,
+            first_response_p50_ms: first[0].0,
+            first_response_p99_ms: first[0].1,
+            first_response_wait_p50_ms: first[1].0,
+            first_response_isolate_p50_ms: first[2].0,
+            first_response_load_p50_ms: first[3].0,
+            first_response_handler_p50_ms: first[4].0,
             instances_per_thread: per_thread,
             quarantine_thread: threads.saturating_sub(1),
             cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
@@ -285,8 +343,28 @@ pub struct PoolStats {
     /// Blank isolates created from the snapshot so far (spares and misses
     /// that found no spare).
     pub blank_creations: u64,
-    /// Median time a miss took to get its instance (a spare or a new
-    /// isolate, plus evaluating the bundle), over the recent misses.
+    /// Cold start as the client sees it: the median time from a request's
+    /// arrival (its head read) to its response head, over the recent
+    /// requests that found no warm instance.
+    pub first_response_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub first_response_p99_ms: Option<f64>,
+    /// Of that, the median wait from arrival until the pool took the
+    /// request (the hop to the app's home thread included).
+    pub first_response_wait_p50_ms: Option<f64>,
+    /// Of that, the median time to get the isolate: a spare, a new blank
+    /// one, or the version's snapshot restored.
+    pub first_response_isolate_p50_ms: Option<f64>,
+    /// Of that, the median time loading the bundle into it (compile and
+    /// top-level run; zero from a snapshot).
+    pub first_response_load_p50_ms: Option<f64>,
+    /// Of that, the median time from the instance being ready to the
+    /// handler's response head.
+    pub first_response_handler_p50_ms: Option<f64>,
+    /// An internal figure: the median time a miss took to get its instance
+    /// ready (a spare, a new isolate or a snapshot restored, plus loading
+    /// the bundle), over the recent ones (deploys' warm-ups included);
+    /// `first_response_*` is what the client waited.
     pub cold_start_p50_ms: Option<f64>,
     /// 99th percentile of the same.
     pub cold_start_p99_ms: Option<f64>,

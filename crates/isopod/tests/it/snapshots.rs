@@ -176,7 +176,19 @@ async fn an_instance_from_a_snapshot_is_limited_and_killed_like_any_other() {
         r["target"] == "isopod::kill" && r["app"] == "spin" && r["reason"] == "cpu"
     });
     assert!(event["cpu_ms"].as_f64().unwrap() >= 50.0, "{event}");
-    // The next instance (from the snapshot again) serves.
+    // The next instance (from the snapshot again) serves: a miss, whose
+    // first response the pool times from the request's arrival, with no
+    // load (the snapshot had run the top-level code).
     let (status, _, body) = isopod.get_host("spin.localhost", "/").await;
     assert_eq!((status, body.as_str()), (200, "100"));
+    let stats = pool(&isopod).await;
+    assert!(
+        stats["first_response_p50_ms"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["first_response_load_p50_ms"].as_f64(),
+        Some(0.0),
+        "{stats}"
+    );
 }
