@@ -235,6 +235,7 @@ impl Instance {
             queue_wait: Rc::default(),
             heap_used,
             heap_sampled: None,
+            dispatches: 0,
             init: None,
             dispatcher: None,
             runtime: ManuallyDrop::new(runtime),

@@ -14,7 +14,7 @@
 //! answered `InstanceGone`.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,6 +30,10 @@ use crate::local_channel;
 use crate::request::{DispatchError, IncomingRequest};
 use crate::watchdog::Termination;
 use crate::window::{Window, WindowKind};
+
+/// How long an instance stays idle (no dispatch, nothing in flight) before
+/// it is asked to give memory back.
+const IDLE_SHRINK: Duration = Duration::from_secs(2);
 
 /// Opens a handle scope in `$dispatcher`'s context on `$runtime`'s isolate.
 macro_rules! dispatcher_scope {
@@ -50,6 +54,10 @@ impl Instance {
         let mut handles_gone = false;
         let mut linger_check = tokio::time::interval(LINGER_CHECK);
         linger_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Idle instances give memory back: armed when the instance falls
+        // idle, it fires once after IDLE_SHRINK without a dispatch.
+        let mut idle_shrink: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut dispatches_seen = u64::MAX;
         let outcome = poll_fn(|cx| {
             // Everything already queued is dispatched before the event loop
             // runs, so one poll serves a whole batch.
@@ -87,6 +95,19 @@ impl Instance {
             self.release_bodies();
             if let Some(termination) = self.termination() {
                 return Poll::Ready(Stop::Killed(termination));
+            }
+            if self.table.in_flight() == 0 && self.dispatches != dispatches_seen {
+                // Idle after new work: (re)arm the shrink.
+                dispatches_seen = self.dispatches;
+                idle_shrink = Some(Box::pin(tokio::time::sleep(IDLE_SHRINK)));
+            }
+            if let Some(sleep) = idle_shrink.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    idle_shrink = None;
+                    if self.table.in_flight() == 0 && self.dispatches == dispatches_seen {
+                        self.shrink();
+                    }
+                }
             }
             match polled {
                 Poll::Ready(Err(error)) => Poll::Ready(Stop::Failed(error)),
@@ -140,6 +161,7 @@ impl Instance {
         let mut window =
             unsafe { Window::enter(self.isolate, &*self.enforcer, WindowKind::Dispatch(id)) };
         dispatcher_scope!(scope, self.runtime, dispatcher);
+        self.dispatches += 1;
         let mut next = (id, request, responder);
         loop {
             let (id, request, responder) = next;
@@ -210,6 +232,18 @@ impl Instance {
             let undefined = v8::undefined(scope).into();
             let _ = abort.call(scope, undefined, &[id]);
         });
+    }
+
+    /// Asks V8 to give back what an idle instance does not need: a full
+    /// collection that also shrinks the heap's spaces. Runs once per idle
+    /// period, on the instance's own thread.
+    fn shrink(&mut self) {
+        let used = self.window(WindowKind::Other, |runtime| {
+            let isolate = runtime.v8_isolate();
+            isolate.low_memory_notification();
+            isolate.get_heap_statistics().used_heap_size()
+        });
+        self.heap_used.store(used, Ordering::Relaxed);
     }
 
     pub(super) fn poll_event_loop(

@@ -86,6 +86,8 @@ pub struct Instance {
     /// The V8 heap in use, sampled by the driver (shared with its handles).
     heap_used: Arc<AtomicUsize>,
     heap_sampled: Option<std::time::Instant>,
+    /// Dispatch batches so far (the driver's idleness test).
+    dispatches: u64,
     /// The bootstrap's `init(exported, env)`, until a bundle is loaded.
     init: Option<v8::Global<v8::Function>>,
     /// Shared with each window that calls into it for the window's length
