@@ -17,6 +17,10 @@ use isopod_runtime::{
 };
 use isopod_store::{sha256_hex, Store};
 
+/// How long after a start the background thread waits before giving the
+/// versions back from the registry their snapshots.
+const FILL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where snapshots come from and go.
 pub(crate) struct Snapshots {
     /// `None` when snapshots are off.
@@ -156,6 +160,9 @@ impl Snapshots {
         let spawned = std::thread::Builder::new()
             .name("isopod-snapshots".into())
             .spawn(move || {
+                // Serving threads go first; the threads this one starts
+                // (its blocking pool) inherit the lower priority.
+                isopod_runtime::lower_thread_priority();
                 let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -163,6 +170,9 @@ impl Snapshots {
                     return;
                 };
                 runtime.block_on(async {
+                    // The first requests after a start do not share the
+                    // cores with this work.
+                    tokio::time::sleep(FILL_DELAY).await;
                     for version in versions {
                         if version.bundle.first_load_time().is_none() {
                             // Back from the registry, never loaded here: one

@@ -88,6 +88,8 @@ impl Snapshotter {
         std::thread::Builder::new()
             .name("isopod-snapshot".into())
             .spawn(move || {
+                // Background work: serving threads go first.
+                crate::scheduling::lower_thread_priority();
                 let _ = made.send(make_on_this_thread(request, Process::Serving));
             })
             .map_err(|e| NotSnapshottable::Failed(e.to_string()))?;
@@ -166,6 +168,9 @@ pub(super) fn request_for(bundle: &Bundle, app: &AppConfig) -> SnapshotRequest {
 /// the snapshot, and returns the exit status (answering a refusal on
 /// standard output). For a hidden subcommand of the serving binary.
 pub fn serve_snapshot_request() -> i32 {
+    // Background work for the server that started it; threads V8 starts
+    // later inherit the lower priority.
+    crate::scheduling::lower_thread_priority();
     // A panic (deno_core refuses some host objects in a snapshotting
     // isolate) is answered as a failure and ends the process at once,
     // without unwinding through a live isolate.
