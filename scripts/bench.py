@@ -354,6 +354,67 @@ def bench_first_request():
                 )
 
 
+def bench_first_request_peers():
+    section("a process started for the real-world app, to its first response (isopod run, deno serve, workerd)")
+    real_path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
+    if not os.path.exists(real_path):
+        print("bench/realworld/dist/app.js is missing")
+        return
+    peers = os.environ.get("ISOPOD_PEERS", os.path.expanduser("~/.cache/isopod-peers"))
+    deno = os.path.join(peers, "deno", "package", "deno")
+    workerd = os.path.join(peers, "workerd", "package", "bin", "workerd")
+    workdir = tempfile.mkdtemp(prefix="isopod-peers-")
+    shutil.copy(real_path, os.path.join(workdir, "app.js"))
+
+    def isopod_cmd(port):
+        return [ISOPOD, "run", "--port", str(port), "--threads", "1", os.path.join(workdir, "app.js")]
+
+    def deno_cmd(port):
+        return [deno, "serve", "--quiet", "--port", str(port), os.path.join(workdir, "app.js")]
+
+    def workerd_cmd(port):
+        config = os.path.join(workdir, f"config-{port}.capnp")
+        with open(config, "w") as f:
+            f.write(
+                'using Workerd = import "/workerd/workerd.capnp";\n'
+                'const config :Workerd.Config = (\n'
+                '  services = [ (name = "main", worker = .app) ],\n'
+                f'  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],\n'
+                ');\n'
+                'const app :Workerd.Worker = (\n'
+                '  modules = [ (name = "app.js", esModule = embed "app.js") ],\n'
+                '  compatibilityDate = "2025-09-01",\n'
+                ');\n'
+            )
+        return [workerd, "serve", config]
+
+    runners = [("isopod run", isopod_cmd, ISOPOD), ("deno serve", deno_cmd, deno), ("workerd", workerd_cmd, workerd)]
+    rounds = 5 if QUICK else 15
+    results = {name: [] for name, _, _ in runners}
+    # Interleaved rounds, so the machine's drift touches every runner alike.
+    for _ in range(rounds):
+        for name, command, binary in runners:
+            if not os.path.exists(binary):
+                continue
+            port = free_port()
+            started = time.perf_counter()
+            proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    if get(conn, "localhost", "/") == 200:
+                        break
+                except OSError:
+                    time.sleep(0.002)
+            results[name].append((time.perf_counter() - started) * 1000)
+            stop(proc)
+    for name, samples in results.items():
+        if samples:
+            print(f"{name:12} process start to first response  p50 {percentile(samples, 0.5):7.1f} ms   p99 {percentile(samples, 0.99):7.1f} ms")
+        else:
+            print(f"{name:12} not installed (scripts/install-peers.sh)")
+
+
 def bench_replicas():
     section("a CPU-bound app (~1 ms per request) on 1 and 2 worker threads (wrk -t2 -c16, both cores)")
     busy = "export default { fetch() { let x = 0; for (let i = 0; i < 1e6; i++) x = (x + i * 7) | 0; return new Response('busy' + (x & 0)); } };"
@@ -487,6 +548,7 @@ def main():
     bench_cold_and_memory()
     bench_framework_cold_start()
     bench_first_request()
+    bench_first_request_peers()
     bench_replicas()
     bench_zipf()
     bench_neighbours()
