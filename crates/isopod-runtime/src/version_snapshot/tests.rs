@@ -45,7 +45,7 @@ fn both_ways(bundle: &Bundle, app: &AppConfig, paths: &'static [&'static str]) -
                 let response = handle
                     .dispatch(request(&format!("http://x{path}")))
                     .await
-                    .unwrap();
+                    .unwrap_or_else(|e| panic!("instance {} on {path}: {e:?}", answers.len()));
                 texts.push(body_text(response).await);
             }
             answers.push(texts);
@@ -205,4 +205,53 @@ fn instances_of_one_snapshot_draw_their_own_random_values() {
     );
     assert_ne!(answers[0]["random"], answers[1]["random"]);
     assert_ne!(answers[0]["uuid"], answers[1]["uuid"]);
+}
+
+#[test]
+fn the_api_probe_answers_the_same_from_its_snapshot() {
+    // The integration suite's API probe (tests/it/probe.rs compares it with
+    // workerd), one case per request: every case that answers from source
+    // answers the same from the snapshot.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../isopod/tests/fixtures/probe.js"
+    );
+    let source = std::fs::read_to_string(path).unwrap();
+    let cases: Vec<String> = source
+        .lines()
+        .filter_map(|line| {
+            let name = line.strip_prefix("  ")?.trim_start_matches("async ");
+            let name = name.strip_suffix("() {")?;
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                .then(|| name.to_string())
+        })
+        .collect();
+    assert!(cases.len() > 20, "{cases:?}");
+    let bundle = Bundle::from_source("probe.js", source);
+    let mut app = AppConfig::new("probe");
+    app.limits.cpu_ms = 1_000;
+    let snapshot = snapshot_of(&bundle, &app).expect("the probe snapshots");
+    let (tx, rx) = std::sync::mpsc::channel();
+    on_local_thread(move || async move {
+        let mut compared = 0;
+        for case in cases {
+            let url = format!("http://x/?case={case}");
+            // A fresh pair per case: a case that a limit stops takes its
+            // instance with it.
+            let mut from_source = Instance::blank(&app).unwrap();
+            from_source.load(&bundle, &app).await.unwrap();
+            let Ok(response) = from_source.spawn().dispatch(request(&url)).await else {
+                continue;
+            };
+            let expected = body_text(response).await;
+            let from_snapshot = Instance::from_snapshot(&snapshot, &bundle, &app).unwrap();
+            let response = from_snapshot.spawn().dispatch(request(&url)).await.unwrap();
+            assert_eq!(body_text(response).await, expected, "case {case}");
+            compared += 1;
+        }
+        tx.send(compared).unwrap();
+    });
+    let compared = rx.recv().unwrap();
+    assert!(compared > 20, "only {compared} cases answered");
 }
