@@ -307,11 +307,19 @@ def bench_framework_cold_start():
     print(f"code cache saves {p50s['off'] - p50s['on']:.2f} ms per cold start ({p50s['off'] / p50s['on']:.2f}x)")
 
 
+def real_world_bundle():
+    """The path of bench/realworld's bundle, or None (saying how to build it)."""
+    path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
+    if os.path.exists(path):
+        return path
+    print("bench/realworld/dist/app.js is missing: npm --prefix bench/realworld ci && npm --prefix bench/realworld run build")
+    return None
+
+
 def bench_first_request():
     section("first request of a never-seen app, end to end (isopod serve, 2 threads, warm_on_deploy off)")
-    real_path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
-    if not os.path.exists(real_path):
-        print("bench/realworld/dist/app.js is missing: npm --prefix bench/realworld ci && npm --prefix bench/realworld run build")
+    real_path = real_world_bundle()
+    if real_path is None:
         return
     with open(real_path) as f:
         real = f.read()
@@ -356,9 +364,8 @@ def bench_first_request():
 
 def bench_first_request_peers():
     section("a process started for the real-world app, to its first response (isopod run, deno serve, workerd)")
-    real_path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
-    if not os.path.exists(real_path):
-        print("bench/realworld/dist/app.js is missing")
+    real_path = real_world_bundle()
+    if real_path is None:
         return
     peers = os.environ.get("ISOPOD_PEERS", os.path.expanduser("~/.cache/isopod-peers"))
     deno = os.path.join(peers, "deno", "package", "deno")
