@@ -17,36 +17,6 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let extensions = isopod_api::extensions();
 
-    // Every source, for the process that makes version snapshots: it
-    // evaluates the extensions from scratch, where these paths do not exist.
-    let mut embedded = String::from(
-        "/// The extensions' JavaScript, by specifier (`version_snapshot`'s\n\
-         /// snapshotting process evaluates it from scratch).\n\
-         pub(crate) fn embedded_source(specifier: &str) -> Option<deno_core::FastStaticString> {\n    match specifier {\n",
-    );
-    for extension in &extensions {
-        for files in [
-            &extension.js_files,
-            &extension.esm_files,
-            &extension.lazy_loaded_js_files,
-            &extension.lazy_loaded_esm_files,
-        ] {
-            for file in files.iter() {
-                if let ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(path) = file.code {
-                    writeln!(
-                        embedded,
-                        "        {:?} => Some(deno_core::ascii_str!(include_str!({path:?}))),",
-                        file.specifier
-                    )
-                    .unwrap();
-                }
-            }
-        }
-    }
-    embedded.push_str("        _ => None,\n    }\n}\n");
-    std::fs::write(out_dir.join("embedded_sources.rs"), embedded)
-        .expect("writing the embedded sources");
-
     // Collect every lazily loaded source before the extensions are consumed.
     let mut lazy_js = Vec::new();
     let mut lazy_esm = Vec::new();

@@ -145,12 +145,6 @@ impl Bundle {
         self.code_cache.rejected.load(Ordering::Relaxed)
     }
 
-    /// Whether it is an ES module (`Some(false)`: a classic script), once
-    /// an instance has loaded it.
-    pub fn is_module_known(&self) -> Option<bool> {
-        self.is_module.get().copied()
-    }
-
     /// How long the first load of this bundle into a blank instance took
     /// (compiling it and running its top-level code), once one succeeded.
     pub fn first_load_time(&self) -> Option<std::time::Duration> {

@@ -126,14 +126,15 @@ async fn make(request: SnapshotRequest) -> Result<Vec<u8>, NotSnapshottable> {
     // read-only space when it makes one from scratch, promoting into it what
     // the heap holds then, and every isolate of a process shares one
     // read-only space; so only snapshots layered on the API snapshot can
-    // live beside the isolates made from it. The extensions' sources come
-    // from the binary, since a snapshotting runtime reads them again.
+    // live beside the isolates made from it. (Layered, the runtime reads
+    // none of the extensions' sources again: those paths exist only where
+    // isopod was built.)
     let mut runtime = JsRuntimeForSnapshot::try_new(RuntimeOptions {
         create_params: Some(create_params),
         startup_snapshot: Some(SNAPSHOT),
         residual_lazy_js_sources: RESIDUAL_LAZY_JS,
         residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
-        extensions: crate::snapshot::extensions_from_memory(),
+        extensions: isopod_api::extensions(),
         module_loader: Some(loader.clone()),
         ..Default::default()
     })
