@@ -294,8 +294,7 @@ impl LocalPool {
             ExecutionMode::Pooled => {
                 let arrived = request.received;
                 let looking = Instant::now();
-                let missed = !self.has_warm(&version);
-                let instance = self.pooled_instance(&version).await?;
+                let (instance, missed) = self.pooled_instance(&version).await?;
                 let ready = Instant::now();
                 let start = instance.start;
                 let turn = InstanceTurn::begin(instance, request.received);
@@ -335,20 +334,22 @@ impl LocalPool {
     }
 
     /// The live pooled instance of `version`: the warm one (a hit, with no
-    /// wait), else one created now.
+    /// wait), else one created now; and whether it was a miss.
     async fn pooled_instance(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
-    ) -> Result<Rc<Pooled>, PoolError> {
+    ) -> Result<(Rc<Pooled>, bool), PoolError> {
         match self.slot(version).live_instance() {
             Some(instance) => {
                 self.shared.record_hit();
-                Ok(instance)
+                Ok((instance, false))
             }
             // Boxed: the miss path's future (the creation lock's wait, an
             // isolate's load) is kilobytes, and every warm request's future
             // would otherwise carry and move it.
-            None => Box::pin(self.pooled_miss(version)).await,
+            None => Box::pin(self.pooled_miss(version))
+                .await
+                .map(|instance| (instance, true)),
         }
     }
 
@@ -423,10 +424,11 @@ impl LocalPool {
             .clone()
     }
 
-    /// Starts an instance of `version`: from its snapshot, or by loading
-    /// its bundle into a spare or, making room under the global cap, into a
-    /// new blank instance (see [`AppVersion::starts_from_snapshot`] for the
-    /// choice).
+    /// Starts an instance of `version`: from its snapshot when it has one
+    /// (it keeps one only when restoring it beats loading the bundle;
+    /// isopod-server decides at deploy), else by loading its bundle into a
+    /// spare or, making room under the global cap, into a new blank
+    /// instance.
     async fn create(
         self: &Rc<Self>,
         version: &Arc<AppVersion>,
@@ -437,14 +439,13 @@ impl LocalPool {
             .config
             .limits
             .same_isolate_shape(&self.spare_config.limits);
-        let have_spare = spare_fits && !self.spares.borrow().is_empty();
-        let from_snapshot = version.starts_from_snapshot(have_spare);
-        let spare = (spare_fits && !from_snapshot)
+        let snapshot = match version.snapshot() {
+            Some(Ok(snapshot)) => Some(snapshot),
+            _ => None,
+        };
+        let spare = (spare_fits && snapshot.is_none())
             .then(|| self.take_spare())
             .flatten();
-        let from_spare = spare.is_some();
-        // Whether the instance comes ready from the snapshot (no load).
-        let mut restored = false;
         let blank = match spare {
             Some(spare) => Ok(spare),
             None => {
@@ -456,20 +457,15 @@ impl LocalPool {
                         None => return Err(PoolError::AtCapacity),
                     }
                 }
-                match version.snapshot() {
-                    Some(Ok(snapshot)) if from_snapshot => {
-                        restored = true;
+                match snapshot {
+                    Some(snapshot) => {
                         let instance =
                             Instance::from_snapshot(snapshot, &version.bundle, &version.config);
                         self.shared
                             .record_snapshot_start(started.elapsed(), instance.is_ok());
-                        version.start_costs.from_snapshot_us.store(
-                            started.elapsed().as_micros().max(1) as u64,
-                            Ordering::Relaxed,
-                        );
                         instance
                     }
-                    _ => self.new_blank(&version.config),
+                    None => self.new_blank(&version.config),
                 }
             }
         };
@@ -485,15 +481,11 @@ impl LocalPool {
                 killed.load.killed();
                 shared.record_kill(event)
             }));
-            if !restored {
+            // From a snapshot the instance is ready: its top-level code ran
+            // when the snapshot was made.
+            if snapshot.is_none() {
                 instance.load(&version.bundle, &version.config).await?;
                 start.load = loading.elapsed();
-                if from_spare {
-                    version.start_costs.load_into_spare_us.store(
-                        loading.elapsed().as_micros().max(1) as u64,
-                        Ordering::Relaxed,
-                    );
-                }
             }
             Ok::<_, isopod_runtime::InstanceError>(
                 instance.spawn_with_graveyard(self.graveyard.clone()),

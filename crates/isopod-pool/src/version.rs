@@ -54,19 +54,6 @@ pub struct AppVersion {
     /// How busy this version is, across threads: the replica scheduler's
     /// input.
     pub(crate) load: VersionLoad,
-    /// What starting an instance cost, each way: learnt on misses, so a
-    /// miss takes the cheaper one (see [`AppVersion::starts_from_snapshot`]).
-    pub(crate) start_costs: StartCosts,
-}
-
-/// The most recent cost, in microseconds (0: not measured yet), of each way
-/// to start an instance of a version.
-#[derive(Debug, Default)]
-pub(crate) struct StartCosts {
-    /// Evaluating the bundle in a blank isolate that already exists.
-    pub(crate) load_into_spare_us: AtomicU64,
-    /// Creating the isolate from the version's snapshot.
-    pub(crate) from_snapshot_us: AtomicU64,
 }
 
 /// Live load of one version, shared by every thread.
@@ -130,30 +117,7 @@ impl AppVersion {
             },
             snapshot: OnceLock::new(),
             load: VersionLoad::default(),
-            start_costs: StartCosts::default(),
         })
-    }
-
-    /// Whether a miss that has a spare at hand should still start from the
-    /// snapshot: when the version has one and restoring it was cheaper than
-    /// evaluating the bundle last time each was measured (each way is tried
-    /// once before the costs are compared). A miss without a spare always
-    /// starts from the snapshot when there is one: a blank isolate costs
-    /// about what a small snapshot does, before any evaluation.
-    pub(crate) fn starts_from_snapshot(&self, have_spare: bool) -> bool {
-        if !matches!(self.snapshot.get(), Some(Ok(_))) {
-            return false;
-        }
-        if !have_spare {
-            return true;
-        }
-        let load = self.start_costs.load_into_spare_us.load(Ordering::Relaxed);
-        let restore = self.start_costs.from_snapshot_us.load(Ordering::Relaxed);
-        match (load, restore) {
-            (_, 0) => true,
-            (0, _) => false,
-            (load, restore) => restore < load,
-        }
     }
 
     /// The version's snapshot, or why it has none; `None` until one was
