@@ -84,17 +84,7 @@ impl Snapshots {
                 fresh: false,
             };
         };
-        // A snapshot that would start instances slower than loading the
-        // bundle is not made (nor kept: its bytes would cost memory).
-        let base = isopod_runtime::version_snapshot::expected_restore_time(
-            isopod_runtime::snapshot_size(),
-        );
-        if let Some(refused) = not_worth_it(bundle, base) {
-            return Prepared {
-                outcome: Err(refused),
-                fresh: false,
-            };
-        }
+        // The registry keeps only snapshots that paid when they were made.
         let key = cache_key(bundle, config);
         if let Some(store) = &self.store {
             let (store, lookup) = (store.clone(), key.clone());
@@ -106,6 +96,26 @@ impl Snapshots {
                     fresh: false,
                 };
             }
+        }
+        // A snapshot that would start instances slower than loading the
+        // bundle is not made (nor kept: its bytes would cost memory). A
+        // bundle back from the registry was never loaded here: one load in
+        // a scratch isolate says.
+        if bundle.first_load_time().is_none() {
+            let (scratch_bundle, scratch_config) = (bundle.clone(), config.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::deploy_check::check_bundle(&scratch_config, &scratch_bundle)
+            })
+            .await;
+        }
+        let base = isopod_runtime::version_snapshot::expected_restore_time(
+            isopod_runtime::snapshot_size(),
+        );
+        if let Some(refused) = not_worth_it(bundle, base) {
+            return Prepared {
+                outcome: Err(refused),
+                fresh: false,
+            };
         }
         let started = std::time::Instant::now();
         let made = snapshotter.make(bundle, config).await.and_then(|snapshot| {
@@ -174,16 +184,6 @@ impl Snapshots {
                     // cores with this work.
                     tokio::time::sleep(FILL_DELAY).await;
                     for version in versions {
-                        if version.bundle.first_load_time().is_none() {
-                            // Back from the registry, never loaded here: one
-                            // load in a scratch isolate says whether a
-                            // snapshot would pay.
-                            let (bundle, config) = (version.bundle.clone(), version.config.clone());
-                            let _ = tokio::task::spawn_blocking(move || {
-                                crate::deploy_check::check_bundle(&config, &bundle)
-                            })
-                            .await;
-                        }
                         let prepared = self.prepare(&version.bundle, &version.config).await;
                         let ready = prepared.outcome.is_ok();
                         if version.set_snapshot(prepared.outcome) {
