@@ -1682,10 +1682,9 @@ function watchForTaints(shareRandom) {
   // Nothing leaves the snapshotting process: a top-level fetch never
   // settles, and its version is loaded from source.
   watch(globalThis, "fetch", "fetch()", () => new Promise(() => {}));
-  // deno's Blob keeps its parts alive with a FinalizationRegistry, which V8
-  // cannot serialise once it has work pending; so is a tenant's own.
-  watch(globalThis, "Blob", "a Blob or File");
-  watch(globalThis, "File", "a Blob or File");
+  // V8 cannot serialise a FinalizationRegistry with work pending. (A
+  // Blob's, deno's own, is caught where its bytes go: the snapshotting
+  // isolate's blob store, isopod_api's WatchedBlobStore.)
   watch(globalThis, "FinalizationRegistry", "a FinalizationRegistry");
   // WebCrypto's objects are host (cppgc) objects, which cannot be made in
   // a snapshotting isolate. Reading `crypto` there (libraries keep it at

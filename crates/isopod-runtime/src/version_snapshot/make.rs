@@ -310,14 +310,15 @@ async fn run_top_level(
         return Err(failure);
     }
     reasons.splice(0..0, taints);
-    let mut seen = std::collections::HashSet::new();
-    reasons.retain(|reason| seen.insert(reason.clone()));
     if reasons.is_empty() {
         Ok(())
     } else {
         Err(NotSnapshottable::Tainted(reasons))
     }
 }
+
+/// deno_core's error for a top-level `await` left with nothing to settle it.
+const TOP_LEVEL_AWAIT_STUCK: &str = "Top-level await promise never resolved";
 
 /// Loads and evaluates the bundle as the main module, running the event
 /// loop for its top-level `await`s; the module's namespace, or `None` when
@@ -349,10 +350,7 @@ async fn evaluate_module(
     })
     .await
     .or_else(|e| {
-        // deno_core's own word for the same thing.
-        if e.to_string()
-            .contains("Top-level await promise never resolved")
-        {
+        if e.to_string().contains(TOP_LEVEL_AWAIT_STUCK) {
             Ok(false)
         } else {
             Err(failed(&e))
@@ -375,10 +373,7 @@ fn event_loop_is_idle(runtime: &mut JsRuntime) -> Result<bool, NotSnapshottable>
         match runtime.poll_event_loop(&mut cx, PollEventLoopOptions::default()) {
             Poll::Ready(Ok(())) => return Ok(true),
             // Nothing pending but a top-level await, recorded already.
-            Poll::Ready(Err(e))
-                if e.to_string()
-                    .contains("Top-level await promise never resolved") =>
-            {
+            Poll::Ready(Err(e)) if e.to_string().contains(TOP_LEVEL_AWAIT_STUCK) => {
                 return Ok(true)
             }
             Poll::Ready(Err(e)) => return Err(NotSnapshottable::Failed(e.to_string())),

@@ -13,10 +13,11 @@
 //!   fetch, a top-level `await` that has not settled): a snapshot holds a
 //!   heap, not the host's timers and sockets;
 //! - values every instance would then share: `Math.random()`,
-//!   `crypto.getRandomValues()`, `crypto.randomUUID()`,
-//!   `crypto.subtle.generateKey()` and the clock read at top level;
+//!   `crypto.getRandomValues()`, `crypto.randomUUID()`, any
+//!   `crypto.subtle` call and the clock read at top level;
 //! - state that lives outside the heap: a host resource (a stream,
-//!   compression, a socket), a `Blob`'s bytes, a WebAssembly module.
+//!   compression, a socket), a `Blob`'s bytes, a WebAssembly module, a
+//!   `FinalizationRegistry`.
 //!
 //! Math.random's state is not part of a snapshot (V8 reseeds it in each
 //! isolate), so instances of one snapshot do not repeat each other's
