@@ -4,30 +4,17 @@
 //! trusted proxies, the log tail, and refusing to start with one line.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::{
-    admin_cli, assert_admin_refused, fresh_dir, isopod_bin, run_to_exit, temp_bundle, Isopod,
-    ADMIN_TOKEN,
+    admin_cli, admin_server_in, assert_admin_refused, fresh_dir, isopod_bin, manifest_json,
+    run_to_exit, temp_bundle, Isopod, ADMIN_TOKEN,
 };
 
 const TOKEN: Option<&str> = Some(ADMIN_TOKEN);
-
-/// A server with the admin API whose registry lives in `dir/data`.
-fn server_in(dir: &Path, extra: &str) -> Isopod {
-    Isopod::serve_in(
-        dir,
-        &format!(
-            "threads = 2\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra}"
-        ),
-        &[],
-        &[],
-    )
-}
 
 /// A bundle answering `text` (and, with a `?env` query, the length of its
 /// `SECRET` and its `GREETING`).
@@ -43,11 +30,7 @@ fn bundle(text: &str) -> String {
 }
 
 fn manifest(text: &str, extra: Value) -> Option<(&'static str, String)> {
-    let mut manifest = json!({ "bundle": bundle(text) });
-    if let (Value::Object(fields), Value::Object(more)) = (&mut manifest, extra) {
-        fields.extend(more);
-    }
-    Some(("application/json", manifest.to_string()))
+    Some(("application/json", manifest_json(&bundle(text), extra)))
 }
 
 async fn served(isopod: &Isopod, app: &str) -> String {
@@ -59,7 +42,7 @@ async fn served(isopod: &Isopod, app: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_rollbacks_and_variables_survive_a_restart() {
     let dir = fresh_dir("registry");
-    let mut isopod = server_in(
+    let mut isopod = admin_server_in(
         &dir,
         "admin_tokens = [{ name = \"ci\", token = \"ci-token-0123456789\" }]\n",
     );
@@ -174,7 +157,7 @@ async fn deploys_rollbacks_and_variables_survive_a_restart() {
         logged.iter().all(|line| !line.contains(secret)),
         "a secret in the logs"
     );
-    let isopod = server_in(&dir, "");
+    let isopod = admin_server_in(&dir, "");
     let (_, env) = isopod
         .get_host("shop.localhost", "/?env")
         .await_json()
@@ -240,7 +223,7 @@ async fn kill_9_during_deploys_leaves_a_version_that_serves() {
     // Three crashes at random points of a loop of 100 deploys; the fourth
     // process finishes the loop.
     for round in 0..4 {
-        let mut isopod = server_in(&dir, "keep_versions = 5\n");
+        let mut isopod = admin_server_in(&dir, "keep_versions = 5\n");
         if acknowledged > 0 {
             let body = served(&isopod, "crashy").await;
             let number: u64 = body.trim_start_matches('v').parse().unwrap();
@@ -317,7 +300,7 @@ async fn kill_9_during_deploys_leaves_a_version_that_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_request_by_app_and_status() {
-    let isopod = server_in(&fresh_dir("metrics"), "");
+    let isopod = admin_server_in(&fresh_dir("metrics"), "");
     let teapot = "export default { fetch(request) { return new Response('no', { status: new URL(request.url).pathname === '/missing' ? 404 : 200 }); } };";
     for (app, source) in [("alpha", teapot), ("beta", teapot)] {
         let (status, body) = isopod
@@ -404,7 +387,7 @@ async fn metrics_count_every_request_by_app_and_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_reach_the_handler_the_response_and_every_record() {
-    let isopod = server_in(&fresh_dir("ids"), "");
+    let isopod = admin_server_in(&fresh_dir("ids"), "");
     let app = "export default { fetch(request) {\
         if (new URL(request.url).pathname === '/spin') { for (;;) {} }\
         console.log('handled', request.headers.get('x-request-id'));\
@@ -504,7 +487,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_follows_an_apps_log_and_never_prints_a_secret() {
-    let isopod = server_in(&fresh_dir("tail"), "");
+    let isopod = admin_server_in(&fresh_dir("tail"), "");
     let url = format!("http://{}", isopod.admin.expect("admin"));
     let source = "export default { fetch(request, env) { console.log('saw', new URL(request.url).pathname); return new Response(env.SECRET.length.toString()); } };";
     let path = temp_bundle("tail.js", source);

@@ -3,34 +3,19 @@
 //! refused one leaves the version served from source, and an instance from
 //! a snapshot is limited and killed like any other.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
-use crate::support::{fresh_dir, Isopod, ADMIN_TOKEN};
+use crate::support::{admin_server_in, fresh_dir, manifest_json, Isopod, ADMIN_TOKEN};
 
 const TOKEN: Option<&str> = Some(ADMIN_TOKEN);
 
-fn server_in(dir: &Path) -> Isopod {
-    Isopod::serve_in(
-        dir,
-        &format!("threads = 2\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n"),
-        &[],
-        &[],
-    )
-}
-
 async fn deploy(isopod: &Isopod, app: &str, source: &str, extra: Value) -> Value {
-    let mut manifest = json!({ "bundle": source });
-    if let (Value::Object(fields), Value::Object(more)) = (&mut manifest, extra) {
-        fields.extend(more);
-    }
     let (status, body) = isopod
         .admin(
             "PUT",
             &format!("/apps/{app}"),
             TOKEN,
-            Some(("application/json", manifest.to_string())),
+            Some(("application/json", manifest_json(source, extra))),
         )
         .await;
     assert!(status == 200 || status == 201, "{status} {body}");
@@ -60,7 +45,7 @@ const TABLE_APP: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_starts_from_its_snapshot_and_keeps_it_across_a_restart() {
     let dir = fresh_dir("snapshots");
-    let mut isopod = server_in(&dir);
+    let mut isopod = admin_server_in(&dir, "");
     let deployed = deploy(&isopod, "table", TABLE_APP, json!({})).await;
     assert_eq!(deployed["snapshot"]["state"], "made", "{deployed}");
     assert!(deployed["snapshot"]["bytes"].as_u64().unwrap() > 1_000_000);
@@ -78,7 +63,7 @@ async fn a_version_starts_from_its_snapshot_and_keeps_it_across_a_restart() {
     // its snapshot back from the registry rather than making it again.
     isopod.signal("TERM");
     assert!(isopod.wait_for_exit().success());
-    let isopod = server_in(&dir);
+    let isopod = admin_server_in(&dir, "");
     let (status, _, body) = isopod.get_host("table.localhost", "/?n=3").await;
     assert_eq!(status, 200, "{body}");
     isopod.wait_for_log("the version's snapshot, from the registry", |r| {
@@ -98,7 +83,7 @@ async fn a_version_starts_from_its_snapshot_and_keeps_it_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_whose_snapshot_is_refused_is_served_from_source() {
     let dir = fresh_dir("snapshot-refused");
-    let isopod = server_in(&dir);
+    let isopod = admin_server_in(&dir, "");
     let deployed = deploy(
         &isopod,
         "clock",
@@ -150,7 +135,7 @@ async fn a_version_whose_snapshot_is_refused_is_served_from_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_from_a_snapshot_is_limited_and_killed_like_any_other() {
     let dir = fresh_dir("snapshot-limits");
-    let isopod = server_in(&dir);
+    let isopod = admin_server_in(&dir, "");
     let deployed = deploy(
         &isopod,
         "spin",

@@ -490,3 +490,26 @@ pub(crate) fn admin_cli(url: &str, token: &str, args: &[&str]) -> (bool, String,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A server with the admin API (`ADMIN_TOKEN`) on two threads, whose
+/// registry lives in `dir/data`, with `extra` config lines.
+pub(crate) fn admin_server_in(dir: &Path, extra: &str) -> Isopod {
+    Isopod::serve_in(
+        dir,
+        &format!(
+            "threads = 2\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra}"
+        ),
+        &[],
+        &[],
+    )
+}
+
+/// An admin manifest as JSON: `source` as its bundle, plus the fields of
+/// `extra` (an object).
+pub(crate) fn manifest_json(source: &str, extra: Value) -> String {
+    let mut manifest = serde_json::json!({ "bundle": source });
+    if let (Value::Object(fields), Value::Object(more)) = (&mut manifest, extra) {
+        fields.extend(more);
+    }
+    manifest.to_string()
+}
