@@ -268,6 +268,7 @@ impl Shared {
                 first.handler.percentiles(),
             ]
         };
+        let code_cache = isopod_runtime::code_cache_counts();
         let mut per_thread = vec![0; threads];
         for row in &instances {
             if let Some(count) = per_thread.get_mut(row.thread) {
@@ -307,6 +308,9 @@ impl Shared {
             first_response_handler_p50_ms: first[4].0,
             instances_per_thread: per_thread,
             quarantine_thread: threads.saturating_sub(1),
+            code_cache_offers: code_cache.offers,
+            code_cache_rejections: code_cache.rejections,
+            code_caches_made_after_execution: code_cache.made_after_execution,
             cpu_clock_reads: isopod_runtime::cpu_clock_reads(),
             cpu_clock_read_ns: isopod_runtime::cpu_clock_read_cost().as_nanos() as u64,
             instances,
@@ -388,6 +392,13 @@ pub struct PoolStats {
     /// The index of the quarantine thread, where apps recently killed by a
     /// limit are served.
     pub quarantine_thread: usize,
+    /// Loads from source that were offered their version's code cache.
+    pub code_cache_offers: u64,
+    /// Of those, the offers V8 rejected (it compiled from source instead).
+    pub code_cache_rejections: u64,
+    /// Versions' code caches made after an instance's first request ran
+    /// (so they hold the functions execution compiled).
+    pub code_caches_made_after_execution: u64,
     /// Thread CPU-clock reads the limit enforcer has made so far; divided
     /// by the requests served in the same interval, the reads per request.
     pub cpu_clock_reads: u64,

@@ -2,7 +2,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deno_core::ModuleSpecifier;
@@ -24,16 +24,48 @@ pub struct Bundle {
 }
 
 /// The V8 code cache of one bundle.
+///
+/// Made in two steps: a first compile stores the cache of what V8 compiled
+/// eagerly (little more than the top level); the first instance loaded from
+/// source that then serves a request replaces it with a cache made after
+/// execution, which also holds every function the top-level code and that
+/// request compiled, so later instances compile none of them.
 #[derive(Debug)]
 pub(crate) struct CodeCache {
     /// Identifies the source *and* the V8 build and flags it was made by, so
     /// a cache is never offered to another V8.
     pub(crate) key: u64,
     bytes: Mutex<Option<Arc<[u8]>>>,
+    /// Whether `bytes` were made after a request ran.
+    after_execution: AtomicBool,
     offered: AtomicU64,
-    /// Offers V8 refused (seen for classic scripts; deno_core does not say
-    /// for modules): a rejected cache is made again.
+    /// Offers V8 refused: a rejected cache is made again.
     rejected: AtomicU64,
+}
+
+/// The process's code-cache counters, over every bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodeCacheCounts {
+    /// Compiles that were offered a version's code cache.
+    pub offers: u64,
+    /// Offers V8 rejected (the bundle was compiled from source instead).
+    pub rejections: u64,
+    /// Caches made after an instance's first request ran.
+    pub made_after_execution: u64,
+}
+
+static OFFERS: AtomicU64 = AtomicU64::new(0);
+static REJECTIONS: AtomicU64 = AtomicU64::new(0);
+static MADE_AFTER_EXECUTION: AtomicU64 = AtomicU64::new(0);
+
+/// How often compiles were offered a code cache, how often V8 rejected the
+/// offer, and how many caches were made after execution, in this process.
+pub fn code_cache_counts() -> CodeCacheCounts {
+    CodeCacheCounts {
+        offers: OFFERS.load(Ordering::Relaxed),
+        rejections: REJECTIONS.load(Ordering::Relaxed),
+        made_after_execution: MADE_AFTER_EXECUTION.load(Ordering::Relaxed),
+    }
 }
 
 impl CodeCache {
@@ -45,6 +77,7 @@ impl CodeCache {
         CodeCache {
             key: hasher.finish(),
             bytes: Mutex::new(None),
+            after_execution: AtomicBool::new(false),
             offered: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
@@ -59,18 +92,37 @@ impl CodeCache {
         let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if bytes.is_some() {
             self.offered.fetch_add(1, Ordering::Relaxed);
+            OFFERS.fetch_add(1, Ordering::Relaxed);
         }
         bytes
     }
 
     pub(crate) fn note_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        REJECTIONS.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn store(&self, key: u64, bytes: &[u8]) {
+    /// Whether the cache already holds what execution compiled: an instance
+    /// loaded from source need not make another.
+    pub(crate) fn made_after_execution(&self) -> bool {
+        self.after_execution.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the cache a compile made (what V8 compiled eagerly). It never
+    /// replaces one made after execution unless that one was rejected, in
+    /// which case V8 made this one because it could not use the other.
+    pub(crate) fn store_compiled(&self, key: u64, bytes: &[u8]) {
         if key == self.key {
             *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.into());
+            self.after_execution.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps a cache made after an instance's first request ran.
+    pub(crate) fn store_after_execution(&self, bytes: &[u8]) {
+        *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.into());
+        self.after_execution.store(true, Ordering::Relaxed);
+        MADE_AFTER_EXECUTION.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -139,10 +191,15 @@ impl Bundle {
         self.code_cache.offered.load(Ordering::Relaxed)
     }
 
-    /// How many offers of the code cache V8 refused (counted for classic
-    /// scripts only: deno_core does not report a module's).
+    /// How many offers of the code cache V8 refused.
     pub fn code_cache_rejections(&self) -> u64 {
         self.code_cache.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the code cache was made after a request ran (and so holds the
+    /// functions execution compiled), rather than by a compile alone.
+    pub fn code_cache_after_execution(&self) -> bool {
+        self.code_cache.made_after_execution()
     }
 
     /// How long the first load of this bundle into a blank instance took

@@ -39,7 +39,7 @@ mod watchdog;
 mod window;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
-pub use bundle::{Bundle, BundleError};
+pub use bundle::{code_cache_counts, Bundle, BundleError, CodeCacheCounts};
 pub use cpu_clock::{cpu_clock_read_cost, cpu_clock_reads, thread_cpu_time};
 pub use graveyard::{Graveyard, Releasing};
 pub use instance::{AppConfig, Instance, InstanceError, InstanceHandle, KillSink, SnapshotPolicy};

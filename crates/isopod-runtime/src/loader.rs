@@ -2,7 +2,7 @@
 //! the bundle itself and refuses every other specifier, static or dynamic.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -23,6 +23,10 @@ pub(crate) struct BundleLoader {
     /// The inline source map of a classic script (modules' inline maps are
     /// found by deno_core itself when the module is compiled).
     script_source_map: RefCell<Option<Vec<u8>>>,
+    /// Whether the module's compile was offered the version's code cache.
+    /// deno_core reports a fresh cache only when there was none to offer or
+    /// V8 rejected the offer, so a report after an offer is a rejection.
+    offered_code_cache: Cell<bool>,
 }
 
 impl BundleLoader {
@@ -71,11 +75,11 @@ impl ModuleLoader for BundleLoader {
         // The version's code cache, when an earlier compile made one: V8
         // then skips parsing and compiling what it already did.
         let cache = bundle.code_cache();
+        let offered = cache.take_for_compile();
+        self.offered_code_cache.set(offered.is_some());
         let code_cache = SourceCodeCacheInfo {
             hash: cache.key,
-            data: cache
-                .take_for_compile()
-                .map(|bytes| Cow::Owned(bytes.to_vec())),
+            data: offered.map(|bytes| Cow::Owned(bytes.to_vec())),
         };
         ModuleLoadResponse::Sync(Ok(ModuleSource::new(
             ModuleType::JavaScript,
@@ -92,7 +96,10 @@ impl ModuleLoader for BundleLoader {
         code_cache: &[u8],
     ) -> Pin<Box<dyn Future<Output = ()>>> {
         if let Some(bundle) = self.main(specifier.as_str()) {
-            bundle.code_cache().store(hash, code_cache);
+            if self.offered_code_cache.replace(false) {
+                bundle.code_cache().note_rejected();
+            }
+            bundle.code_cache().store_compiled(hash, code_cache);
         }
         Box::pin(std::future::ready(()))
     }

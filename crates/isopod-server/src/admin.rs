@@ -472,6 +472,7 @@ fn changed_reply(changed: &Changed) -> AdminResponse {
             "version": now.version.id.to_string(),
             "number": now.record.as_ref().map(|r| r.number),
             "snapshot": snapshot_state(&now.version),
+            "code_cache": code_cache_state(&now.version.bundle),
         }),
     )
 }
@@ -484,6 +485,18 @@ fn snapshot_state(version: &isopod_pool::AppVersion) -> Value {
         Some(Ok(snapshot)) => json!({ "state": "made", "bytes": snapshot.len() }),
         Some(Err(why)) => json!({ "state": "none", "why": why.to_string() }),
     }
+}
+
+/// The version's code cache as its instances loaded from source see it:
+/// its size, whether it was made after a request ran (so it holds the
+/// functions execution compiled), and how often V8 took or refused it.
+fn code_cache_state(bundle: &isopod_runtime::Bundle) -> Value {
+    json!({
+        "bytes": bundle.code_cache_len(),
+        "after_execution": bundle.code_cache_after_execution(),
+        "offers": bundle.code_cache_uses(),
+        "rejections": bundle.code_cache_rejections(),
+    })
 }
 
 fn change_error(refused: ChangeError) -> AdminResponse {
@@ -574,6 +587,7 @@ fn describe(deployed: &Deployed) -> Value {
         "secrets": deployed.secret_names,
         "allow_net": version.config.net.allowed(),
         "snapshot": snapshot_state(version),
+        "code_cache": code_cache_state(&version.bundle),
     })
 }
 

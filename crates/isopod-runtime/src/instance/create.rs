@@ -238,6 +238,7 @@ impl Instance {
             dispatches: 0,
             init: None,
             dispatcher: None,
+            pending_code_cache: None,
             runtime: ManuallyDrop::new(runtime),
             startup_bytes,
         })
@@ -283,6 +284,7 @@ impl Drop for Instance {
         unsafe { self.runtime.v8_isolate().enter() };
         self.init = None;
         self.dispatcher = None;
+        self.pending_code_cache = None;
         crate::watchdog::forget_context(self.enforcer.slot());
         // SAFETY: dropped exactly once, here; the exit matching the enter
         // above is done by `OwnedIsolate::drop`.

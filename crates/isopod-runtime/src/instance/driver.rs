@@ -6,7 +6,9 @@
 //! its own for the CPU accounting and the watchdog; then come aborts,
 //! lingering `waitUntil` work, one turn of the event loop (with the heap
 //! sampled against the memory budget) and the release of finished requests'
-//! bodies.
+//! bodies. When the instance falls idle after its first request, it makes
+//! its version's code cache from what ran (`code_cache.rs`); after a longer
+//! idle spell it gives memory back.
 //!
 //! Invariants: no V8 scope lives across a poll; a limit's termination is
 //! looked for after every dispatch and every event-loop turn, and stops the
@@ -97,7 +99,12 @@ impl Instance {
                 return Poll::Ready(Stop::Killed(termination));
             }
             if self.table.in_flight() == 0 && self.dispatches != dispatches_seen {
-                // Idle after new work: (re)arm the shrink.
+                // Idle after new work (or just spawned): once a request has
+                // run, the version's code cache is made from what ran; the
+                // shrink is (re)armed.
+                if self.dispatches > 0 {
+                    self.make_code_cache_after_execution();
+                }
                 dispatches_seen = self.dispatches;
                 idle_shrink = Some(Box::pin(tokio::time::sleep(IDLE_SHRINK)));
             }

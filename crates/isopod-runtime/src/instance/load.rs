@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use deno_core::{v8, JsRuntime, PollEventLoopOptions};
 
+use super::code_cache::PendingCodeCache;
 use super::{AppConfig, Dispatcher, Instance, InstanceError};
 use crate::bundle::Bundle;
 use crate::limits::KillReason;
@@ -118,17 +119,24 @@ impl Instance {
                 })
                 .await
                 .map_err(|e| InstanceError::Bundle(e.to_string()))?;
-                self.window(WindowKind::Startup, |runtime| {
-                    let namespace = runtime.get_module_namespace(id)?;
-                    deno_core::scope!(scope, runtime);
-                    let namespace = v8::Local::new(scope, namespace);
-                    let key = v8::String::new(scope, "default").unwrap();
-                    let exported = namespace
-                        .get(scope, key.into())
-                        .unwrap_or_else(|| v8::undefined(scope).into());
-                    Ok::<_, deno_core::error::CoreError>(v8::Global::new(scope, exported))
-                })
-                .map_err(|e| InstanceError::Bundle(e.to_string()))?
+                let (exported, pending) = self
+                    .window(WindowKind::Startup, |runtime| {
+                        let namespace = runtime.get_module_namespace(id)?;
+                        deno_core::scope!(scope, runtime);
+                        let namespace = v8::Local::new(scope, namespace);
+                        let key = v8::String::new(scope, "default").unwrap();
+                        let exported = namespace
+                            .get(scope, key.into())
+                            .unwrap_or_else(|| v8::undefined(scope).into());
+                        let pending = PendingCodeCache::module(scope, bundle, exported);
+                        Ok::<_, deno_core::error::CoreError>((
+                            v8::Global::new(scope, exported),
+                            pending,
+                        ))
+                    })
+                    .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                self.pending_code_cache = pending;
+                exported
             }
         };
         self.wire(init, exported, &app.vars, bundle)
@@ -207,13 +215,14 @@ impl Instance {
     /// version's code cache when an earlier instance made one; the first
     /// compile of a version (or one whose cache V8 rejected) makes it, after
     /// the script has run, so it also holds the functions its top-level code
-    /// called. An error is reported as deno_core reports one
-    /// (`file:line:column`, source-mapped).
+    /// called, and the script is kept for the cache made after the first
+    /// request (`code_cache.rs`). An error is reported as deno_core reports
+    /// one (`file:line:column`, source-mapped).
     fn run_classic_script(&mut self, bundle: &Bundle) -> Result<(), InstanceError> {
         use v8::script_compiler::{compile, CachedData, CompileOptions, NoCacheReason, Source};
         let cache = bundle.code_cache().clone();
         let offered = cache.take_for_compile();
-        self.window(WindowKind::Startup, |runtime| {
+        let pending = self.window(WindowKind::Startup, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
             let (Some(name), Some(code)) = (
@@ -269,11 +278,13 @@ impl Instance {
             };
             if make_cache {
                 if let Some(data) = script.get_unbound_script(scope).create_code_cache() {
-                    cache.store(cache.key, &data);
+                    cache.store_compiled(cache.key, &data);
                 }
             }
-            Ok(())
-        })
+            Ok(PendingCodeCache::classic(scope, script, bundle))
+        })?;
+        self.pending_code_cache = pending;
+        Ok(())
     }
 
     /// Whether `bundle` is an ES module rather than a classic
@@ -352,7 +363,7 @@ pub(crate) fn bundle_is_module(runtime: &mut JsRuntime, bundle: &Bundle) -> bool
 
 /// The origin a bundle is compiled under while deciding whether it is a
 /// module.
-fn bundle_origin<'s>(
+pub(super) fn bundle_origin<'s>(
     scope: &v8::PinScope<'s, '_>,
     name: v8::Local<'s, v8::String>,
     is_module: bool,
@@ -374,25 +385,51 @@ fn bundle_origin<'s>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::test_support::{body_text, on_local_thread, request};
     use super::super::{AppConfig, Instance};
     use crate::bundle::Bundle;
 
-    /// Loads `handler` (after 200 functions) in two instances of one version:
-    /// the first compile makes the code cache, the second load is offered it
-    /// and V8 takes it, and the second instance serves.
-    async fn compiles_once_then_uses_the_code_cache(name: &str, handler: &str, is_module: bool) {
-        let app = AppConfig::new(name);
-        let body: String = (0..200)
+    /// 200 functions V8 compiles lazily, `all`, which calls them all, and
+    /// `handler`, which answers `all(1)` (20100): a request compiles them.
+    fn bundle_of_functions(name: &str, handler: &str) -> Bundle {
+        let mut body: String = (0..200)
             .map(|i| format!("function f{i}(x) {{ return x * {i} + 1; }}\n"))
             .collect();
-        let bundle = Bundle::from_source(&format!("{name}.js"), format!("{body}{handler}"));
+        let calls: Vec<String> = (0..200).map(|i| format!("f{i}(x)")).collect();
+        body.push_str(&format!(
+            "function all(x) {{ return {}; }}\n",
+            calls.join(" + ")
+        ));
+        Bundle::from_source(&format!("{name}.js"), format!("{body}{handler}"))
+    }
+
+    /// Waits until an instance's driver has made the version's cache after
+    /// its first request (it does when the instance falls idle).
+    async fn cache_made_after_execution(bundle: &Bundle) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !bundle.code_cache_after_execution() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("no code cache was made after the first request");
+    }
+
+    /// Three instances of one version: the first compile makes the cache of
+    /// what V8 compiled eagerly; the second instance is offered it, V8
+    /// takes it, and once its first request ran the instance makes the
+    /// cache again, now holding every function that ran; the third instance
+    /// is offered that one, V8 takes it, and it serves.
+    async fn compiles_once_then_uses_the_code_cache(name: &str, handler: &str, is_module: bool) {
+        let app = AppConfig::new(name);
+        let bundle = bundle_of_functions(name, handler);
         let mut first = Instance::blank(&app).unwrap();
         first.load(&bundle, &app).await.unwrap();
-        assert!(
-            bundle.code_cache_len() > 0,
-            "the first compile made no code cache"
-        );
+        let eager = bundle.code_cache_len();
+        assert!(eager > 0, "the first compile made no code cache");
+        assert!(!bundle.code_cache_after_execution());
         assert_eq!(
             bundle.is_module().get(),
             Some(&is_module),
@@ -406,23 +443,37 @@ mod tests {
             1,
             "the second instance was not offered the cache"
         );
-        if !is_module {
-            // Counted for classic scripts only (deno_core does not report a
-            // module's).
-            assert_eq!(bundle.code_cache_rejections(), 0, "V8 refused the cache");
-        }
+        assert_eq!(bundle.code_cache_rejections(), 0, "V8 refused the cache");
         let handle = second.spawn();
+        // The driver first runs idle, as a warm instance does before its
+        // first request: that is no request run.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!bundle.code_cache_after_execution());
         let response = handle.dispatch(request("http://x/")).await.unwrap();
-        assert_eq!(body_text(response).await, "43");
+        assert_eq!(body_text(response).await, "20100");
+        cache_made_after_execution(&bundle).await;
+        assert!(
+            bundle.code_cache_len() > eager + 200 * 20,
+            "the cache made after execution ({} bytes) holds no more than the compile's ({eager})",
+            bundle.code_cache_len()
+        );
+        let mut third = Instance::blank(&app).unwrap();
+        third.load(&bundle.clone(), &app).await.unwrap();
+        assert_eq!(bundle.code_cache_uses(), 2);
+        assert_eq!(bundle.code_cache_rejections(), 0, "V8 refused the cache");
+        let response = third.spawn().dispatch(request("http://x/")).await.unwrap();
+        assert_eq!(body_text(response).await, "20100");
         drop(first);
     }
 
     #[test]
-    fn a_version_compiles_once_and_later_instances_use_its_code_cache() {
+    fn a_module_version_compiles_once_and_later_instances_use_its_code_cache() {
         on_local_thread(|| async {
             compiles_once_then_uses_the_code_cache(
                 "cached",
-                "export default { fetch() { return new Response(String(f7(6))); } };",
+                "export default { fetch() { return new Response(String(all(1))); } };",
                 true,
             )
             .await;
@@ -440,10 +491,53 @@ mod tests {
         on_local_thread(|| async {
             compiles_once_then_uses_the_code_cache(
                 "cached-script",
-                "addEventListener('fetch', (e) => e.respondWith(new Response(String(f7(6)))));",
+                "addEventListener('fetch', (e) => e.respondWith(new Response(String(all(1)))));",
                 false,
             )
             .await;
+        });
+    }
+
+    /// A cache V8 refuses (here, bytes that are no cache) is counted as
+    /// rejected, for a module as for a script, and the compile that had to
+    /// start from source makes a usable one.
+    #[test]
+    fn a_rejected_code_cache_is_counted_and_made_again() {
+        on_local_thread(|| async {
+            for (name, handler, is_module) in [
+                (
+                    "refused",
+                    "export default { fetch() { return new Response(String(all(1))); } };",
+                    true,
+                ),
+                (
+                    "refused-script",
+                    "addEventListener('fetch', (e) => e.respondWith(new Response(String(all(1)))));",
+                    false,
+                ),
+            ] {
+                let app = AppConfig::new(name);
+                let bundle = bundle_of_functions(name, handler);
+                // As for a version's later instances: finding out the style
+                // compiles the source, and V8 would then take that compile
+                // from its own in-isolate cache instead of reading ours.
+                bundle.is_module().set(is_module).unwrap();
+                let cache = bundle.code_cache();
+                cache.store_compiled(cache.key, &[7; 512]);
+                let before = crate::code_cache_counts();
+                let mut instance = Instance::blank(&app).unwrap();
+                instance.load(&bundle, &app).await.unwrap();
+                assert_eq!(bundle.code_cache_uses(), 1, "{name}");
+                assert_eq!(bundle.code_cache_rejections(), 1, "{name}");
+                let after = crate::code_cache_counts();
+                assert!(after.offers > before.offers && after.rejections > before.rejections);
+                assert_ne!(bundle.code_cache_len(), 512, "{name}: no new cache was made");
+                let mut next = Instance::blank(&app).unwrap();
+                next.load(&bundle, &app).await.unwrap();
+                assert_eq!(bundle.code_cache_rejections(), 1, "{name}: the new cache was refused");
+                let response = next.spawn().dispatch(request("http://x/")).await.unwrap();
+                assert_eq!(body_text(response).await, "20100");
+            }
         });
     }
 }

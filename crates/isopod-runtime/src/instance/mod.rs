@@ -25,6 +25,8 @@
 //!   `Drop`, creation's inverse.
 //! - `load.rs`: [`Instance::load`], a bundle as an ES module or a classic
 //!   script, with its version's code cache, and the dispatcher's wiring.
+//! - `code_cache.rs`: the version's code cache made after the first
+//!   request of an instance loaded from source.
 //! - `driver.rs`: the driver task, batched dispatch windows,
 //!   `call_dispatcher`, aborts, event-loop turns and heap sampling.
 //! - `kill.rs`: how a limit's termination becomes a kill event, every
@@ -36,6 +38,7 @@
 // The entry point: what the pool holds and calls.
 mod handle;
 
+mod code_cache;
 mod create;
 mod driver;
 mod kill;
@@ -93,6 +96,9 @@ pub struct Instance {
     /// Shared with each window that calls into it for the window's length
     /// (an `Rc` clone: cloning a `v8::Global` makes a new global handle).
     dispatcher: Option<Rc<Dispatcher>>,
+    /// The compiled script an instance loaded from source keeps until its
+    /// first request ran, to make its version's code cache then.
+    pending_code_cache: Option<code_cache::PendingCodeCache>,
     runtime: ManuallyDrop<JsRuntime>,
     /// The version snapshot the isolate was made from, if not the embedded
     /// one: it must outlive the isolate (V8 and deno_core keep pointers into

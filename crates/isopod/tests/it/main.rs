@@ -4,6 +4,7 @@
 mod admin;
 mod bundles;
 mod cli;
+mod code_cache;
 mod conformance;
 mod errors;
 mod fetch;

@@ -1,0 +1,122 @@
+//! The version's code cache, made after execution.
+//!
+//! A compile's own cache holds what V8 compiled eagerly: the top level and
+//! little else, since V8 compiles functions lazily, on their first call. An
+//! instance loaded from source therefore keeps its compiled script until
+//! its first request has run, then makes the version's cache from it: by
+//! then it holds every function the top-level code and that request
+//! compiled, and later instances of the version compile none of them.
+//!
+//! For a classic script the compile here yields the script. A module is
+//! compiled by deno_core, which keeps its `v8::Module` to itself; compiling
+//! the same source under the same origin again in the same isolate is a hit
+//! in V8's compilation cache (microseconds) and yields the same compiled
+//! script, which the comparison of script ids confirms before it is kept.
+//!
+//! Invariants: the cache is made at most once per instance, inside a window
+//! on the instance's thread, outside any request's segment (its CPU is the
+//! instance's, not a request's); the kept handle is released before the
+//! isolate in `Drop`.
+
+use std::sync::Arc;
+
+use deno_core::v8;
+
+use super::Instance;
+use crate::bundle::{Bundle, CodeCache};
+use crate::window::WindowKind;
+
+/// What an instance loaded from source keeps until its first request ran.
+pub(super) struct PendingCodeCache {
+    script: CompiledScript,
+    cache: Arc<CodeCache>,
+}
+
+enum CompiledScript {
+    Classic(v8::Global<v8::UnboundScript>),
+    Module(v8::Global<v8::UnboundModuleScript>),
+}
+
+impl PendingCodeCache {
+    /// Keeps a classic script's compiled script, unless its version's cache
+    /// already holds what execution compiled.
+    pub(super) fn classic(
+        scope: &mut v8::PinScope,
+        script: v8::Local<v8::Script>,
+        bundle: &Bundle,
+    ) -> Option<PendingCodeCache> {
+        let cache = bundle.code_cache();
+        if cache.made_after_execution() || !crate::platform::settings().code_cache {
+            return None;
+        }
+        let unbound = script.get_unbound_script(scope);
+        Some(PendingCodeCache {
+            script: CompiledScript::Classic(v8::Global::new(scope, unbound)),
+            cache: cache.clone(),
+        })
+    }
+
+    /// Finds the module deno_core compiled for `bundle` (see the module
+    /// docs) and keeps its compiled script, unless the version's cache
+    /// already holds what execution compiled. `exported` is the module's
+    /// default export: the script id of its `fetch` tells the module's.
+    pub(super) fn module(
+        scope: &mut v8::PinScope,
+        bundle: &Bundle,
+        exported: v8::Local<v8::Value>,
+    ) -> Option<PendingCodeCache> {
+        let cache = bundle.code_cache();
+        if cache.made_after_execution() || !crate::platform::settings().code_cache {
+            return None;
+        }
+        let exported = v8::Local::<v8::Object>::try_from(exported).ok()?;
+        let key = v8::String::new(scope, "fetch")?;
+        let fetch = exported.get(scope, key.into())?;
+        let fetch = v8::Local::<v8::Function>::try_from(fetch).ok()?;
+        let name = v8::String::new(scope, bundle.specifier().as_str())?;
+        let code = v8::String::new(scope, bundle.source())?;
+        let origin = super::load::bundle_origin(scope, name, true);
+        let mut source = v8::script_compiler::Source::new(code, Some(&origin));
+        v8::tc_scope!(let scope, scope);
+        let module = v8::script_compiler::compile_module(scope, &mut source)?;
+        // Another script id: V8 compiled it anew (its compilation cache
+        // missed), and a cache of that would hold only the top level.
+        if module.script_id() != Some(fetch.script_id()) {
+            return None;
+        }
+        let unbound = module.get_unbound_module_script(scope);
+        Some(PendingCodeCache {
+            script: CompiledScript::Module(v8::Global::new(scope, unbound)),
+            cache: cache.clone(),
+        })
+    }
+}
+
+impl Instance {
+    /// Makes the version's code cache from the script this instance kept
+    /// (see the module docs), once its first request has run.
+    pub(super) fn make_code_cache_after_execution(&mut self) {
+        let Some(pending) = self.pending_code_cache.take() else {
+            return;
+        };
+        // Another instance of the version may have made it meanwhile.
+        if pending.cache.made_after_execution() {
+            return;
+        }
+        let cache = pending.cache.clone();
+        // The kept handle is released inside the window, with the isolate
+        // entered, as every global is.
+        let made = self.window(WindowKind::Other, move |runtime| {
+            deno_core::scope!(scope, runtime);
+            match pending.script {
+                CompiledScript::Classic(script) => {
+                    v8::Local::new(scope, script).create_code_cache()
+                }
+                CompiledScript::Module(script) => v8::Local::new(scope, script).create_code_cache(),
+            }
+        });
+        if let Some(bytes) = made {
+            cache.store_after_execution(&bytes);
+        }
+    }
+}
