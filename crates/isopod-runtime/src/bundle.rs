@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use deno_core::ModuleSpecifier;
 
+use crate::shared_source::SharedSource;
+
 /// A bundle's source and identity, and what its first load learnt: whether
 /// it is a module, and the V8 code cache of its compiled code. Clones share
 /// these: every instance of a version reuses them, and they go away with the
@@ -21,6 +23,8 @@ pub struct Bundle {
     is_module: Arc<OnceLock<bool>>,
     /// How long the first successful load took.
     first_load: Arc<OnceLock<std::time::Duration>>,
+    /// The source as V8 strings share it, made by the first compile.
+    shared_source: Arc<OnceLock<SharedSource>>,
 }
 
 /// The V8 code cache of one bundle.
@@ -95,6 +99,14 @@ impl CodeCache {
             OFFERS.fetch_add(1, Ordering::Relaxed);
         }
         bytes
+    }
+
+    /// The cached bytes, without counting an offer.
+    pub(crate) fn peek(&self) -> Option<Arc<[u8]>> {
+        if !crate::platform::settings().code_cache {
+            return None;
+        }
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn note_rejected(&self) {
@@ -172,6 +184,7 @@ impl Bundle {
             code_cache: Arc::new(CodeCache::new(&source)),
             is_module: Arc::default(),
             first_load: Arc::default(),
+            shared_source: Arc::default(),
             source,
         }
     }
@@ -214,6 +227,12 @@ impl Bundle {
 
     pub(crate) fn is_module(&self) -> &OnceLock<bool> {
         &self.is_module
+    }
+
+    /// The source in the form every isolate's strings of it share.
+    pub(crate) fn shared_source(&self) -> &SharedSource {
+        self.shared_source
+            .get_or_init(|| SharedSource::new(&self.source))
     }
 
     pub(crate) fn code_cache(&self) -> &Arc<CodeCache> {

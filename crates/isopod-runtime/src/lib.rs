@@ -33,6 +33,7 @@ mod platform;
 mod recycle;
 mod request;
 mod scheduling;
+mod shared_source;
 mod snapshot;
 pub mod version_snapshot;
 mod watchdog;

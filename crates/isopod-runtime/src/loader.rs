@@ -27,12 +27,21 @@ pub(crate) struct BundleLoader {
     /// deno_core reports a fresh cache only when there was none to offer or
     /// V8 rejected the offer, so a report after an offer is a rejection.
     offered_code_cache: Cell<bool>,
+    /// Whether the instance compiled the module itself first (see
+    /// `instance/compile.rs`): that compile was the one offered the cache.
+    precompiled: Cell<bool>,
 }
 
 impl BundleLoader {
     pub(crate) fn set_bundle(&self, bundle: &Bundle) {
         *self.bundle.borrow_mut() = Some(bundle.clone());
         *self.script_source_map.borrow_mut() = inline_source_map(bundle.source());
+    }
+
+    /// Says whether the instance compiled the module itself before asking
+    /// deno_core to load it.
+    pub(crate) fn set_precompiled(&self, precompiled: bool) {
+        self.precompiled.set(precompiled);
     }
 
     /// The bundle, if `specifier` names it (a cheap clone).
@@ -75,15 +84,22 @@ impl ModuleLoader for BundleLoader {
         // The version's code cache, when an earlier compile made one: V8
         // then skips parsing and compiling what it already did.
         let cache = bundle.code_cache();
-        let offered = cache.take_for_compile();
-        self.offered_code_cache.set(offered.is_some());
+        // After the instance's own compile, deno_core's is a hit in V8's
+        // compilation cache and never reads the cache: it is handed over
+        // (uncounted) only so that deno_core does not make another.
+        let offered = match self.precompiled.get() {
+            true => cache.peek(),
+            false => cache.take_for_compile(),
+        };
+        self.offered_code_cache
+            .set(offered.is_some() && !self.precompiled.get());
         let code_cache = SourceCodeCacheInfo {
             hash: cache.key,
             data: offered.map(|bytes| Cow::Owned(bytes.to_vec())),
         };
         ModuleLoadResponse::Sync(Ok(ModuleSource::new(
             ModuleType::JavaScript,
-            ModuleSourceCode::String(bundle.source().to_string().into()),
+            ModuleSourceCode::String(bundle.source().clone().into()),
             specifier,
             Some(code_cache),
         )))

@@ -7,11 +7,9 @@
 //! then it holds every function the top-level code and that request
 //! compiled, and later instances of the version compile none of them.
 //!
-//! For a classic script the compile here yields the script. A module is
-//! compiled by deno_core, which keeps its `v8::Module` to itself; compiling
-//! the same source under the same origin again in the same isolate is a hit
-//! in V8's compilation cache (microseconds) and yields the same compiled
-//! script, which the comparison of script ids confirms before it is kept.
+//! The compiled script is the one isopod compiled itself (`compile.rs`):
+//! for a module, deno_core's compile of it was a hit in V8's compilation
+//! cache, which the comparison of script ids confirms before it is kept.
 //!
 //! Invariants: the cache is made at most once per instance, inside a window
 //! on the instance's thread, outside any request's segment (its CPU is the
@@ -22,6 +20,7 @@ use std::sync::Arc;
 
 use deno_core::v8;
 
+use super::compile::PrecompiledModule;
 use super::Instance;
 use crate::bundle::{Bundle, CodeCache};
 use crate::window::WindowKind;
@@ -56,14 +55,16 @@ impl PendingCodeCache {
         })
     }
 
-    /// Finds the module deno_core compiled for `bundle` (see the module
-    /// docs) and keeps its compiled script, unless the version's cache
-    /// already holds what execution compiled. `exported` is the module's
-    /// default export: the script id of its `fetch` tells the module's.
+    /// Keeps the module compiled here before deno_core's compile
+    /// (`compile.rs`), unless the version's cache already holds what
+    /// execution compiled or deno_core's module is not that script after
+    /// all. `exported` is the module's default export: the script id of its
+    /// `fetch` tells the module's.
     pub(super) fn module(
         scope: &mut v8::PinScope,
         bundle: &Bundle,
         exported: v8::Local<v8::Value>,
+        precompiled: PrecompiledModule,
     ) -> Option<PendingCodeCache> {
         let cache = bundle.code_cache();
         if cache.made_after_execution() || !crate::platform::settings().code_cache {
@@ -73,20 +74,13 @@ impl PendingCodeCache {
         let key = v8::String::new(scope, "fetch")?;
         let fetch = exported.get(scope, key.into())?;
         let fetch = v8::Local::<v8::Function>::try_from(fetch).ok()?;
-        let name = v8::String::new(scope, bundle.specifier().as_str())?;
-        let code = v8::String::new(scope, bundle.source())?;
-        let origin = super::load::bundle_origin(scope, name, true);
-        let mut source = v8::script_compiler::Source::new(code, Some(&origin));
-        v8::tc_scope!(let scope, scope);
-        let module = v8::script_compiler::compile_module(scope, &mut source)?;
-        // Another script id: V8 compiled it anew (its compilation cache
-        // missed), and a cache of that would hold only the top level.
-        if module.script_id() != Some(fetch.script_id()) {
+        // Another script: deno_core's compile missed V8's compilation
+        // cache, and a cache of this one would not hold what ran.
+        if fetch.script_id() != precompiled.script_id {
             return None;
         }
-        let unbound = module.get_unbound_module_script(scope);
         Some(PendingCodeCache {
-            script: CompiledScript::Module(v8::Global::new(scope, unbound)),
+            script: CompiledScript::Module(precompiled.script),
             cache: cache.clone(),
         })
     }

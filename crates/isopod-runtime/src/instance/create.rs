@@ -239,6 +239,7 @@ impl Instance {
             init: None,
             dispatcher: None,
             pending_code_cache: None,
+            precompiled_module: None,
             runtime: ManuallyDrop::new(runtime),
             startup_bytes,
         })
@@ -285,6 +286,7 @@ impl Drop for Instance {
         self.init = None;
         self.dispatcher = None;
         self.pending_code_cache = None;
+        self.precompiled_module = None;
         crate::watchdog::forget_context(self.enforcer.slot());
         // SAFETY: dropped exactly once, here; the exit matching the enter
         // above is done by `OwnedIsolate::drop`.

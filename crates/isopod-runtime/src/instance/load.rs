@@ -19,6 +19,7 @@ use std::time::Duration;
 use deno_core::{v8, JsRuntime, PollEventLoopOptions};
 
 use super::code_cache::PendingCodeCache;
+use super::compile::{self, PrecompiledModule};
 use super::{AppConfig, Dispatcher, Instance, InstanceError};
 use crate::bundle::Bundle;
 use crate::limits::KillReason;
@@ -84,8 +85,18 @@ impl Instance {
                 })
             }
             true => {
-                // Loaded through the loader, which hands over the source with
-                // the version's code cache.
+                // Compiled here first, from the shared source, so that
+                // deno_core's compile through the loader is a hit that
+                // returns this script (`compile.rs`).
+                // Held (in `self`, so that any drop is inside the isolate)
+                // until deno_core's compile is done: a collection in between
+                // would drop V8's cache entry with the last reference.
+                self.precompiled_module = self.window(WindowKind::Startup, |runtime| {
+                    deno_core::scope!(scope, runtime);
+                    precompile_module(scope, bundle)
+                });
+                self.loader
+                    .set_precompiled(self.precompiled_module.is_some());
                 let specifier = bundle.specifier().clone();
                 let id = self
                     .windowed(WindowKind::Startup, |runtime| {
@@ -119,8 +130,9 @@ impl Instance {
                 })
                 .await
                 .map_err(|e| InstanceError::Bundle(e.to_string()))?;
+                let precompiled = self.precompiled_module.take();
                 let (exported, pending) = self
-                    .window(WindowKind::Startup, |runtime| {
+                    .window(WindowKind::Startup, move |runtime| {
                         let namespace = runtime.get_module_namespace(id)?;
                         deno_core::scope!(scope, runtime);
                         let namespace = v8::Local::new(scope, namespace);
@@ -128,7 +140,9 @@ impl Instance {
                         let exported = namespace
                             .get(scope, key.into())
                             .unwrap_or_else(|| v8::undefined(scope).into());
-                        let pending = PendingCodeCache::module(scope, bundle, exported);
+                        let pending = precompiled.and_then(|precompiled| {
+                            PendingCodeCache::module(scope, bundle, exported, precompiled)
+                        });
                         Ok::<_, deno_core::error::CoreError>((
                             v8::Global::new(scope, exported),
                             pending,
@@ -219,65 +233,29 @@ impl Instance {
     /// request (`code_cache.rs`). An error is reported as deno_core reports
     /// one (`file:line:column`, source-mapped).
     fn run_classic_script(&mut self, bundle: &Bundle) -> Result<(), InstanceError> {
-        use v8::script_compiler::{compile, CachedData, CompileOptions, NoCacheReason, Source};
-        let cache = bundle.code_cache().clone();
-        let offered = cache.take_for_compile();
         let pending = self.window(WindowKind::Startup, |runtime| {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let scope, scope);
-            let (Some(name), Some(code)) = (
-                v8::String::new(scope, bundle.specifier().as_str()),
-                v8::String::new(scope, bundle.source()),
-            ) else {
-                return Err(InstanceError::Bundle(format!(
-                    "the bundle is too large for V8 ({})",
-                    bundle.specifier()
-                )));
-            };
-            let origin = bundle_origin(scope, name, false);
-            let (script, make_cache) = match &offered {
-                Some(bytes) => {
-                    let mut source =
-                        Source::new_with_cached_data(code, Some(&origin), CachedData::new(bytes));
-                    let script = compile(
-                        scope,
-                        &mut source,
-                        CompileOptions::ConsumeCodeCache,
-                        NoCacheReason::NoReason,
-                    );
-                    let rejected = source.get_cached_data().is_none_or(|data| data.rejected());
-                    if rejected {
-                        cache.note_rejected();
-                    }
-                    (script, rejected)
-                }
-                None => {
-                    let mut source = Source::new(code, Some(&origin));
-                    let script = compile(
-                        scope,
-                        &mut source,
-                        CompileOptions::NoCompileOptions,
-                        NoCacheReason::NoReason,
-                    );
-                    (script, true)
-                }
-            };
-            let Some(script) = script.filter(|script| script.run(scope).is_some()) else {
+            let compiled = compile::compile_script(scope, bundle);
+            let ran = compiled.filter(|compiled| compiled.compiled.run(scope).is_some());
+            let Some(compiled) = ran else {
                 if scope.is_execution_terminating() {
                     // A limit stopped it: `load` reports which.
                     return Err(InstanceError::Terminated);
                 }
                 let Some(exception) = scope.exception() else {
                     return Err(InstanceError::Bundle(format!(
-                        "the bundle failed to run ({})",
+                        "the bundle failed to compile or run ({})",
                         bundle.specifier()
                     )));
                 };
                 let error = deno_core::error::exception_to_err(scope, exception, false, false);
                 return Err(InstanceError::Bundle(error.to_string()));
             };
-            if make_cache {
+            let script = compiled.compiled;
+            if compiled.needs_cache {
                 if let Some(data) = script.get_unbound_script(scope).create_code_cache() {
+                    let cache = bundle.code_cache();
                     cache.store_compiled(cache.key, &data);
                 }
             }
@@ -331,7 +309,7 @@ pub(crate) fn bundle_is_module(runtime: &mut JsRuntime, bundle: &Bundle) -> bool
     let name = bundle.specifier().to_string();
     deno_core::scope!(scope, runtime);
     v8::tc_scope!(let scope, scope);
-    let Some(source) = v8::String::new(scope, bundle.source()) else {
+    let Some(source) = bundle.shared_source().v8_string(scope) else {
         return false;
     };
     let Some(name) = v8::String::new(scope, &name) else {
@@ -363,6 +341,24 @@ pub(crate) fn bundle_is_module(runtime: &mut JsRuntime, bundle: &Bundle) -> bool
 
 /// The origin a bundle is compiled under while deciding whether it is a
 /// module.
+/// Compiles `bundle` as a module (see `compile.rs`) and stores the
+/// compile's cache when the version needs one. `None` when it does not
+/// compile (deno_core's compile then reports why).
+fn precompile_module(scope: &mut v8::PinScope, bundle: &Bundle) -> Option<PrecompiledModule> {
+    let compiled = compile::compile_module(scope, bundle)?;
+    let script = compiled.compiled.get_unbound_module_script(scope);
+    if compiled.needs_cache {
+        if let Some(data) = script.create_code_cache() {
+            let cache = bundle.code_cache();
+            cache.store_compiled(cache.key, &data);
+        }
+    }
+    Some(PrecompiledModule {
+        script_id: compiled.compiled.script_id()?,
+        script: v8::Global::new(scope, script),
+    })
+}
+
 pub(super) fn bundle_origin<'s>(
     scope: &v8::PinScope<'s, '_>,
     name: v8::Local<'s, v8::String>,
@@ -390,6 +386,7 @@ mod tests {
     use super::super::test_support::{body_text, on_local_thread, request};
     use super::super::{AppConfig, Instance};
     use crate::bundle::Bundle;
+    use crate::window::WindowKind;
 
     /// 200 functions V8 compiles lazily, `all`, which calls them all, and
     /// `handler`, which answers `all(1)` (20100): a request compiles them.
@@ -537,6 +534,67 @@ mod tests {
                 assert_eq!(bundle.code_cache_rejections(), 1, "{name}: the new cache was refused");
                 let response = next.spawn().dispatch(request("http://x/")).await.unwrap();
                 assert_eq!(body_text(response).await, "20100");
+            }
+        });
+    }
+
+    /// Every instance of a version reads one copy of its source, outside
+    /// the heap, and gives its reference back when it goes: for a module
+    /// and a script, ASCII or not.
+    #[test]
+    fn instances_share_their_version_source_and_give_it_back() {
+        on_local_thread(|| async {
+            for (name, handler) in [
+                ("shared", "export default { fetch() { return new Response('\u{2014}' + all(1)); } };"),
+                ("shared-latin1", "export default { fetch() { return new Response('\u{e9}' + all(1)); } };"),
+                ("shared-ascii", "export default { fetch() { return new Response('-' + all(1)); } };"),
+                ("shared-script", "// caf\u{e9} \u{2014}\naddEventListener('fetch', (e) => e.respondWith(new Response('-' + all(1))));"),
+            ] {
+                let app = AppConfig::new(name);
+                let bundle = bundle_of_functions(name, handler);
+                // An ASCII source is the bundle's own text, which its clones
+                // count too: only the others count strings alone.
+                let strings_alone = !bundle.source().is_ascii();
+                let before = bundle.shared_source().references();
+                let external = |instance: &mut Instance| {
+                    instance.window(WindowKind::Other, |runtime| {
+                        let isolate = runtime.v8_isolate();
+                        // Whatever no script holds goes: what is left is
+                        // what the module (or script) deno_core runs reads.
+                        isolate.low_memory_notification();
+                        isolate.get_heap_statistics().external_memory()
+                    })
+                };
+                let blank = external(&mut Instance::blank(&app).unwrap());
+                let mut instances = Vec::new();
+                for _ in 0..3 {
+                    let mut instance = Instance::blank(&app).unwrap();
+                    instance.load(&bundle, &app).await.unwrap();
+                    // V8 counts an external string's characters there.
+                    assert!(
+                        external(&mut instance) >= blank + bundle.source().chars().count(),
+                        "{name}: the script's source is not external"
+                    );
+                    instances.push(instance.spawn());
+                }
+                let held = bundle.shared_source().references() - before;
+                if strings_alone {
+                    assert_eq!(held, 3, "{name}: not one string of the shared source per instance");
+                } else {
+                    assert!(held >= 3, "{name}: the instances do not read the shared source");
+                }
+                for handle in &instances {
+                    let response = handle.dispatch(request("http://x/")).await.unwrap();
+                    assert!(body_text(response).await.ends_with("20100"));
+                }
+                drop(instances);
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while bundle.shared_source().references() > before {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{name}: a reference to the source outlived its isolate"));
             }
         });
     }

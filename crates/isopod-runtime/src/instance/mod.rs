@@ -25,8 +25,9 @@
 //!   `Drop`, creation's inverse.
 //! - `load.rs`: [`Instance::load`], a bundle as an ES module or a classic
 //!   script, with its version's code cache, and the dispatcher's wiring.
-//! - `code_cache.rs`: the version's code cache made after the first
-//!   request of an instance loaded from source.
+//! - `compile.rs`: a bundle compiled from its version's shared source,
+//!   offered its code cache; `code_cache.rs`: the version's code cache
+//!   made after the first request of an instance loaded from source.
 //! - `driver.rs`: the driver task, batched dispatch windows,
 //!   `call_dispatcher`, aborts, event-loop turns and heap sampling.
 //! - `kill.rs`: how a limit's termination becomes a kill event, every
@@ -39,6 +40,7 @@
 mod handle;
 
 mod code_cache;
+mod compile;
 mod create;
 mod driver;
 mod kill;
@@ -99,6 +101,9 @@ pub struct Instance {
     /// The compiled script an instance loaded from source keeps until its
     /// first request ran, to make its version's code cache then.
     pending_code_cache: Option<code_cache::PendingCodeCache>,
+    /// A module compiled before deno_core's compile of it, while that
+    /// compile runs (see `compile.rs`).
+    precompiled_module: Option<compile::PrecompiledModule>,
     runtime: ManuallyDrop<JsRuntime>,
     /// The version snapshot the isolate was made from, if not the embedded
     /// one: it must outlive the isolate (V8 and deno_core keep pointers into
