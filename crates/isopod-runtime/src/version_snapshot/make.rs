@@ -8,7 +8,7 @@
 //! ([`Process::Serving`]), whose bytes are kept.
 //!
 //! Invariants: runs on a thread that has entered no other isolate; the
-//! bundle's top-level code runs under a wall-clock deadline (the app's
+//! bundle's top-level code runs under a CPU-time deadline (the app's
 //! startup budget plus a margin) and its heap limit, past which it is
 //! terminated (the deadline thread only signals); a refused snapshotting
 //! isolate is never serialised (see `make`).
@@ -20,6 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// How often the deadline thread reads the snapshotting thread's CPU clock.
+const DEADLINE_CHECK: Duration = Duration::from_millis(10);
+
+/// How many times the CPU deadline a run may take on the wall clock.
+const WALL_CLOCK_FACTOR: u32 = 20;
 
 use deno_core::{v8, JsRuntime, JsRuntimeForSnapshot, PollEventLoopOptions, RuntimeOptions};
 use isopod_api::{IsolateOptions, WatchedBlobStore};
@@ -151,15 +157,28 @@ async fn make(request: SnapshotRequest) -> Result<Vec<u8>, NotSnapshottable> {
         heap_handle.terminate_execution();
         current * 2
     });
+    // The deadline is this thread's CPU time, not the wall clock: the
+    // snapshot is made at a low priority, and on a busy machine it may wait
+    // long for a core without running any longer. The wall clock only
+    // bounds a run that waits without working.
     let (finished, deadline) = std::sync::mpsc::channel::<()>();
     let deadline_stopped = stopped.clone();
     let limit = Duration::from_millis(request.deadline_ms);
+    let clock = crate::cpu_clock::current_thread_clock();
+    let cpu_at_start = crate::cpu_clock::read(clock);
     let watchdog = std::thread::Builder::new()
         .name("isopod-snapshot-deadline".into())
         .spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = deadline.recv_timeout(limit) {
-                deadline_stopped.store(true, Ordering::SeqCst);
-                handle.terminate_execution();
+            let started = std::time::Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                deadline.recv_timeout(DEADLINE_CHECK)
+            {
+                let spent = crate::cpu_clock::read(clock).saturating_sub(cpu_at_start);
+                if spent >= limit || started.elapsed() >= limit * WALL_CLOCK_FACTOR {
+                    deadline_stopped.store(true, Ordering::SeqCst);
+                    handle.terminate_execution();
+                    return;
+                }
             }
         })
         .map_err(|e| NotSnapshottable::Failed(e.to_string()))?;
@@ -170,7 +189,7 @@ async fn make(request: SnapshotRequest) -> Result<Vec<u8>, NotSnapshottable> {
     runtime.v8_isolate().cancel_terminate_execution();
     let outcome = match outcome {
         Err(_) if stopped.load(Ordering::SeqCst) => Err(NotSnapshottable::Failed(format!(
-            "its top-level code ran past {} ms or its heap limit",
+            "its top-level code ran past {} ms of CPU time or its heap limit",
             request.deadline_ms
         ))),
         other => other,

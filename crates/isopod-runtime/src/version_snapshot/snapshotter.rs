@@ -119,7 +119,9 @@ impl Snapshotter {
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(&json).await.map_err(|e| failed(&e))?;
         }
-        let limit = Duration::from_millis(request.deadline_ms) + Duration::from_secs(5);
+        // The child's own deadline is CPU time (see `make.rs`); this one
+        // only catches a child that hangs, on a machine that may be busy.
+        let limit = Duration::from_millis(request.deadline_ms) * 20 + Duration::from_secs(5);
         let output = tokio::time::timeout(limit, child.wait_with_output())
             .await
             .map_err(|_| {
