@@ -148,7 +148,11 @@ impl Admin {
             (Method::PUT, ["apps", name, "vars"]) => self.set_vars(name, &who, request).await,
             (Method::GET, ["apps", name, "logs"]) => self.logs(name, &request),
             (Method::GET, ["admin", "pool"]) => {
-                reply(StatusCode::OK, json!(self.pool.stats().await))
+                let mut stats = json!(self.pool.stats().await);
+                let (held, bytes) = self.deployments.snapshots_held();
+                stats["snapshots_held"] = json!(held);
+                stats["snapshot_bytes_held"] = json!(bytes);
+                reply(StatusCode::OK, stats)
             }
             (Method::GET, ["metrics"]) => self.metrics().await,
             (

@@ -219,6 +219,12 @@ impl Deployments {
         Ok(removed)
     }
 
+    /// How many distinct version snapshots live versions hold in memory,
+    /// and their bytes (versions with one cache key share one).
+    pub(crate) fn snapshots_held(&self) -> (usize, usize) {
+        self.snapshots.held()
+    }
+
     /// The manifest of a stored version, laid over today's defaults.
     pub(crate) fn stored_manifest(
         &self,

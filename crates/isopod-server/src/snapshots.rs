@@ -7,9 +7,13 @@
 //! that come back from the registry at start go live at once, from source,
 //! and get their snapshot from a background thread (from the registry when
 //! it has one for this build, made otherwise). A snapshot that cannot be
-//! made only costs speed: the version is served from source.
+//! made only costs speed: the version is served from source. Versions with
+//! the same cache key (the same bundle, variables and build: one app
+//! deployed again, or one bundle under many names) share one snapshot in
+//! memory while any of them is live.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use isopod_pool::AppVersion;
 use isopod_runtime::{
@@ -26,6 +30,8 @@ pub(crate) struct Snapshots {
     /// `None` when snapshots are off.
     snapshotter: Option<Snapshotter>,
     store: Option<Arc<Store>>,
+    /// The snapshots live versions hold, by cache key.
+    live: Mutex<HashMap<String, Weak<[u8]>>>,
 }
 
 /// Why a snapshot restoring in `restore` is not worth having for
@@ -62,7 +68,43 @@ fn cache_key(bundle: &Bundle, config: &AppConfig) -> String {
 
 impl Snapshots {
     pub(crate) fn new(snapshotter: Option<Snapshotter>, store: Option<Arc<Store>>) -> Snapshots {
-        Snapshots { snapshotter, store }
+        Snapshots {
+            snapshotter,
+            store,
+            live: Mutex::default(),
+        }
+    }
+
+    /// How many distinct snapshots live versions hold, and their bytes.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.values()
+            .filter_map(Weak::upgrade)
+            .fold((0, 0), |(count, bytes), held| {
+                (count + 1, bytes + held.len())
+            })
+    }
+
+    /// The snapshot a live version already holds for `key`.
+    fn live(&self, key: &str) -> Option<VersionSnapshot> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = live.get(key)?.upgrade()?;
+        Some(VersionSnapshot::from_bytes(bytes))
+    }
+
+    /// Shares `bytes` under `key` with later versions (or the bytes already
+    /// shared there, the same snapshot), dropping keys no version holds.
+    fn share(&self, key: String, bytes: Arc<[u8]>) -> VersionSnapshot {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|_, held| held.strong_count() > 0);
+        let shared = match live.get(&key).and_then(Weak::upgrade) {
+            Some(held) => held,
+            None => {
+                live.insert(key, Arc::downgrade(&bytes));
+                bytes
+            }
+        };
+        VersionSnapshot::from_bytes(shared)
     }
 
     /// The registry snapshots are kept in, if the server keeps one.
@@ -84,15 +126,21 @@ impl Snapshots {
                 fresh: false,
             };
         };
-        // The registry keeps only snapshots that paid when they were made.
         let key = cache_key(bundle, config);
+        if let Some(shared) = self.live(&key) {
+            return Prepared {
+                outcome: Ok(shared),
+                fresh: false,
+            };
+        }
+        // The registry keeps only snapshots that paid when they were made.
         if let Some(store) = &self.store {
             let (store, lookup) = (store.clone(), key.clone());
             if let Ok(Ok(Some(bytes))) =
                 tokio::task::spawn_blocking(move || store.snapshot(&lookup)).await
             {
                 return Prepared {
-                    outcome: Ok(VersionSnapshot::from_bytes(bytes.into())),
+                    outcome: Ok(self.share(key, bytes.into())),
                     fresh: false,
                 };
             }
@@ -125,6 +173,7 @@ impl Snapshots {
                 None => Ok(snapshot),
             }
         });
+        let made = made.map(|snapshot| self.share(key, snapshot.bytes().clone()));
         match &made {
             Ok(snapshot) => tracing::info!(
                 app = %config.name,

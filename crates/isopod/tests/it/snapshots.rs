@@ -177,3 +177,34 @@ async fn an_instance_from_a_snapshot_is_limited_and_killed_like_any_other() {
         "{stats}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_one_bundle_share_one_snapshot_in_memory() {
+    let dir = fresh_dir("snapshot-shared");
+    let isopod = admin_server_in(&dir, "warm_on_deploy = false\n");
+    let first = deploy(&isopod, "table-0", TABLE_APP, json!({})).await;
+    assert_eq!(first["snapshot"]["state"], "made", "{first}");
+    let bytes = first["snapshot"]["bytes"].as_u64().unwrap();
+    for i in 1..4 {
+        let deployed = deploy(&isopod, &format!("table-{i}"), TABLE_APP, json!({})).await;
+        assert_eq!(deployed["snapshot"]["bytes"], bytes, "{deployed}");
+    }
+    let stats = pool(&isopod).await;
+    assert_eq!(stats["snapshots_held"], 1, "{stats}");
+    assert_eq!(stats["snapshot_bytes_held"], bytes, "{stats}");
+    for i in 0..4 {
+        let (status, _, body) = isopod
+            .get_host(&format!("table-{i}.localhost"), "/?n=5")
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Another app's variables are another snapshot.
+    deploy(
+        &isopod,
+        "table-vars",
+        TABLE_APP,
+        json!({ "vars": { "REGION": "eu" } }),
+    )
+    .await;
+    assert_eq!(pool(&isopod).await["snapshots_held"], 2);
+}
