@@ -36,17 +36,29 @@ Prints, for the release build on this machine:
   - hit rate under a Zipf load over 1,000 apps with max_instances 200;
   - a well-behaved app's latency p50/p99 alone and next to apps that loop and
     bomb memory or burn WebCrypto CPU (each request of theirs killed), with
-    the p99 ratio (target <= 2x);
+    the p99 ratio;
   - the limit enforcer's CPU-clock reads per hello-world request and their
     cost next to the request's own (counted and timed inside isopod).
 
+Each target is printed next to its figure, met or missed by how much:
+first request of a never-seen real app p99 < 5 ms, of a small app < 1 ms;
+RSS per idle warm instance <= 2 MiB (hello world) and <= 6 MiB (real);
+hello-world and realistic-handler requests/s >= 1.0x deno serve; the
+neighbour p99 ratio <= 2x.
+
+Every figure, with the raw samples a chart needs, goes to
+target/bench/results.json (or $ISOPOD_BENCH_OUT), after each section.
+
 Usage: scripts/bench.sh (builds the release binaries and the bundles,
-installs wrk, deno and workerd). ISOPOD_BENCH_QUICK=1 for a short run (20
-apps per first-request case, 100 apps for RSS, 2 rounds of 3 s).
+installs wrk, deno and workerd).
+ISOPOD_BENCH_QUICK=1 for a short run (20 apps per first-request case, 100
+apps for RSS, 2 rounds of 3 s): a check that the harness works, not figures.
 """
+import datetime
 import http.client
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -57,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/isopod/target"))
@@ -73,8 +86,15 @@ HELLO = os.path.join(ROOT, "examples", "hello.js")
 REALISTIC = os.path.join(ROOT, "bench", "handlers", "realistic.js")
 REALISTIC_LUA = os.path.join(ROOT, "bench", "handlers", "realistic.lua")
 BARE_HYPER = os.path.join(TARGET, "release", "examples", "bare_hyper")
+OUT = os.environ.get("ISOPOD_BENCH_OUT") or os.path.join(ROOT, "target", "bench", "results.json")
 # Below this much available memory the RSS section stops adding apps.
 MEMORY_FLOOR_KIB = 1536 * 1024
+
+# Every figure of the run, written to OUT after each section.
+RESULTS = {"quick": QUICK, "meta": {}, "sections": {}, "targets": [], "errors": []}
+# Processes started and not yet stopped, stopped when a section fails.
+RUNNING = []
+
 
 def free_port():
     import socket
@@ -99,7 +119,9 @@ def wait_listening(port, timeout=30):
 
 def start(args, cpu=None, env=None):
     cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + args
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    RUNNING.append(proc)
+    return proc
 
 
 def stop(proc):
@@ -109,6 +131,8 @@ def stop(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if proc in RUNNING:
+        RUNNING.remove(proc)
     # `serve`'s directory (registry, snapshots): hundreds of MB after the
     # first-request section.
     if getattr(proc, "bench_dir", None):
@@ -158,6 +182,15 @@ def meminfo_kib(field):
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, max(0, int(len(values) * p + 0.999) - 1))]
+
+
+def num(value):
+    """A figure with the decimals its size needs."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
 
 
 class Admin:
@@ -228,17 +261,53 @@ def workerd_config(directory, bundle, port):
     return config
 
 
-def section(title):
-    print(f"\n## {title}", flush=True)
+class Section:
+    """One section of the run: prints its heading, and keeps its figures
+    (`data`) with its tables and notes, in results.json."""
+
+    def __init__(self, key, title):
+        print(f"\n## {title}", flush=True)
+        self.data = {"title": title, "tables": [], "notes": []}
+        RESULTS["sections"][key] = self.data
+
+    def table(self, *columns):
+        self.data["tables"].append({"columns": list(columns), "rows": []})
+
+    def row(self, *cells):
+        self.data["tables"][-1]["rows"].append([str(cell) for cell in cells])
+
+    def note(self, text, echo=True):
+        if echo:
+            print(text, flush=True)
+        self.data["notes"].append(text)
+
+
+def target(name, value, op, goal, unit, of=""):
+    """Judges `value` against the target `op goal` (op "<", "<=" or ">="),
+    records the verdict and returns it as text: "target < 5 ms: met", or
+    "target < 5 ms: missed by 17 ms (4.4x)"."""
+    space = "" if unit == "x" else " "
+    stated = f"target {op} {f'{goal:.1f}' if unit == 'x' else f'{goal:g}'}{space}{unit}{of}"
+    if op == ">=":
+        met = value >= goal
+        miss = f"missed by {goal - value:.2f}{space}{unit} (at {value:.2f}{space}{unit}{of})"
+    else:
+        met = value < goal if op == "<" else value <= goal
+        miss = f"missed by {num(value - goal)}{space}{unit} ({value / goal:.1f}x)"
+    text = f"{stated}: {'met' if met else miss}"
+    RESULTS["targets"].append({"name": name, "value": value, "measured": f"{num(value)}{space}{unit}{of}",
+                               "op": op, "goal": goal, "unit": unit + of, "met": met, "text": text})
+    return text
 
 
 def bench_startup():
-    section("isopod run: startup and memory (examples/hello.js, 2 threads)")
+    sec = Section("startup", "isopod run: startup and memory (examples/hello.js, 2 threads)")
     port = free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
         [ISOPOD, "run", HELLO, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    RUNNING.append(proc)
     first = None
     while first is None:
         try:
@@ -256,14 +325,25 @@ def bench_startup():
     print(f"start to first response  {first * 1000:8.1f} ms (server's own start-up {listening['startup_ms']:.1f} ms)")
     print(f"snapshot                 {listening['snapshot_bytes'] / 1e6:8.2f} MB")
     print(f"RSS after 1,000 requests {rss / 1024:8.1f} MiB")
+    sec.data.update(
+        start_to_first_response_ms=first * 1000,
+        server_startup_ms=listening["startup_ms"],
+        snapshot_bytes=listening["snapshot_bytes"],
+        rss_after_1000_requests_mib=rss / 1024,
+    )
+    sec.table("figure", "value")
+    sec.row("process start to first response", f"{first * 1000:.1f} ms")
+    sec.row("the server's own start-up", f"{listening['startup_ms']:.1f} ms")
+    sec.row("startup snapshot", f"{listening['snapshot_bytes'] / 1e6:.2f} MB")
+    sec.row("RSS after 1,000 requests", f"{rss / 1024:.1f} MiB")
 
 
-def throughput_rounds(bundle, script=None, hyper=False):
+def throughput_rounds(sec, bundle, script=None, hyper=False):
     """Requests/s of `bundle` on isopod (one worker thread), deno serve,
     workerd and (with `hyper`) bare hyper, all started at once, each pinned
     to core 0 and loaded in turn by wrk pinned to core 1: a warm-up round
-    (discarded), then ROUNDS rounds. Prints each runtime's median and the
-    per-round ratios of isopod to the others, and returns them."""
+    (discarded), then ROUNDS rounds. Prints and records each runtime's
+    median and the per-round ratios of isopod to the others."""
     workdir = tempfile.mkdtemp(prefix="isopod-bench-")
     servers = [
         ("isopod", ISOPOD, lambda port: [ISOPOD, "run", bundle, "--port", str(port), "--threads", "1"]),
@@ -276,7 +356,7 @@ def throughput_rounds(bundle, script=None, hyper=False):
     ports, procs = {}, []
     for name, binary, command in servers:
         if not os.path.exists(binary):
-            print(f"{name}: not measured, {binary} is missing (scripts/install-peers.sh, scripts/bench.sh)")
+            sec.note(f"{name}: not measured, {binary} is missing (scripts/install-peers.sh, scripts/bench.sh)")
             continue
         port = free_port()
         procs.append(start(command(port), cpu=0, env=env))
@@ -296,18 +376,25 @@ def throughput_rounds(bundle, script=None, hyper=False):
 
     load = f"taskset -c 1 wrk -t1 -c32 -d{DURATION} -H 'Host: localhost'" + (
         f" -s {os.path.relpath(script, ROOT)}" if script else "") + " http://127.0.0.1:PORT/"
-    print(f"{ROUNDS} rounds after a {WARMUP[:-1]} s warm-up round (discarded) of `{load}` against each server")
+    sec.note(f"{ROUNDS} rounds after a {WARMUP[:-1]} s warm-up round (discarded); each round loads every server in turn "
+             f"with `{load}`; servers on core 0: `taskset -c 0 isopod run BUNDLE --threads 1`, "
+             f"`taskset -c 0 deno serve --quiet BUNDLE`, `taskset -c 0 workerd serve CONFIG` (BUNDLE as an esModule)"
+             + (", `taskset -c 0 bare_hyper PORT`" if hyper else "") + ".", echo=False)
     summary = []
+    sec.table("runtime", "requests/s, median", "min", "max", "rounds", "warm-up")
     for name, values in rounds.items():
         row = {"runtime": name, "median": statistics.median(values), "min": min(values), "max": max(values),
                "rounds": values, "warmup": warmup[name], "non_2xx": non_2xx[name]}
         summary.append(row)
         print(f"{name:12} median {row['median']:10,.0f} requests/s   rounds "
               + " ".join(f"{v:,.0f}" for v in values) + f"   (warm-up {warmup[name]:,.0f})")
+        sec.row(name, f"{row['median']:,.0f}", f"{row['min']:,.0f}", f"{row['max']:,.0f}",
+                ", ".join(f"{v:,.0f}" for v in values), f"{warmup[name]:,.0f}")
         if non_2xx[name]:
-            print(f"{name}: {non_2xx[name]} answers were not 2xx/3xx: its figure is not comparable")
+            sec.note(f"{name}: {non_2xx[name]} answers were not 2xx/3xx: its figure is not comparable")
     ratios = []
     if "isopod" in rounds:
+        sec.table("ratio", "median of the per-round ratios", "min", "max")
         for other in ("deno serve", "workerd", "bare hyper"):
             if other not in rounds:
                 continue
@@ -316,42 +403,52 @@ def throughput_rounds(bundle, script=None, hyper=False):
                      "max": max(per_round), "per_round": per_round}
             ratios.append(ratio)
             print(f"{ratio['name']:22} {ratio['median']:5.2f}   (per-round min {ratio['min']:.2f}, max {ratio['max']:.2f})")
+            sec.row(ratio["name"], f"{ratio['median']:.2f}", f"{ratio['min']:.2f}", f"{ratio['max']:.2f}")
+    sec.data.update(summary=summary, ratios=ratios, rounds=ROUNDS, duration=DURATION, warmup_duration=WARMUP)
     return {row["runtime"]: row["median"] for row in summary}, {r["name"]: r for r in ratios}
 
 
 def bench_throughput():
-    section("hello world, requests/s on one core, interleaved rounds "
-            "(wrk -t1 -c32 on core 1, each server on core 0)")
-    medians, ratios = throughput_rounds(HELLO, hyper=True)
+    sec = Section("throughput_hello", "hello world, requests/s on one core, interleaved rounds "
+                  "(wrk -t1 -c32 on core 1, each server on core 0)")
+    medians, ratios = throughput_rounds(sec, HELLO, hyper=True)
     isopod, deno, hyper = medians.get("isopod"), medians.get("deno serve"), medians.get("bare hyper")
+    if isopod and deno:
+        sec.note(target("hello world requests/s, isopod/deno serve", ratios["isopod/deno serve"]["median"],
+                        ">=", 1.0, "x", " deno serve"))
     if isopod and hyper:
         # What a request costs isopod's thread beyond hyper's own HTTP work:
         # the JavaScript call, the pool, the windows (core 0 saturated).
         overhead = 1e6 / isopod - 1e6 / hyper
-        print(f"dispatch overhead, 1 core: {overhead:.1f} µs per request "
-              f"(isopod {1e6 / isopod:.1f} µs, hyper {1e6 / hyper:.1f} µs, from the medians)")
+        sec.note(f"dispatch overhead, 1 core: {overhead:.1f} µs per request "
+                 f"(isopod {1e6 / isopod:.1f} µs, hyper {1e6 / hyper:.1f} µs, from the medians)")
+        sec.data["dispatch_overhead_us"] = overhead
         if deno:
-            print(f"deno, same measure: {1e6 / deno - 1e6 / hyper:.1f} µs per request")
+            sec.note(f"deno, same measure: {1e6 / deno - 1e6 / hyper:.1f} µs per request")
     # isopod on two worker threads, both cores (wrk shares core 1), once.
     port = free_port()
     proc = start(["taskset", "-c", "0,1", ISOPOD, "run", HELLO, "--port", str(port), "--threads", "2"])
     wait_listening(port)
     two = wrk(port)
     stop(proc)
+    sec.data["isopod_2_threads"] = two
     line = f"isopod 2 threads (cores 0,1, wrk on core 1): {two:,.0f} requests/s"
     if isopod:
         line += f", {two / isopod:.2f}x the 1-thread median"
-    print(line)
+    sec.note(line)
 
 
 def bench_realistic():
-    section("a realistic handler (bench/handlers/realistic.js, POST /api/orders), "
-            "requests/s on one core, interleaved rounds (wrk -t1 -c32 on core 1, each server on core 0)")
-    throughput_rounds(REALISTIC, script=REALISTIC_LUA)
+    sec = Section("throughput_realistic", "a realistic handler (bench/handlers/realistic.js, POST /api/orders), "
+                  "requests/s on one core, interleaved rounds (wrk -t1 -c32 on core 1, each server on core 0)")
+    _, ratios = throughput_rounds(sec, REALISTIC, script=REALISTIC_LUA)
+    if "isopod/deno serve" in ratios:
+        sec.note(target("realistic handler requests/s, isopod/deno serve", ratios["isopod/deno serve"]["median"],
+                        ">=", 1.0, "x", " deno serve"))
 
 
 def bench_warm_latency():
-    section("warm dispatch, sequential keep-alive requests (client-observed)")
+    sec = Section("warm_latency", "warm dispatch, sequential keep-alive requests (client-observed)")
     port = free_port()
     proc = start([ISOPOD, "run", HELLO, "--port", str(port), "--threads", "1"], cpu=0)
     wait_listening(port)
@@ -366,20 +463,29 @@ def bench_warm_latency():
     stop(proc)
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
     print(f"p50 {p50:8.1f} µs   p99 {p99:8.1f} µs")
+    sec.data.update(requests=len(samples), p50_us=p50, p99_us=p99)
+    sec.table("requests", "p50", "p99")
+    sec.row(f"{len(samples):,}", f"{p50:.1f} µs", f"{p99:.1f} µs")
 
 
 def bench_cold_and_memory():
     apps = 100 if QUICK else 1000
-    section(f"RSS per idle warm instance against app count, and cold misses "
-            f"(isopod serve, 2 threads, 2 spares per thread, up to {apps:,} apps)")
+    sec = Section("memory", f"RSS per idle warm instance against app count, and cold misses "
+                  f"(isopod serve, 2 threads, 2 spares per thread, up to {apps:,} apps)")
     counts = sorted({c for c in (10, 50, 100, 250, 500, 1000) if c < apps} | {apps})
-    kinds = [("hello world (small)", None)]
-    real_path = real_world_bundle()
+    kinds = [("small", "hello world (small)", None, 2.0)]
+    real_path = real_world_bundle(sec)
     if real_path:
         with open(real_path) as f:
             # One source under every name: the version snapshot is made once.
-            kinds.append(("real ~950 KB", f.read()))
-    for label, source in kinds:
+            kinds.append(("real", "real ~950 KB", f.read(), 6.0))
+    sec.note("Each app deployed and asked once (one warm instance each); at each count, RSS is read "
+             "2.5 s after the last request (past the instances' 2 s idle shrink). RSS per idle warm instance: "
+             "the process's RSS growth since before the first app, over the instances alive.", echo=False)
+    sec.data["kinds"] = []
+    pool_rows = []
+    sec.table("app", "apps", "instances", "process RSS", "RSS per idle warm instance")
+    for kind, label, source, goal in kinds:
         proc, port, admin = serve(max_instances=apps + 100)
         conn = http.client.HTTPConnection("127.0.0.1", port)
         time.sleep(0.5)
@@ -396,6 +502,7 @@ def bench_cold_and_memory():
             points.append({"apps": count, "instances": instances, "rss_mib": rss / 1024, "per_instance_mib": per})
             print(f"{label:20} {count:5} apps  {instances:5} instances   RSS {rss / 1024:8.0f} MiB   "
                   f"per idle warm instance {per:6.2f} MiB", flush=True)
+            sec.row(label, count, instances, f"{rss / 1024:,.0f} MiB", f"{per:.2f} MiB")
 
         for i in range(apps):
             available = meminfo_kib("MemAvailable")
@@ -419,22 +526,42 @@ def bench_cold_and_memory():
         _, pool = admin.call("GET", "/admin/pool")
         stop(proc)
         if stopped:
-            print(stopped)
+            sec.note(stopped)
+        pool_figures = {k: pool[k] for k in ("blank_creation_p50_ms", "blank_creation_p99_ms",
+                                             "cold_start_p50_ms", "cold_start_p99_ms", "evictions")}
+        sec.data["kinds"].append({"kind": kind, "label": label, "base_mib": base / 1024, "target_mib": goal,
+                                  "points": points, "stopped": stopped, "pool": pool_figures})
+        pool_rows.append((label, pool_figures))
         print(f"{label}: blank isolate creation  p50 {pool['blank_creation_p50_ms']:.2f} ms   "
               f"p99 {pool['blank_creation_p99_ms']:.2f} ms")
         print(f"{label}: a miss inside the pool  p50 {pool['cold_start_p50_ms']:.2f} ms   "
               f"p99 {pool['cold_start_p99_ms']:.2f} ms")
+        if points:
+            last = points[-1]
+            sec.note(f"{label} at {last['apps']} apps: " + target(
+                f"RSS per idle warm instance, {label}, at {last['apps']} apps",
+                last["per_instance_mib"], "<=", goal, "MiB"))
+    sec.table("app", "blank isolate creation p50", "p99", "a miss inside the pool p50", "p99", "evictions")
+    for label, figures in pool_rows:
+        sec.row(label, f"{figures['blank_creation_p50_ms']:.2f} ms", f"{figures['blank_creation_p99_ms']:.2f} ms",
+                f"{figures['cold_start_p50_ms']:.2f} ms", f"{figures['cold_start_p99_ms']:.2f} ms",
+                figures["evictions"])
+    sec.note("A miss inside the pool is the pool's own clock (GET /admin/pool's cold_start_*: the instance made "
+             "and the app loaded), not the client's wait; the client's is in \"first request of a never-seen app\".",
+             echo=False)
 
 
 def bench_framework_cold_start():
-    section("cold start of a framework bundle (examples/dist/hono.js), isolate-per-request")
+    sec = Section("framework", "cold start of a framework bundle (examples/dist/hono.js), isolate-per-request")
     bundle_path = os.path.join(ROOT, "examples", "dist", "hono.js")
     if not os.path.exists(bundle_path):
-        print("examples/dist/hono.js is missing: run scripts/build-examples.sh")
+        sec.note("examples/dist/hono.js is missing: run scripts/build-examples.sh")
         return
     with open(bundle_path) as f:
         source = f.read()
     print(f"bundle {len(source) / 1024:.0f} KiB")
+    sec.data["bundle_kib"] = len(source) / 1024
+    sec.table("instance", "p50", "p99")
     p50s = {}
     # Every request is a fresh isolate of the same version, which starts from
     # the version's code cache (made by the deploy check) or, with
@@ -458,29 +585,48 @@ def bench_framework_cold_start():
         p99 = percentile(samples, 0.99)
         label = "with the code cache   " if cache == "on" else "compiled from source  "
         print(f"{label} p50 {p50s[cache]:8.2f} ms   p99 {p99:8.2f} ms")
-    print(f"code cache saves {p50s['off'] - p50s['on']:.2f} ms per cold start ({p50s['off'] / p50s['on']:.2f}x)")
+        sec.data[f"code_cache_{cache}"] = {"p50_ms": p50s[cache], "p99_ms": p99, "samples_ms": samples}
+        sec.row(label.strip(), f"{p50s[cache]:.2f} ms", f"{p99:.2f} ms")
+    sec.note(f"code cache saves {p50s['off'] - p50s['on']:.2f} ms per cold start ({p50s['off'] / p50s['on']:.2f}x)")
+    sec.note(f"bundle {len(source) / 1024:.0f} KiB", echo=False)
 
 
-def real_world_bundle():
+def real_world_bundle(sec=None):
     """The path of bench/realworld's bundle, or None (saying how to build it)."""
     path = os.path.join(ROOT, "bench", "realworld", "dist", "app.js")
     if os.path.exists(path):
         return path
-    print("bench/realworld/dist/app.js is missing: npm --prefix bench/realworld ci && npm --prefix bench/realworld run build")
+    text = ("bench/realworld/dist/app.js is missing: "
+            "npm --prefix bench/realworld ci && npm --prefix bench/realworld run build")
+    if sec is None:
+        print(text)
+    else:
+        sec.note(text)
     return None
 
 
 def bench_first_request():
     apps = 20 if QUICK else 200
-    section(f"first request of a never-seen app, end to end "
-            f"(isopod serve, 2 threads, warm_on_deploy off, {apps} apps per case)")
+    sec = Section("first_request", f"first request of a never-seen app, end to end "
+                  f"(isopod serve, 2 threads, warm_on_deploy off, {apps} apps per case)")
+    sec.note("What the client waits: request sent to whole response received, over loopback, for an app with no "
+             "warm instance, deployed just before (each app a distinct bundle: the source plus `// app i`, so each "
+             "is a new version). \"spare ready\": 2 blank isolates per thread kept ready; \"no spare\": none. "
+             "RSS per idle instance: the process's RSS growth over the case, read 3 s after the last request, over "
+             "its apps; it includes each version's snapshot bytes.", echo=False)
     cases = [("small", None, "on", 2), ("small", None, "on", 0)]
-    real_path = real_world_bundle()
+    real_path = real_world_bundle(sec)
     if real_path:
         with open(real_path) as f:
             real = f.read()
         cases += [("real", real, "on", 2), ("real", real, "on", 0), ("real", real, "off", 2)]
+    goals = {"small": 1.0, "real": 5.0}
+    sec.data["apps_per_case"] = apps
+    sec.data["cases"] = []
+    sec.table("app", "snapshots", "spares", "p50", "p99", "max", "RSS per idle instance", "snapshot starts",
+              "target (p99)")
     for app, source, snapshots, spares in cases:
+        label = f"{app}, {'spare ready' if spares else 'no spare'}" + (", snapshots off" if snapshots == "off" else "")
         proc, port, admin = serve(
             max_instances=2000, spares=spares,
             env={"ISOPOD_SNAPSHOTS": snapshots}, extra="warm_on_deploy = false\n")
@@ -507,20 +653,39 @@ def bench_first_request():
         p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
         per_instance = (rss - base) / apps / 1024
         split = {part: pool[f"first_response_{part}_p50_ms"] or 0 for part in ("wait", "isolate", "load", "handler")}
+        verdict = target(f"first request of a never-seen app, p99, {label}", p99, "<", goals[app], "ms") \
+            if snapshots == "on" else ""
         print(
             f"{app:5} snapshots {snapshots:3} spares {spares}: first request p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
             f"   RSS per idle instance {per_instance:6.2f} MiB"
             f"   (snapshot starts {pool['snapshot_starts']}; the pool's own split, p50: wait"
             f" {split['wait']:.2f}, isolate {split['isolate']:.2f},"
-            f" load {split['load']:.2f}, handler {split['handler']:.2f} ms)",
+            f" load {split['load']:.2f}, handler {split['handler']:.2f} ms)"
+            + (f"   {verdict}" if verdict else ""),
             flush=True,
         )
+        sec.data["cases"].append({
+            "label": label, "app": app, "snapshots": snapshots, "spares": spares, "apps": apps,
+            "p50_ms": p50, "p99_ms": p99, "max_ms": max(samples), "samples_ms": [round(s, 4) for s in samples],
+            "rss_per_idle_instance_mib": per_instance, "snapshot_starts": pool["snapshot_starts"],
+            "pool_split_p50_ms": split,
+        })
+        sec.row(app, snapshots, spares, f"{p50:.2f} ms", f"{p99:.2f} ms", f"{max(samples):.2f} ms",
+                f"{per_instance:.2f} MiB", f"{pool['snapshot_starts']} of {apps}", verdict or "(comparison)")
+    sec.table("app", "snapshots", "spares", "wait", "isolate", "load", "handler")
+    for case in sec.data["cases"]:
+        split = case["pool_split_p50_ms"]
+        sec.row(case["app"], case["snapshots"], case["spares"],
+                *(f"{split[part]:.2f} ms" for part in ("wait", "isolate", "load", "handler")))
+    sec.note("The second table is the pool's own split of a first response (GET /admin/pool's "
+             "first_response_*_p50_ms): waiting for a thread, getting the isolate (a spare, a new one or a "
+             "snapshot's restore), loading the app, running the handler.", echo=False)
 
 
 def bench_first_request_peers():
-    section("a process started for the real-world app, to its first response "
-            "(isopod run, deno serve, workerd)")
-    real_path = real_world_bundle()
+    sec = Section("first_request_peers", "a process started for the real-world app, to its first response "
+                  "(isopod run, deno serve, workerd)")
+    real_path = real_world_bundle(sec)
     if real_path is None:
         return
     workdir = tempfile.mkdtemp(prefix="isopod-peers-")
@@ -546,6 +711,7 @@ def bench_first_request_peers():
             port = free_port()
             started = time.perf_counter()
             proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            RUNNING.append(proc)
             while True:
                 try:
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -556,17 +722,20 @@ def bench_first_request_peers():
             results[name].append((time.perf_counter() - started) * 1000)
             stop(proc)
     shutil.rmtree(workdir, ignore_errors=True)
+    sec.table("runtime", "p50", "p99", "rounds")
     for name, samples in results.items():
         if samples:
             p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
             print(f"{name:12} process start to first response  p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+            sec.data[name] = {"p50_ms": p50, "p99_ms": p99, "samples_ms": samples}
+            sec.row(name, f"{p50:.1f} ms", f"{p99:.1f} ms", len(samples))
         else:
-            print(f"{name:12} not installed (scripts/install-peers.sh)")
+            sec.note(f"{name:12} not installed (scripts/install-peers.sh)")
 
 
 def bench_replicas():
-    section("a CPU-bound app (~1 ms per request) on 1 and 2 worker threads "
-            "(wrk -t2 -c16, both cores)")
+    sec = Section("replicas", "a CPU-bound app (~1 ms per request) on 1 and 2 worker threads "
+                  "(wrk -t2 -c16, both cores)")
     busy = "export default { fetch() { let x = 0; for (let i = 0; i < 1e6; i++) x = (x + i * 7) | 0; return new Response('busy' + (x & 0)); } };"
     results = {}
     replicas = 0
@@ -585,10 +754,15 @@ def bench_replicas():
     print(f"1 thread   {results[1]:10,.0f} requests/s")
     print(f"2 threads  {results[2]:10,.0f} requests/s   ({replicas} replica(s) at the end of the run)")
     print(f"2 threads / 1 thread  {results[2] / results[1]:.2f}")
+    sec.data.update(one_thread=results[1], two_threads=results[2], replicas=replicas)
+    sec.table("worker threads", "requests/s", "replicas at the end")
+    sec.row(1, f"{results[1]:,.0f}", "")
+    sec.row(2, f"{results[2]:,.0f}", replicas)
+    sec.note(f"2 threads / 1 thread: {results[2] / results[1]:.2f}", echo=False)
 
 
 def bench_zipf():
-    section("hit rate, Zipf(s=1) over 1,000 apps, max_instances 200")
+    sec = Section("zipf", "hit rate, Zipf(s=1) over 1,000 apps, max_instances 200")
     proc, port, admin = serve(max_instances=200, spares=0)
     apps = 1000
     for i in range(apps):
@@ -603,10 +777,15 @@ def bench_zipf():
     _, pool = admin.call("GET", "/admin/pool")
     print(f"requests {requests}  hits {pool['hits']}  misses {pool['misses']}  hit rate {pool['hit_rate']:.3f}  evictions {pool['evictions']}")
     stop(proc)
+    sec.data.update(requests=requests, hits=pool["hits"], misses=pool["misses"], hit_rate=pool["hit_rate"],
+                    evictions=pool["evictions"])
+    sec.table("requests", "hits", "misses", "hit rate", "evictions")
+    sec.row(f"{requests:,}", f"{pool['hits']:,}", f"{pool['misses']:,}", f"{pool['hit_rate']:.3f}",
+            f"{pool['evictions']:,}")
 
 
 def bench_neighbours():
-    section("a well-behaved app next to hostile ones (isopod serve, 2 threads)")
+    sec = Section("neighbours", "a well-behaved app next to hostile ones (isopod serve, 2 threads)")
     proc, port, admin = serve(max_instances=200)
     admin.call("PUT", "/apps/good", app_source(0))
     hostile = {
@@ -658,12 +837,20 @@ def bench_neighbours():
     print(f"baseline           p50 {base_p50:8.1f} µs   p99 {base_p99:8.1f} µs")
     print(f"next to hostiles   p50 {hostile_p50:8.1f} µs   p99 {hostile_p99:8.1f} µs   "
           f"({kills['spin']} CPU kills, {kills['bomb']} memory kills, {kills['crypto']} crypto CPU kills meanwhile)")
-    print(f"neighbour p99 ratio {ratio:5.2f}x   (target <= 2x)")
+    verdict = target("neighbour p99 ratio", ratio, "<=", 2.0, "x")
+    print(f"neighbour p99 ratio {ratio:5.2f}x   ({verdict})")
+    sec.data.update(baseline_p50_us=base_p50, baseline_p99_us=base_p99, hostile_p50_us=hostile_p50,
+                    hostile_p99_us=hostile_p99, p99_ratio=ratio, kills=kills)
+    sec.table("the well-behaved app", "p50", "p99")
+    sec.row("alone", f"{base_p50:.1f} µs", f"{base_p99:.1f} µs")
+    sec.row("next to hostiles", f"{hostile_p50:.1f} µs", f"{hostile_p99:.1f} µs")
+    sec.note(f"neighbour p99 ratio {ratio:.2f}x, {verdict}; meanwhile {kills['spin']} CPU kills, "
+             f"{kills['bomb']} memory kills, {kills['crypto']} crypto CPU kills", echo=False)
 
 
 def bench_clock_cost():
-    section("the limit enforcer's CPU-clock reads per hello-world request "
-            "(isopod serve, 1 thread, wrk)")
+    sec = Section("clock_cost", "the limit enforcer's CPU-clock reads per hello-world request "
+                  "(isopod serve, 1 thread, wrk)")
     # Counted and timed inside isopod (GET /admin/pool): reads made while
     # wrk drives a hello-world app on one worker thread, over the requests
     # served meanwhile; the cost of one read, measured in-process.
@@ -686,6 +873,69 @@ def bench_clock_cost():
     print(f"{requests:,} requests at {rps:,.0f} req/s = {request_ns / 1000:.1f} µs of the thread per request")
     print(f"CPU clock reads per request {per_request:5.2f} x {read_ns} ns = {cost_ns / 1000:.2f} µs "
           f"= {100 * cost_ns / request_ns:.1f} % of a request")
+    sec.data.update(requests=requests, requests_per_s=rps, reads_per_request=per_request, read_ns=read_ns,
+                    share_of_request=cost_ns / request_ns)
+    sec.table("requests", "requests/s", "clock reads per request", "one read", "share of a request")
+    sec.row(f"{requests:,}", f"{rps:,.0f}", f"{per_request:.2f}", f"{read_ns} ns", f"{100 * cost_ns / request_ns:.1f} %")
+
+
+def output(command):
+    """A command's first line of output (stdout, else stderr), or None."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    return text[0] if text else None
+
+
+def machine():
+    """What the figures were measured on and with."""
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    commit = output(["git", "rev-parse", "HEAD"])
+    dirty = output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": meminfo_kib("MemTotal") / 1048576,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "os": output(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
+        "isopod_commit": (commit or "unknown") + (" (with uncommitted changes)" if dirty else ""),
+        "isopod_binary": ISOPOD,
+        "isopod_version": output([ISOPOD, "--version"]),
+        "deno": output([DENO, "--version"]) if os.path.exists(DENO) else None,
+        "workerd": output([WORKERD, "--version"]) if os.path.exists(WORKERD) else None,
+        "wrk": output(["wrk", "-v"]),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def save_results():
+    os.makedirs(os.path.dirname(os.path.abspath(OUT)), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump(RESULTS, f, indent=1)
+
+
+SECTIONS = [
+    bench_startup,
+    bench_throughput,
+    bench_realistic,
+    bench_warm_latency,
+    bench_cold_and_memory,
+    bench_framework_cold_start,
+    bench_first_request,
+    bench_first_request_peers,
+    bench_replicas,
+    bench_zipf,
+    bench_neighbours,
+    bench_clock_cost,
+]
 
 
 def main():
@@ -693,19 +943,32 @@ def main():
         sys.exit(f"no release binary at {ISOPOD}: run scripts/bench.sh")
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: run scripts/bench.sh")
+    started = time.monotonic()
+    RESULTS["meta"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": ("ISOPOD_BENCH_QUICK=1 " if QUICK else "") + "bash scripts/bench.sh",
+        "machine": machine(),
+    }
     print(f"isopod benchmarks on {os.cpu_count()} cores ({'quick' if QUICK else 'full'} run)")
-    bench_startup()
-    bench_throughput()
-    bench_realistic()
-    bench_warm_latency()
-    bench_cold_and_memory()
-    bench_framework_cold_start()
-    bench_first_request()
-    bench_first_request_peers()
-    bench_replicas()
-    bench_zipf()
-    bench_neighbours()
-    bench_clock_cost()
+    for bench in SECTIONS:
+        before = len(RESULTS["sections"])
+        try:
+            bench()
+        except Exception as error:
+            # One section's failure (a peer missing, a server that died)
+            # leaves the others' figures: note it, stop what it started.
+            traceback.print_exc()
+            RESULTS["errors"].append(f"{bench.__name__}: {error!r}")
+            if len(RESULTS["sections"]) > before:
+                list(RESULTS["sections"].values())[-1]["error"] = repr(error)
+            for proc in list(RUNNING):
+                stop(proc)
+        save_results()
+    RESULTS["meta"]["minutes"] = (time.monotonic() - started) / 60
+    save_results()
+    print(f"\nfigures in {os.path.relpath(OUT, ROOT)} ({RESULTS['meta']['minutes']:.1f} minutes)")
+    if RESULTS["errors"]:
+        sys.exit(f"{len(RESULTS['errors'])} section(s) failed: " + "; ".join(RESULTS["errors"]))
 
 
 if __name__ == "__main__":
