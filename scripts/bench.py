@@ -46,11 +46,13 @@ RSS per idle warm instance <= 2 MiB (hello world) and <= 6 MiB (real);
 hello-world and realistic-handler requests/s >= 1.0x deno serve; the
 neighbour p99 ratio <= 2x.
 
-Every figure, with the raw samples a chart needs, goes to
-target/bench/results.json (or $ISOPOD_BENCH_OUT), after each section.
+Every figure, with the raw samples the charts need, goes to
+target/bench/results.json (or $ISOPOD_BENCH_OUT), and the run ends by
+writing BENCHMARKS.md at the repository's root; scripts/bench.sh then draws
+its charts (bench/charts, into docs/bench/).
 
-Usage: scripts/bench.sh (builds the release binaries and the bundles,
-installs wrk, deno and workerd).
+Usage: scripts/bench.sh (builds the release binaries, installs wrk, deno and
+workerd, builds the bundles, runs this and draws the charts).
 ISOPOD_BENCH_QUICK=1 for a short run (20 apps per first-request case, 100
 apps for RSS, 2 rounds of 3 s): a check that the harness works, not figures.
 """
@@ -87,6 +89,7 @@ REALISTIC = os.path.join(ROOT, "bench", "handlers", "realistic.js")
 REALISTIC_LUA = os.path.join(ROOT, "bench", "handlers", "realistic.lua")
 BARE_HYPER = os.path.join(TARGET, "release", "examples", "bare_hyper")
 OUT = os.environ.get("ISOPOD_BENCH_OUT") or os.path.join(ROOT, "target", "bench", "results.json")
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 # Below this much available memory the RSS section stops adding apps.
 MEMORY_FLOOR_KIB = 1536 * 1024
 
@@ -263,7 +266,7 @@ def workerd_config(directory, bundle, port):
 
 class Section:
     """One section of the run: prints its heading, and keeps its figures
-    (`data`) with its tables and notes, in results.json."""
+    (`data`, in results.json) with the tables and notes BENCHMARKS.md shows."""
 
     def __init__(self, key, title):
         print(f"\n## {title}", flush=True)
@@ -922,6 +925,104 @@ def save_results():
         json.dump(RESULTS, f, indent=1)
 
 
+# The charts scripts/bench.sh draws (bench/charts) after this run, shown
+# under their sections.
+CHARTS = {
+    "throughput_hello": [("hello world requests/s, median of rounds", "throughput-hello.svg")],
+    "throughput_realistic": [("realistic handler requests/s, median of rounds", "throughput-realistic.svg")],
+    "memory": [("RSS against idle warm apps", "rss.svg")],
+    "first_request": [("latency CDF of first requests", "first-request-cdf.svg")],
+}
+
+
+def markdown_table(columns, rows):
+    def cells(values):
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    return [cells(columns), cells(["---"] * len(columns))] + [cells(row) for row in rows]
+
+
+def write_benchmarks_md():
+    """BENCHMARKS.md at the repository's root: the machine, the commands,
+    the targets and every section's tables, with the charts."""
+    meta = RESULTS["meta"]
+    m = meta["machine"]
+    lines = ["# isopod benchmarks", ""]
+    if QUICK:
+        lines += ["**This is a quick run** (`ISOPOD_BENCH_QUICK=1`: 20 apps per first-request case, 100 apps "
+                  "for RSS, 2 rounds of 3 s): a check that the harness works, not figures to quote. "
+                  "Run `bash scripts/bench.sh` for the full run.", ""]
+    lines += [
+        f"Measured {meta['date']} ({meta['minutes']:.0f} minutes) by `{meta['command']}`. "
+        "`bash scripts/bench.sh` rewrites this file, `target/bench/results.json` (every figure, with the raw "
+        "samples) and the charts in `docs/bench/`. "
+        "Figures, not pass/fail: the machine may be shared and requests/s swing between runs, so compare "
+        "figures of one run (the ratios are taken round by round for that reason). Older hand-made "
+        "measurements, each with its command: [docs/performance.md](docs/performance.md).",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += markdown_table(["", ""], [
+        ["CPU", m["cpu"]],
+        ["cores", m["cores"]],
+        ["memory", f"{m['memory_gib']:.1f} GiB"],
+        ["kernel", m["kernel"]],
+        ["system", m["os"] or "unknown"],
+        ["isopod", f"{m['isopod_version'] or 'unknown'}, commit {m['isopod_commit']}"],
+        ["isopod binary", f"`{m['isopod_binary']}`"],
+        ["deno", m["deno"] or "not installed"],
+        ["workerd", m["workerd"] or "not installed"],
+        ["wrk", m["wrk"] or "unknown"],
+        ["load average at the start", " ".join(f"{load:.2f}" for load in m["load_average_at_start"])],
+    ])
+    quick = "ISOPOD_BENCH_QUICK=1 " if QUICK else ""
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "```sh",
+        f"{quick}bash scripts/bench.sh",
+        "```",
+        "",
+        "which installs wrk, deno and workerd (`scripts/install-peers.sh`), builds the bundles "
+        "(`scripts/build-examples.sh`, `bench/realworld`) and runs:",
+        "",
+        "```sh",
+        "cargo build --release -p isopod",
+        "cargo build --release -p isopod-server --example bare_hyper",
+        "cargo build --release -p isopod-bench-charts",
+        f"{quick}python3 scripts/bench.py          # prints the figures, writes results.json and this file",
+        '"$CARGO_TARGET_DIR/release/isopod-bench-charts" target/bench/results.json docs/bench',
+        "```",
+        "",
+        "A section alone: `cd scripts && python3 -c 'import bench; bench.bench_first_request()'`. "
+        "Each section below says how it loads.",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += markdown_table(["figure", "measured", "verdict"], [
+        [t["name"], t["measured"], t["text"]]
+        for t in RESULTS["targets"]
+    ])
+    for key, sec in RESULTS["sections"].items():
+        lines += ["", f"## {sec['title']}", ""]
+        for table in sec["tables"]:
+            if table["rows"]:
+                lines += markdown_table(table["columns"], table["rows"]) + [""]
+        for note in sec["notes"]:
+            lines += [f"- {note}"]
+        if sec.get("error"):
+            lines += [f"- **This section failed**: `{sec['error']}`"]
+        for alt, svg in CHARTS.get(key, []):
+            lines += ["", f"![{alt}](docs/bench/{svg})"]
+    if RESULTS["errors"]:
+        lines += ["", "## Errors", ""] + [f"- `{error}`" for error in RESULTS["errors"]]
+    with open(BENCHMARKS_MD, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+
+
 SECTIONS = [
     bench_startup,
     bench_throughput,
@@ -946,7 +1047,9 @@ def main():
     started = time.monotonic()
     RESULTS["meta"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": ("ISOPOD_BENCH_QUICK=1 " if QUICK else "") + "bash scripts/bench.sh",
+        # scripts/bench.sh says it ran this; run alone, this is the command.
+        "command": ("ISOPOD_BENCH_QUICK=1 " if QUICK else "")
+        + os.environ.get("ISOPOD_BENCH_COMMAND", "python3 scripts/bench.py"),
         "machine": machine(),
     }
     print(f"isopod benchmarks on {os.cpu_count()} cores ({'quick' if QUICK else 'full'} run)")
@@ -966,7 +1069,9 @@ def main():
         save_results()
     RESULTS["meta"]["minutes"] = (time.monotonic() - started) / 60
     save_results()
-    print(f"\nfigures in {os.path.relpath(OUT, ROOT)} ({RESULTS['meta']['minutes']:.1f} minutes)")
+    write_benchmarks_md()
+    print(f"\nfigures in {os.path.relpath(OUT, ROOT)}, BENCHMARKS.md written "
+          f"({RESULTS['meta']['minutes']:.1f} minutes)")
     if RESULTS["errors"]:
         sys.exit(f"{len(RESULTS['errors'])} section(s) failed: " + "; ".join(RESULTS["errors"]))
 
