@@ -1,13 +1,20 @@
-//! isopod's persistent state, in one SQLite file (`DIR/registry.sqlite3`).
+//! isopod's persistent state: the registry of deployed apps, and the
+//! storage behind apps' KV bindings.
 //!
-//! Today that state is the registry of deployed apps: for each app, the
-//! versions it has had (bundle, opaque JSON manifest, who deployed it and
-//! how) and which one is active, so a restart serves exactly what was
+//! The registry lives in one SQLite file (`DIR/registry.sqlite3`): for each
+//! app, the versions it has had (bundle, opaque JSON manifest, who deployed
+//! it and how) and which one is active, so a restart serves exactly what was
 //! serving before. A [`Store`] is the one handle on the file; each concern
 //! it keeps lives in a module of its own (the registry in `registry`, the
 //! cache of version snapshots in `snapshots`).
 //!
-//! Invariants:
+//! Apps' data lives apart from the registry, so an app's writes never
+//! contend with deploys: Workers KV namespaces ([`kv`]) in `DIR/kv.sqlite3`
+//! or in Redis. Its API is async and shaped call for call like the Workers
+//! binding, with Workers' limits and error messages, so the JS binding is a
+//! thin mapping; no JavaScript or V8 here.
+//!
+//! Invariants of the registry:
 //! - Every write is one `BEGIN IMMEDIATE` transaction with
 //!   `synchronous=FULL`: a crash at any moment leaves either the old or the
 //!   new state, never a half-written version or an app without an active
@@ -24,18 +31,34 @@
 //!   newest [`StoreOptions::keep_versions`] versions are kept.
 //! - Manifests hold secrets, so the database file is created readable by
 //!   its owner only (where the platform allows).
+//!
+//! Invariants of apps' storage:
+//! - A binding reaches only its own namespace: no key, prefix or cursor an
+//!   app passes can read or write another's (see [`kv`]).
+//! - Storage files are owner-only, like the registry.
+//! - Blocking work (SQLite) runs off the async threads: reads on tokio's
+//!   blocking pool, writes on a writer thread that commits queued writes in
+//!   batches; a write's future resolves once it is durable.
 
+mod clock;
 mod digest;
 mod error;
+pub mod kv;
+mod names;
 mod registry;
 mod schema;
 mod snapshots;
+mod sqlite_file;
+mod storage_error;
 mod store;
 
 #[cfg(test)]
 mod tests;
 
+pub use clock::Clock;
 pub use digest::sha256_hex;
 pub use error::StoreError;
+pub use names::MAX_NAME_LEN;
 pub use registry::{NewVersion, Origin, StoredVersion, VersionRecord};
+pub use storage_error::StorageError;
 pub use store::{Store, StoreOptions, DB_FILE_NAME};
