@@ -116,8 +116,7 @@ impl KvError {
 /// A backend's failure, before it is tied to the operation that met it.
 #[derive(Debug)]
 pub(crate) enum BackendError {
-    /// See [`KvError::Unavailable`] (Redis).
-    #[allow(dead_code)]
+    /// See [`KvError::Unavailable`].
     Unavailable(String),
     /// See [`KvError::Internal`].
     Internal(String),

@@ -5,8 +5,8 @@
 //! A [`KvNamespace`] is the handle the JS binding holds: one method per
 //! Workers call (`get`, `get([...])`, `put`, `delete`, `list`), async,
 //! validating arguments exactly as Workers does (see [`limits`]) before the
-//! backend sees them, so every backend fails alike. Backend: a SQLite file
-//! ([`SqliteKvStore`]).
+//! backend sees them, so both backends fail alike. Backends: a SQLite file
+//! ([`SqliteKvStore`]) or Redis ([`RedisKvStore`]).
 //!
 //! Invariants, for every backend:
 //! - A namespace's calls reach only its own entries, whatever key, prefix
@@ -24,6 +24,7 @@
 mod cursor;
 mod error;
 pub mod limits;
+mod redis;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use cursor::{CursorKey, INVALID_CURSOR};
 pub use error::{JsErrorClass, KvError, KvOp};
+pub use redis::RedisKvStore;
 pub use sqlite::{SqliteKvStore, KV_FILE_NAME};
 
 use crate::clock::Clock;
@@ -103,7 +105,7 @@ pub struct ListResult {
 pub enum KvBackend {
     /// The data directory's `kv.sqlite3`.
     Sqlite,
-    /// A Redis server.
+    /// A Redis server ([`RedisKvStore`]).
     Redis,
 }
 
@@ -149,6 +151,7 @@ pub(crate) struct Page {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteNamespace),
+    Redis(redis::RedisNamespace),
 }
 
 /// A KV namespace: what `env.BINDING` of a KV binding wraps. Cheap to
@@ -180,6 +183,7 @@ impl KvNamespace {
     fn new(name: &str, clock: Clock, cursor_key: CursorKey, backend: Backend) -> KvNamespace {
         let kind = match backend {
             Backend::Sqlite(_) => KvBackend::Sqlite,
+            Backend::Redis(_) => KvBackend::Redis,
         };
         KvNamespace {
             inner: Arc::new(Inner {
@@ -201,6 +205,7 @@ impl KvNamespace {
     pub fn backend(&self) -> KvBackend {
         match self.inner.backend {
             Backend::Sqlite(_) => KvBackend::Sqlite,
+            Backend::Redis(_) => KvBackend::Redis,
         }
     }
 
@@ -214,6 +219,7 @@ impl KvNamespace {
         let now = self.now();
         let result = match &self.inner.backend {
             Backend::Sqlite(ns) => ns.get(key, now).await,
+            Backend::Redis(ns) => ns.get(key, now).await,
         };
         result.map_err(|e| e.during(KvOp::Get))
     }
@@ -233,6 +239,7 @@ impl KvNamespace {
         let now = self.now();
         let entries = match &self.inner.backend {
             Backend::Sqlite(ns) => ns.get_many(unique.clone(), now).await,
+            Backend::Redis(ns) => ns.get_many(&unique, now).await,
         }
         .map_err(|e| e.during(KvOp::GetBulk))?;
         let total = entries
@@ -258,6 +265,7 @@ impl KvNamespace {
                 ns.put(key.to_owned(), value, options.metadata, expiration)
                     .await
             }
+            Backend::Redis(ns) => ns.put(key, value, options.metadata, expiration).await,
         };
         result.map_err(|e| e.during(KvOp::Put))
     }
@@ -268,6 +276,7 @@ impl KvNamespace {
         limits::check_key(KvOp::Delete, key)?;
         let result = match &self.inner.backend {
             Backend::Sqlite(ns) => ns.delete(key.to_owned()).await,
+            Backend::Redis(ns) => ns.delete(key).await,
         };
         result.map_err(|e| e.during(KvOp::Delete))
     }
@@ -291,6 +300,7 @@ impl KvNamespace {
         let now = self.now();
         let page = match &self.inner.backend {
             Backend::Sqlite(ns) => ns.list(prefix, after, limit, now).await,
+            Backend::Redis(ns) => ns.list(&prefix, after, limit, now).await,
         }
         .map_err(|e| e.during(op))?;
         let cursor = match (page.more, page.keys.last()) {

@@ -79,6 +79,123 @@ fn sqlite_fixture(name: &str) -> Fixture {
     }
 }
 
+/// A `redis-server` of the test's own, on a free loopback port, with no
+/// persistence, in a temp dir; killed when dropped.
+pub(crate) struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (saying so) when `redis-server` is not
+    /// installed.
+    pub(crate) fn start(dir: &Path) -> Option<RedisServer> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !installed {
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers PING.
+    pub(crate) fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.answers_ping() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// Kills the server and waits for it to be gone.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_options(clock: &Clock) -> KvOptions {
+    KvOptions {
+        clock: clock.clone(),
+        ..KvOptions::default()
+    }
+}
+
+fn redis_fixture(name: &str) -> Option<(Fixture, RedisServer)> {
+    let dir = TempDir::new(name);
+    let server = RedisServer::start(dir.path())?;
+    let clock = test_clock();
+    let key = CursorKey::random().unwrap();
+    let store = RedisKvStore::new(&server.url(), &redis_options(&clock), key.clone()).unwrap();
+    let (url, options) = (server.url(), redis_options(&clock));
+    let reopen = move || {
+        RedisKvStore::new(&url, &options, key.clone())
+            .unwrap()
+            .namespace("main")
+            .unwrap()
+    };
+    let fixture = Fixture {
+        clock,
+        ns: store.namespace("main").unwrap(),
+        other: store.namespace("other").unwrap(),
+        reopen: Some(Box::new(reopen)),
+        sqlite: None,
+        _dir: dir,
+    };
+    Some((fixture, server))
+}
+
 macro_rules! kv_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -89,6 +206,38 @@ macro_rules! kv_suite {
                     super::$test(&fixture).await;
                 }
             )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some((fixture, _server)) = super::redis_fixture(stringify!($test)) else {
+                        return;
+                    };
+                    super::$test(&fixture).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn outage_fails_fast_then_recovers() {
+                let Some((fixture, server)) = super::redis_fixture("outage") else {
+                    return;
+                };
+                super::outage_fails_fast_then_recovers(&fixture, server).await;
+            }
+
+            #[tokio::test]
+            async fn vanished_entries_leave_the_index() {
+                let Some((fixture, server)) = super::redis_fixture("vanished") else {
+                    return;
+                };
+                super::redis_vanished_entries_leave_the_index(&fixture, &server).await;
+            }
+
+            #[tokio::test]
+            async fn namespaces_listed_and_deleted() {
+                super::redis_namespaces_listed_and_deleted().await;
+            }
         }
     };
 }
@@ -774,4 +923,118 @@ async fn durable_across_reopen(f: &Fixture) {
         .await
         .unwrap();
     assert_eq!(resumed.keys[0].name, "kept");
+}
+
+async fn outage_fails_fast_then_recovers(f: &Fixture, mut server: RedisServer) {
+    f.ns.put("k", b"v".to_vec(), opts()).await.unwrap();
+    server.stop();
+    let timeout = KvOptions::default().redis_timeout;
+    let slack = Duration::from_millis(1500);
+
+    let started = std::time::Instant::now();
+    let e = f.ns.get("k").await.unwrap_err();
+    assert!(
+        started.elapsed() < timeout + slack,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("KV GET failed: 503 KV storage unavailable: "),
+        "{e}"
+    );
+
+    // Calls made together fail together, not one timeout after another.
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let ns = f.ns.clone();
+            tokio::spawn(async move {
+                ns.put(&format!("p{i}"), vec![], PutOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let e = call.await.unwrap().unwrap_err();
+        assert!(e.to_string().starts_with("KV PUT failed: 503 "), "{e}");
+    }
+    assert!(
+        started.elapsed() < timeout + slack,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Back up: calls succeed again once the manager has reconnected.
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match f.ns.put("after", b"back".to_vec(), opts()).await {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "still failing: {e}"),
+        }
+    }
+    assert_eq!(f.ns.get("after").await.unwrap().unwrap().value, b"back");
+    // The server kept nothing (no persistence): the old key is gone.
+    assert_eq!(f.ns.get("k").await.unwrap(), None);
+}
+
+async fn redis_namespaces_listed_and_deleted() {
+    let dir = TempDir::new("redis-admin");
+    let Some(server) = RedisServer::start(dir.path()) else {
+        return;
+    };
+    let clock = test_clock();
+    let store = RedisKvStore::new(
+        &server.url(),
+        &redis_options(&clock),
+        CursorKey::random().unwrap(),
+    )
+    .unwrap();
+    let a = store.namespace("a").unwrap();
+    let b = store.namespace("b.b").unwrap();
+    a.put("x", b"1".to_vec(), opts()).await.unwrap();
+    b.put("x", b"2".to_vec(), opts()).await.unwrap();
+    assert_eq!(store.namespaces().await.unwrap(), ["a", "b.b"]);
+    assert!(store.delete_namespace("a").await.unwrap());
+    assert_eq!(a.get("x").await.unwrap(), None);
+    assert_eq!(b.get("x").await.unwrap().unwrap().value, b"2");
+    assert_eq!(store.namespaces().await.unwrap(), ["b.b"]);
+    assert!(!store.delete_namespace("a").await.unwrap());
+    assert!(store.namespace("../x").is_err());
+}
+
+/// Redis expiring an entry's hash (simulated by deleting it behind the
+/// store's back) hides the key from lists and prunes it from the index.
+async fn redis_vanished_entries_leave_the_index(f: &Fixture, server: &RedisServer) {
+    for key in ["a", "b", "c"] {
+        f.ns.put(key, vec![], opts()).await.unwrap();
+    }
+    let mut raw = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let prefix = "isopod:kv:4:main:";
+    ::redis::cmd("DEL")
+        .arg(format!("{prefix}k:b"))
+        .query::<()>(&mut raw)
+        .unwrap();
+    let page =
+        f.ns.list(ListOptions {
+            limit: Some(2),
+            ..ListOptions::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = page.keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+    assert!(page.list_complete);
+    let indexed: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(format!("{prefix}i"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(indexed, ["a", "c"]);
 }
