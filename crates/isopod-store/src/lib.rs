@@ -10,7 +10,8 @@
 //!
 //! Apps' data lives apart from the registry, so an app's writes never
 //! contend with deploys: Workers KV namespaces ([`kv`]) in `DIR/kv.sqlite3`
-//! or in Redis. Its API is async and shaped call for call like the Workers
+//! or in Redis, and D1 databases ([`d1`]), one SQLite file each under
+//! `DIR/d1/`. Its API is async and shaped call for call like the Workers
 //! binding, with Workers' limits and error messages, so the JS binding is a
 //! thin mapping; no JavaScript or V8 here.
 //!
@@ -33,14 +34,17 @@
 //!   its owner only (where the platform allows).
 //!
 //! Invariants of apps' storage:
-//! - A binding reaches only its own namespace: no key, prefix or cursor an
-//!   app passes can read or write another's (see [`kv`]).
+//! - A binding reaches only its own namespace or database: no key, prefix
+//!   or cursor an app passes can read or write another namespace's (see
+//!   [`kv`]), and no SQL can open another file (see [`d1`]).
 //! - Storage files are owner-only, like the registry.
-//! - Blocking work (SQLite) runs off the async threads: reads on tokio's
-//!   blocking pool, writes on a writer thread that commits queued writes in
-//!   batches; a write's future resolves once it is durable.
+//! - Blocking work (SQLite) runs off the async threads: KV reads on tokio's
+//!   blocking pool, KV writes on a writer thread that commits queued writes
+//!   in batches, each D1 database's calls on a thread of its own; a write's
+//!   future resolves once it is durable.
 
 mod clock;
+pub mod d1;
 mod digest;
 mod error;
 pub mod kv;

@@ -27,7 +27,7 @@ pub mod limits;
 mod redis;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
