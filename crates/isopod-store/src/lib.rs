@@ -11,7 +11,9 @@
 //! Apps' data lives apart from the registry, so an app's writes never
 //! contend with deploys: Workers KV namespaces ([`kv`]) in `DIR/kv.sqlite3`
 //! or in Redis, and D1 databases ([`d1`]), one SQLite file each under
-//! `DIR/d1/`. Its API is async and shaped call for call like the Workers
+//! `DIR/d1/`. A [`Storage`] opens them by name and shares the handles
+//! between apps; it also lists and deletes them for the admin API, exports
+//! a D1 database as SQL and takes online backups. Its API is async and shaped call for call like the Workers
 //! binding, with Workers' limits and error messages, so the JS binding is a
 //! thin mapping; no JavaScript or V8 here.
 //!
@@ -38,11 +40,14 @@
 //!   or cursor an app passes can read or write another namespace's (see
 //!   [`kv`]), and no SQL can open another file (see [`d1`]).
 //! - Storage files are owner-only, like the registry.
+//! - A namespace or database outlives the apps that use it: only an
+//!   explicit delete removes it.
 //! - Blocking work (SQLite) runs off the async threads: KV reads on tokio's
 //!   blocking pool, KV writes on a writer thread that commits queued writes
 //!   in batches, each D1 database's calls on a thread of its own; a write's
 //!   future resolves once it is durable.
 
+mod backup;
 mod clock;
 pub mod d1;
 mod digest;
@@ -53,6 +58,7 @@ mod registry;
 mod schema;
 mod snapshots;
 mod sqlite_file;
+mod storage;
 mod storage_error;
 mod store;
 
@@ -64,5 +70,6 @@ pub use digest::sha256_hex;
 pub use error::StoreError;
 pub use names::MAX_NAME_LEN;
 pub use registry::{NewVersion, Origin, StoredVersion, VersionRecord};
+pub use storage::{Storage, StorageOptions, CURSOR_KEY_FILE_NAME, D1_DIR_NAME};
 pub use storage_error::StorageError;
 pub use store::{Store, StoreOptions, DB_FILE_NAME};

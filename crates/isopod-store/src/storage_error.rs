@@ -60,6 +60,17 @@ pub enum StorageError {
         /// What the operating system said.
         detail: String,
     },
+    /// The namespace or database is held by an app, so it is not deleted.
+    #[error("{kind} '{name}' is in use")]
+    InUse {
+        /// "KV namespace" or "D1 database".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The operation cannot be done on this namespace or database.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A file holds what this build cannot read (a newer schema).
     #[error("{0}")]
     Corrupt(String),

@@ -4,7 +4,7 @@
 //! error messages.
 //!
 //! Each database is a file of its own (`d1/<name>.sqlite3` under the data
-//! directory) with one thread running its calls
+//! directory, see [`crate::Storage`]) with one thread running its calls
 //! (its `engine` module holds the guards: authorizer, time limit, result cap,
 //! limits). The API is async: a call is sent to the thread and its future
 //! resolves with the answer.
@@ -30,6 +30,7 @@
 
 mod engine;
 mod error;
+pub(crate) mod export;
 #[cfg(test)]
 mod tests;
 mod value;
@@ -43,6 +44,7 @@ use tokio::sync::oneshot;
 
 pub use engine::SERVED_BY;
 pub use error::{D1Error, NO_STATEMENTS, PARAMS_NOT_LAST, WRONG_BINDING_COUNT};
+pub use export::VIRTUAL_TABLES;
 pub use value::Value;
 
 use crate::storage_error::StorageError;
@@ -197,7 +199,8 @@ impl std::fmt::Debug for D1Database {
 
 impl D1Database {
     /// Opens (creating if needed) the database file at `path`, naming it
-    /// `name`, and starts its thread.
+    /// `name`, and starts its thread. [`crate::Storage::d1_database`] is
+    /// the usual way in: it places and names the file, and shares handles.
     pub fn open(name: &str, path: &Path, options: D1Options) -> Result<D1Database, StorageError> {
         let engine = Engine::open(path, options)?;
         let (jobs, queue) = mpsc::channel();
@@ -227,6 +230,11 @@ impl D1Database {
     /// Its file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many handles share this database (clones count).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// Runs `f` on the database's thread.
