@@ -42,7 +42,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::{Batch, Connection, StatementStatus};
 
-use super::error::{sqlite_message, NO_STATEMENTS, PARAMS_NOT_LAST, WRONG_BINDING_COUNT};
+use super::error::{sqlite_message, D1Error, NO_STATEMENTS, PARAMS_NOT_LAST, WRONG_BINDING_COUNT};
 use super::{D1Meta, D1Options, Value};
 use crate::storage_error::{StorageContext as _, StorageError};
 
@@ -267,10 +267,9 @@ impl Engine {
 
     /// `exec`: each line of `sql` (trimmed, split at newlines, as workerd's
     /// binding sends it) runs as its statements, in one transaction.
-    /// Answers how many lines ran and their total duration in ms; a
-    /// failure is (line number from 1, line, error).
-    pub(crate) fn exec(&mut self, sql: &str) -> Result<(usize, f64), (usize, String, String)> {
-        self.begin().map_err(|e| (1, String::new(), e))?;
+    /// Answers how many lines ran and their total duration in ms.
+    pub(crate) fn exec(&mut self, sql: &str) -> Result<(usize, f64), D1Error> {
+        self.begin().map_err(D1Error::Query)?;
         let mut budget = self.options.max_result_bytes;
         let (mut count, mut duration) = (0, 0.0);
         for (index, line) in sql.trim().split('\n').enumerate() {
@@ -282,13 +281,18 @@ impl Engine {
                 // A blank or comment-only line runs nothing and counts
                 // for nothing.
                 Ok(None) => {}
-                Err(e) => {
+                Err(error) => {
                     self.rollback();
-                    return Err((index + 1, line.to_owned(), e));
+                    return Err(D1Error::Exec {
+                        line: index + 1,
+                        text: line.to_owned(),
+                        error,
+                    });
                 }
             }
         }
-        self.commit().map_err(|e| (count, String::new(), e))?;
+        // A failed commit is no line's fault.
+        self.commit().map_err(D1Error::Query)?;
         Ok((count, duration))
     }
 

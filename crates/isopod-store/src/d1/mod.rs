@@ -285,10 +285,7 @@ impl D1Database {
     /// lines fails, as on D1). All lines run in one transaction.
     pub async fn exec(&self, sql: &str) -> Result<D1ExecResult, D1Error> {
         let sql = sql.to_owned();
-        let (count, duration) = self
-            .run(move |engine| engine.exec(&sql))
-            .await?
-            .map_err(|(line, text, error)| D1Error::Exec { line, text, error })?;
+        let (count, duration) = self.run(move |engine| engine.exec(&sql)).await??;
         Ok(D1ExecResult { count, duration })
     }
 }

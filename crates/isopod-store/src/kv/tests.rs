@@ -258,6 +258,7 @@ kv_suite!(
     namespaces_are_isolated,
     cursors_are_bound_to_their_namespace,
     durable_across_reopen,
+    concurrent_writes_all_land,
 );
 
 fn opts() -> PutOptions {
@@ -1037,4 +1038,28 @@ async fn redis_vanished_entries_leave_the_index(f: &Fixture, server: &RedisServe
         .query(&mut raw)
         .unwrap();
     assert_eq!(indexed, ["a", "c"]);
+}
+
+/// Many writes at once (batched into few transactions by the SQLite
+/// writer, pipelined on one connection by Redis) each resolve once stored.
+async fn concurrent_writes_all_land(f: &Fixture) {
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let ns = f.ns.clone();
+            tokio::spawn(async move {
+                let key = format!("c{i:03}");
+                ns.put(&key, key.clone().into_bytes(), PutOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let listed = f.ns.list(ListOptions::default()).await.unwrap();
+    assert_eq!(listed.keys.len(), 300);
+    for i in [0, 150, 299] {
+        let key = format!("c{i:03}");
+        assert_eq!(f.ns.get(&key).await.unwrap().unwrap().value, key.as_bytes());
+    }
 }
