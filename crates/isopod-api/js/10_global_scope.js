@@ -11,6 +11,8 @@
 import { core, primordials } from "ext:core/mod.js";
 import "ext:isopod_api/00_stubs.js";
 import { registerErrorClasses } from "ext:isopod_api/04_error_classes.js";
+import { configureKv, kvBinding } from "ext:isopod_bindings/kv.js";
+import { d1Binding } from "ext:isopod_bindings/d1.js";
 
 const {
   ArrayBuffer,
@@ -173,6 +175,13 @@ const fetch = load("ext:deno_fetch/26_fetch.js");
 // Request) with a DataCloneError.
 const messagePort = load("ext:deno_web/13_message_port.js");
 const fileReader = load("ext:deno_web/10_filereader.js");
+// The KV binding's values are text, JSON, bytes or streams.
+configureKv({
+  TextEncoder: encoding.TextEncoder,
+  TextDecoder: encoding.TextDecoder,
+  ReadableStream: streams.ReadableStream,
+  Response,
+});
 const crypto = load("ext:deno_crypto/00_crypto.js");
 
 // ---------------------------------------------------------------------------
@@ -1550,9 +1559,20 @@ function serviceWorkerHandler() {
 
 // Called by the runtime right after the bundle is evaluated, once per
 // isolate. `exported` is the module's default export, or undefined for a
-// service-worker script; `limits` holds the budgets enforced in JavaScript.
-function init(exported, env, limits) {
+// service-worker script; `limits` holds the budgets enforced in JavaScript;
+// `bindings` lists the app's storage bindings as [name, kind, index], each
+// put on `env` (and, for a service-worker script, on the global object, as
+// Workers does).
+function init(exported, env, limits, bindings) {
   subrequestLimit = limits.subrequests;
+  for (let i = 0; i < bindings.length; i++) {
+    const { 0: name, 1: kind, 2: index } = bindings[i];
+    const binding = kind === "kv" ? kvBinding(index) : d1Binding(index);
+    ObjectDefineProperty(env, name, enumerable(binding));
+    if (exported === undefined || exported === null) {
+      ObjectDefineProperty(globalThis, name, nonEnumerable(binding));
+    }
+  }
   let handler;
   if (exported !== undefined && exported !== null) {
     if (typeof exported.fetch !== "function") {

@@ -37,7 +37,7 @@ use deno_core::{Extension, ExtensionArguments};
 
 deno_core::extension!(
     isopod_api,
-    deps = [deno_webidl, deno_web, deno_fetch, deno_crypto],
+    deps = [deno_webidl, deno_web, deno_fetch, deno_crypto, isopod_bindings],
     ops = [
         host::op_isopod_log,
         host::op_isopod_respond,
@@ -76,6 +76,7 @@ pub fn extensions() -> Vec<Extension> {
         deno_web::deno_web::lazy_init(),
         deno_fetch::deno_fetch::lazy_init(),
         deno_crypto::deno_crypto::lazy_init(),
+        isopod_bindings::isopod_bindings::init(),
         isopod_api::init(),
     ]
 }

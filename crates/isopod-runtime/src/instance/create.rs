@@ -48,6 +48,8 @@ pub struct AppConfig {
     pub fetches: Arc<isopod_api::FetchCounts>,
     /// Whether its versions get startup snapshots, and on what terms.
     pub snapshot: SnapshotPolicy,
+    /// Its storage bindings (KV namespaces, D1 databases) on `env`.
+    pub bindings: isopod_bindings::Bindings,
 }
 
 /// Whether an app's versions get startup snapshots
@@ -80,6 +82,7 @@ impl AppConfig {
             limits: Limits::default(),
             fetches: Arc::default(),
             snapshot: SnapshotPolicy::default(),
+            bindings: Default::default(),
         }
     }
 }
@@ -165,7 +168,7 @@ impl Instance {
         })?;
         instance.enforcer.set_limits(&app.limits);
         instance.set_app(app)?;
-        instance.wire(init, exported, &app.vars, bundle)?;
+        instance.wire(init, exported, &app.vars, &app.bindings, bundle)?;
         Ok(instance)
     }
 

@@ -153,14 +153,17 @@ impl Instance {
                 exported
             }
         };
-        self.wire(init, exported, &app.vars, bundle)
+        self.wire(init, exported, &app.vars, &app.bindings, bundle)
     }
 
     /// Tells a blank instance (made before its app was known) or one from a
     /// snapshot which app it serves, and where its `fetch` may go.
     pub(super) fn set_app(&mut self, app: &AppConfig) -> Result<(), InstanceError> {
         self.table.set_app(app.name.clone(), app.fetches.clone());
-        isopod_api::set_net_policy(&mut self.runtime.op_state().borrow_mut(), &app.net)?;
+        let state = self.runtime.op_state();
+        let mut state = state.borrow_mut();
+        isopod_api::set_net_policy(&mut state, &app.net)?;
+        isopod_bindings::install(&mut state, app.bindings.clone());
         Ok(())
     }
 
@@ -172,6 +175,7 @@ impl Instance {
         init: v8::Global<v8::Function>,
         exported: v8::Global<v8::Value>,
         vars: &[(String, String)],
+        bindings: &isopod_bindings::Bindings,
         bundle: &Bundle,
     ) -> Result<(), InstanceError> {
         let subrequests = self.enforcer.subrequests();
@@ -194,8 +198,29 @@ impl Instance {
             let key = v8::String::new(scope, "subrequests").unwrap();
             let value = v8::Integer::new_from_unsigned(scope, subrequests);
             limits.set(scope, key.into(), value.into());
-            let Some(pair) = init.call(scope, undefined, &[exported, env.into(), limits.into()])
-            else {
+            // The app's bindings as [name, kind, index]: the bootstrap puts
+            // each on `env`.
+            let listed = v8::Array::new(scope, bindings.entries().len() as i32);
+            for (index, binding) in bindings.entries().iter().enumerate() {
+                let (kind, _) = binding.describe();
+                let (Some(name), Some(kind)) = (
+                    v8::String::new(scope, &binding.name),
+                    v8::String::new(scope, kind),
+                ) else {
+                    continue;
+                };
+                let position = v8::Integer::new_from_unsigned(scope, index as u32);
+                let entry = v8::Array::new_with_elements(
+                    scope,
+                    &[name.into(), kind.into(), position.into()],
+                );
+                listed.set_index(scope, index as u32, entry.into());
+            }
+            let Some(pair) = init.call(
+                scope,
+                undefined,
+                &[exported, env.into(), limits.into(), listed.into()],
+            ) else {
                 let message = scope
                     .exception()
                     .map(|e| e.to_rust_string_lossy(scope))

@@ -39,6 +39,8 @@
 // The entry point: what the pool holds and calls.
 mod handle;
 
+#[cfg(test)]
+mod bindings_tests;
 mod code_cache;
 mod compile;
 mod create;
