@@ -28,6 +28,7 @@ use crate::manifest::{AppManifest, AppSettings};
 use crate::ports::OwnPorts;
 use crate::registry::{Deployed, Registry, VersionInfo};
 use crate::snapshots::Snapshots;
+use isopod_store::Storage;
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,9 @@ pub(crate) struct Deployments {
     lock: Mutex<()>,
     /// Each new version's snapshot.
     snapshots: Arc<Snapshots>,
+    /// Where apps' KV namespaces and D1 databases live, if the server has
+    /// a data directory.
+    pub(crate) storage: Option<Arc<Storage>>,
 }
 
 /// A change made: the version now live, and the one it replaced.
@@ -108,7 +112,14 @@ impl Deployments {
             serving,
             lock: Mutex::new(()),
             snapshots,
+            storage: None,
         }
+    }
+
+    /// Opens apps' bindings in `storage` (without, a binding is refused).
+    pub(crate) fn with_storage(mut self, storage: Option<Arc<Storage>>) -> Deployments {
+        self.storage = storage;
+        self
     }
 
     /// Checks `settings` and `source` as app `name`, records them and makes
@@ -161,7 +172,12 @@ impl Deployments {
             };
         }
         let mut manifest = settings
-            .into_manifest(name, previous.version.bundle.clone(), &self.default_limits)
+            .into_manifest(
+                name,
+                previous.version.bundle.clone(),
+                &self.default_limits,
+                self.storage.as_deref(),
+            )
             .map_err(|e| ChangeError::Refused(e.to_string()))?;
         manifest.port = previous.port;
         let recording = recording(&manifest, deployed_by, Origin::Vars);
@@ -230,7 +246,8 @@ impl Deployments {
         &self,
         stored: &StoredVersion,
     ) -> Result<AppManifest, ChangeError> {
-        manifest_from_record(stored, &self.default_limits).map_err(ChangeError::Store)
+        manifest_from_record(stored, &self.default_limits, self.storage.as_deref())
+            .map_err(ChangeError::Store)
     }
 
     async fn checked_manifest(
@@ -242,7 +259,7 @@ impl Deployments {
     ) -> Result<AppManifest, ChangeError> {
         let bundle = Bundle::from_source(&format!("{name}.js"), source);
         let mut manifest = settings
-            .into_manifest(name, bundle, &self.default_limits)
+            .into_manifest(name, bundle, &self.default_limits, self.storage.as_deref())
             .map_err(|e| ChangeError::Refused(e.to_string()))?;
         manifest.port = port;
         let (config, bundle) = (manifest.config.clone(), manifest.bundle.clone());
@@ -379,6 +396,7 @@ pub(crate) fn deployed_from(
 pub(crate) fn manifest_from_record(
     stored: &StoredVersion,
     defaults: &Limits,
+    storage: Option<&Storage>,
 ) -> Result<AppManifest, String> {
     let record = &stored.record;
     let mut declaration = record.manifest.clone();
@@ -405,7 +423,7 @@ pub(crate) fn manifest_from_record(
         .map_err(|_| format!("version {} of '{}' is not UTF-8", record.number, record.app))?;
     let bundle = Bundle::from_source(&format!("{}.js", record.app), source);
     let mut manifest = settings
-        .into_manifest(&record.app, bundle, defaults)
+        .into_manifest(&record.app, bundle, defaults, storage)
         .map_err(|e| e.to_string())?;
     manifest.port = port;
     Ok(manifest)

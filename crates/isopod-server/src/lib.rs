@@ -63,6 +63,7 @@ mod access_log;
 mod admin;
 mod admission;
 mod app_metrics;
+mod bindings;
 mod connection;
 mod date;
 mod deploy_check;
@@ -90,10 +91,13 @@ pub use access_log::AccessLog;
 pub use admission::Admission;
 pub use edge::TrustedProxies;
 pub use isopod_pool::{ExecutionMode, PoolConfig};
-pub use isopod_store::{Store, StoreError, StoreOptions};
+pub use isopod_store::{Storage, StorageOptions, Store, StoreError, StoreOptions};
 pub use listener::{EdgeConfig, Http1Path};
 pub use log_tail::{LogTail, LogTailLayer};
-pub use manifest::{check_app_name, AppManifest, AppSettings, ManifestError, RouteSpec};
+pub use manifest::{
+    check_app_name, AppManifest, AppSettings, D1BindingSpec, KvBackendName, KvBindingSpec,
+    ManifestError, RouteSpec,
+};
 pub use ports::PortError;
 pub use registry::{Deployed, Registry, Snapshot, VersionInfo};
 pub use routing::{HostPattern, Route, RouteTable};

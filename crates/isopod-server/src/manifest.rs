@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use isopod_pool::ExecutionMode;
 use isopod_runtime::{AppConfig, Bundle, LimitOverrides, Limits, NetPolicy, SnapshotPolicy};
+use isopod_store::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{HostPattern, Route};
@@ -87,6 +88,51 @@ pub struct AppSettings {
     /// digest.
     #[serde(default, skip_serializing_if = "is_default_policy")]
     pub snapshot: SnapshotPolicy,
+    /// Workers KV namespaces on `env`. Left out of the declaration when
+    /// none, as are D1 databases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv: Vec<KvBindingSpec>,
+    /// D1 databases on `env`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub d1: Vec<D1BindingSpec>,
+}
+
+/// A KV binding as written: `{ binding = "CACHE", namespace = "shop-cache",
+/// backend = "redis" }`. The namespace defaults to the binding's name, the
+/// backend to the data directory's SQLite.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvBindingSpec {
+    /// The name on `env`.
+    pub binding: String,
+    /// The namespace it reaches; apps naming the same one share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `sqlite` (default) or `redis` (needs the top-level `redis_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<KvBackendName>,
+}
+
+/// Where a KV namespace lives, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackendName {
+    /// The data directory's SQLite file.
+    Sqlite,
+    /// The Redis server of `redis_url`.
+    Redis,
+}
+
+/// A D1 binding as written: `{ binding = "DB", database = "shop" }`. The
+/// database defaults to the binding's name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct D1BindingSpec {
+    /// The name on `env`.
+    pub binding: String,
+    /// The database it reaches; apps naming the same one share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 fn is_default_policy(policy: &SnapshotPolicy) -> bool {
@@ -137,15 +183,28 @@ pub fn check_app_name(name: &str) -> Result<(), ManifestError> {
 }
 
 impl AppSettings {
+    /// These settings' storage bindings, opened in `storage`; what
+    /// [`AppSettings::into_manifest`] gives the app's config.
+    pub fn bindings(
+        &self,
+        name: &str,
+        storage: Option<&Storage>,
+    ) -> Result<isopod_bindings::Bindings, ManifestError> {
+        crate::bindings::resolve(self, storage).map_err(|reason| ManifestError::new(name, reason))
+    }
+
     /// The app `name` running `bundle` with these settings, its limits laid
-    /// over `defaults`. Its own port, if any, is the caller's to set.
+    /// over `defaults`, its bindings opened in `storage` (needed only when
+    /// it has some). Its own port, if any, is the caller's to set.
     pub fn into_manifest(
         self,
         name: &str,
         bundle: Bundle,
         defaults: &Limits,
+        storage: Option<&Storage>,
     ) -> Result<AppManifest, ManifestError> {
         check_app_name(name)?;
+        let bindings = self.bindings(name, storage)?;
         let declared = self.clone();
         if let Some(both) = self.secrets.keys().find(|key| self.vars.contains_key(*key)) {
             return Err(ManifestError::new(
@@ -182,6 +241,7 @@ impl AppSettings {
                 limits,
                 fetches: Default::default(),
                 snapshot: self.snapshot,
+                bindings,
             },
             bundle,
             mode: self.mode,

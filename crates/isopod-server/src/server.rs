@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// binary itself, run as `isopod __snapshot`); `None` turns version
     /// snapshots off, and every instance loads its bundle from source.
     pub snapshotter: Option<isopod_runtime::Snapshotter>,
+    /// Where apps' KV namespaces and D1 databases live; without it, an app
+    /// with a KV or D1 binding is refused.
+    pub storage: Option<Arc<isopod_store::Storage>>,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             log_tail: None,
             metrics_max_apps: DEFAULT_METRICS_MAX_APPS,
             snapshotter: None,
+            storage: None,
         }
     }
 }
@@ -178,7 +182,12 @@ impl Server {
 
         let metrics = Arc::new(AppMetricsSet::new(config.metrics_max_apps));
         let apps = match &config.store {
-            Some(store) => stored_apps(store, config.apps, &default_limits)?,
+            Some(store) => stored_apps(
+                store,
+                config.apps,
+                &default_limits,
+                config.storage.as_deref(),
+            )?,
             None => config.apps.into_iter().map(|app| (app, None)).collect(),
         };
         let registry = Arc::new(Registry::default());
@@ -244,15 +253,18 @@ impl Server {
         let draining = Arc::new(AtomicBool::new(false));
         let admin_addr = match admin {
             Some(((listener, addr), tokens)) => {
-                let deployments = Arc::new(Deployments::new(
-                    pool.clone(),
-                    ports.clone(),
-                    metrics.clone(),
-                    config.log_tail.clone(),
-                    default_limits,
-                    serving,
-                    snapshots.clone(),
-                ));
+                let deployments = Arc::new(
+                    Deployments::new(
+                        pool.clone(),
+                        ports.clone(),
+                        metrics.clone(),
+                        config.log_tail.clone(),
+                        default_limits,
+                        serving,
+                        snapshots.clone(),
+                    )
+                    .with_storage(config.storage.clone()),
+                );
                 crate::admin::spawn(
                     listener,
                     crate::admin::Admin {
@@ -359,6 +371,7 @@ fn stored_apps(
     store: &Store,
     declared: Vec<AppManifest>,
     defaults: &isopod_runtime::Limits,
+    storage: Option<&isopod_store::Storage>,
 ) -> Result<Vec<(AppManifest, Option<VersionRecord>)>, ServerError> {
     for app in &declared {
         let declaration = app.declaration();
@@ -386,7 +399,8 @@ fn stored_apps(
         .active_versions()?
         .into_iter()
         .map(|stored| {
-            let manifest = manifest_from_record(&stored, defaults).map_err(ServerError::Stored)?;
+            let manifest =
+                manifest_from_record(&stored, defaults, storage).map_err(ServerError::Stored)?;
             Ok((manifest, Some(stored.record)))
         })
         .collect()

@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use isopod_runtime::{Bundle, LimitOverrides, Limits};
 use isopod_server::{
     AccessLog, AdminConfig, AppManifest, AppSettings, EdgeConfig, PoolConfig, ServerConfig,
-    TrustedProxies,
+    Storage, StorageOptions, TrustedProxies,
 };
 use serde::Deserialize;
 
@@ -34,8 +35,12 @@ struct ConfigFile {
     #[serde(default)]
     admin_tokens: Vec<NamedToken>,
     memory_budget_mb: Option<u64>,
-    /// The registry's directory (relative to the config file's).
+    /// The registry's directory (relative to the config file's), where
+    /// apps' KV namespaces and D1 databases live too.
     data_dir: Option<PathBuf>,
+    /// The Redis server of KV namespaces with `backend = "redis"`
+    /// (`redis://host:port[/db]`; `ISOPOD_REDIS_URL` overrides it).
+    redis_url: Option<String>,
     /// Versions kept per app in the registry.
     keep_versions: Option<usize>,
     /// Addresses and CIDR ranges whose forwarding headers are believed.
@@ -110,16 +115,39 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
-/// Reads `path` and applies the environment overrides.
-pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)> {
+/// Reads `path` and applies the environment overrides; `data_dir`, when
+/// given, wins over the file's. Opens apps' storage in the data directory
+/// (their bindings are opened as their manifests are made).
+pub(crate) fn load(
+    path: &Path,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(ServerConfig, ServeSettings)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: ConfigFile = toml::from_str(&text).map_err(|error| invalid(path, &text, &error))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let limits = process_limits(&file.limits)?;
+    let data_dir = data_dir.unwrap_or_else(|| {
+        file.data_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| base.join(dir))
+    });
+    let redis_url = std::env::var("ISOPOD_REDIS_URL")
+        .ok()
+        .or(file.redis_url.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
+    let storage = Storage::open(
+        &data_dir,
+        StorageOptions {
+            redis_url,
+            ..StorageOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
     let mut apps = Vec::new();
     for app in file.apps {
-        apps.push(manifest(app, base, &limits)?);
+        apps.push(manifest(app, base, &limits, &storage)?);
     }
     let defaults = PoolConfig::default();
     let trusted_proxies = TrustedProxies::parse(&file.trusted_proxies)
@@ -136,9 +164,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)>
         (_, None) => AccessLog::default(),
     };
     let settings = ServeSettings {
-        data_dir: file
-            .data_dir
-            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |dir| base.join(dir)),
+        data_dir,
         keep_versions: file.keep_versions.unwrap_or(20).max(1),
         drain: Duration::from_secs(file.drain_timeout_s.unwrap_or(30)),
         log_format: file.log_format,
@@ -179,6 +205,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(ServerConfig, ServeSettings)>
             .metrics_max_apps
             .unwrap_or(isopod_server::DEFAULT_METRICS_MAX_APPS),
         snapshotter: snapshotter(file.snapshots)?,
+        storage: Some(Arc::new(storage)),
     };
     apply_env(&mut config)?;
     let admin_listen = env_parsed("ISOPOD_ADMIN_LISTEN")?.or(file.admin_listen);
@@ -253,7 +280,12 @@ pub(crate) fn process_limits(file: &LimitOverrides) -> anyhow::Result<Limits> {
         .context("the process's default limits")
 }
 
-fn manifest(mut entry: toml::Table, base: &Path, defaults: &Limits) -> anyhow::Result<AppManifest> {
+fn manifest(
+    mut entry: toml::Table,
+    base: &Path,
+    defaults: &Limits,
+    storage: &Storage,
+) -> anyhow::Result<AppManifest> {
     let identity: toml::Table = ["name", "bundle", "port"]
         .into_iter()
         .filter_map(|key| entry.remove(key).map(|value| (key.to_string(), value)))
@@ -263,7 +295,7 @@ fn manifest(mut entry: toml::Table, base: &Path, defaults: &Limits) -> anyhow::R
     let settings = AppSettings::deserialize(toml::Value::Table(entry))
         .with_context(|| format!("app '{name}'"))?;
     let bundle = Bundle::from_file(&base.join(&bundle)).with_context(|| format!("app '{name}'"))?;
-    let mut manifest = settings.into_manifest(&name, bundle, defaults)?;
+    let mut manifest = settings.into_manifest(&name, bundle, defaults, Some(storage))?;
     manifest.port = port;
     Ok(manifest)
 }
@@ -382,7 +414,7 @@ allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
 "#,
         )
         .unwrap();
-        let (config, _) = load(&dir.join("isopod.toml")).unwrap();
+        let (config, _) = load(&dir.join("isopod.toml"), Some(dir.join("data"))).unwrap();
         assert_eq!((config.pool.threads, config.pool.max_instances), (2, 7));
         let app = &config.apps[0];
         assert_eq!(app.mode, ExecutionMode::IsolatePerRequest);
@@ -402,7 +434,7 @@ allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
             "[[apps]]\nname = \"a\"\nbundle = \"a.js\"\nallow_net = [\"http://x\"]\n",
         )
         .unwrap();
-        let error = load(&dir.join("bad-net.toml")).unwrap_err();
+        let error = load(&dir.join("bad-net.toml"), Some(dir.join("data"))).unwrap_err();
         assert!(
             format!("{error:#}").contains("invalid allow_net entry 'http://x'"),
             "{error:#}"
@@ -413,7 +445,7 @@ allow_net = ["127.0.0.1:9000", "10.1.0.0/16", "api.internal"]
             "[[apps]]\nname = \"a\"\nbundle = \"a.js\"\nroute = []\n",
         )
         .unwrap();
-        let error = load(&dir.join("bad.toml")).unwrap_err();
+        let error = load(&dir.join("bad.toml"), Some(dir.join("data"))).unwrap_err();
         assert!(
             format!("{error:#}").contains("unknown field `route`"),
             "{error:#}"

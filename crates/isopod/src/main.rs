@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use isopod_runtime::{AppConfig, Bundle, NetPolicy};
 use isopod_server::{
-    AppManifest, Http1Path, LogTail, PoolConfig, Route, Server, ServerConfig, Store, StoreOptions,
+    AppManifest, AppSettings, D1BindingSpec, Http1Path, KvBindingSpec, LogTail, PoolConfig, Route,
+    Server, ServerConfig, Storage, StorageOptions, Store, StoreOptions,
 };
 
 use crate::config::LogFormat;
@@ -122,6 +123,18 @@ struct RunArgs {
     /// own listeners are not unless listed (the listeners never are).
     #[arg(long = "allow-net", value_name = "HOST", value_delimiter = ',')]
     allow_net: Vec<String>,
+    /// A Workers KV namespace on the handler's `env`, as BINDING or
+    /// BINDING=NAMESPACE (default: the binding's name); repeat for more.
+    #[arg(long = "kv", value_name = "BINDING[=NAMESPACE]")]
+    kv: Vec<String>,
+    /// A D1 database on the handler's `env`, as BINDING or
+    /// BINDING=DATABASE (default: the binding's name); repeat for more.
+    #[arg(long = "d1", value_name = "BINDING[=DATABASE]")]
+    d1: Vec<String>,
+    /// Where KV namespaces and D1 databases live. Default: a temporary
+    /// directory, removed when isopod stops.
+    #[arg(long, env = "ISOPOD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Which HTTP/1.1 stack reads requests: `own` (isopod's path, then
     /// hyper) or `hyper` alone. For comparing the two; hidden from help.
     #[arg(long = "http1", hide = true, default_value = "own", value_parser = parse_http1)]
@@ -211,6 +224,7 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
         bail!("bundle not found: {}", args.bundle.display());
     }
     let bundle = Bundle::from_file(&args.bundle)?;
+    let storage = run_storage(&args)?;
     let name = args.name.unwrap_or_else(|| {
         args.bundle
             .file_stem()
@@ -219,6 +233,31 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(config::default_threads);
     let limits = config::process_limits(&config::limit_overrides(&args.limits)?)?;
     let net = NetPolicy::allowing(&args.allow_net).context("--allow-net")?;
+    let bindings = AppSettings {
+        vars: args.vars.iter().cloned().collect(),
+        kv: args
+            .kv
+            .iter()
+            .map(|spec| {
+                let (binding, namespace) = split_binding(spec);
+                KvBindingSpec {
+                    binding,
+                    namespace,
+                    backend: None,
+                }
+            })
+            .collect(),
+        d1: args
+            .d1
+            .iter()
+            .map(|spec| {
+                let (binding, database) = split_binding(spec);
+                D1BindingSpec { binding, database }
+            })
+            .collect(),
+        ..AppSettings::default()
+    }
+    .bindings(&name, storage.as_ref().map(|(storage, _)| &**storage))?;
     let mut app = AppManifest::new(
         AppConfig {
             name: Arc::from(name.as_str()),
@@ -227,6 +266,7 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
             net,
             fetches: Default::default(),
             snapshot: Default::default(),
+            bindings,
         },
         bundle,
     );
@@ -249,18 +289,59 @@ fn run(args: RunArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
     if let Some(access_log) = config::access_log_from_env()? {
         config.edge.access_log = access_log;
     }
-    start_and_wait(config, DRAIN)
+    let temporary = storage
+        .as_ref()
+        .and_then(|(_, temporary)| temporary.clone());
+    config.storage = storage.map(|(storage, _)| storage);
+    let served = start_and_wait(config, DRAIN);
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    served
+}
+
+/// `BINDING` or `BINDING=NAME`.
+fn split_binding(spec: &str) -> (String, Option<String>) {
+    match spec.split_once('=') {
+        Some((binding, name)) => (binding.to_string(), Some(name.to_string())),
+        None => (spec.to_string(), None),
+    }
+}
+
+/// The storage of `isopod run`'s bindings, if it has any: in `--data-dir`,
+/// or in a temporary directory (then also returned, to be removed at exit),
+/// which it says at start.
+fn run_storage(args: &RunArgs) -> anyhow::Result<Option<(Arc<Storage>, Option<PathBuf>)>> {
+    if args.kv.is_empty() && args.d1.is_empty() {
+        return Ok(None);
+    }
+    let (dir, temporary) = match &args.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!("isopod-run-{}", std::process::id()));
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "KV and D1 data is kept in a temporary directory and removed when isopod stops; give --data-dir to keep it"
+            );
+            (dir.clone(), Some(dir))
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
+    let storage = Storage::open(&dir, StorageOptions::default())
+        .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
+    Ok(Some((Arc::new(storage), temporary)))
 }
 
 fn serve(args: ServeArgs, format: Option<LogFormat>) -> anyhow::Result<()> {
-    let loaded = config::load(&args.config);
+    let loaded = config::load(&args.config, args.data_dir);
     let tail = LogTail::new();
     let format = format
         .or_else(|| loaded.as_ref().ok().and_then(|(_, s)| s.log_format))
         .unwrap_or_default();
     let _logging = init_logging(format, Some(&tail));
     let (mut config, settings) = loaded?;
-    let data_dir = args.data_dir.unwrap_or(settings.data_dir);
+    let data_dir = settings.data_dir;
     let store = Store::open(
         &data_dir,
         StoreOptions {

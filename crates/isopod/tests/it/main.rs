@@ -19,5 +19,6 @@ mod probe;
 mod serve;
 mod snapshots;
 mod ssrf;
+mod storage;
 mod streaming;
 mod support;

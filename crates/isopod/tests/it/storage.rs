@@ -1,0 +1,534 @@
+//! KV and D1 bindings end to end (issue 21): declared in the config file,
+//! in an admin manifest and on `isopod run`'s command line; the same KV
+//! test bundle answers the same on SQLite and on a real redis-server; D1's
+//! calls, errors and refusals; apps sharing or not sharing storage; data
+//! kept across a restart.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{fixture, free_port, fresh_dir, manifest_json, Isopod, ADMIN_TOKEN};
+
+/// A `redis-server` of the test's own on a loopback port, stopped on drop;
+/// `None` (saying so) when the binary is absent, except under CI, which
+/// installs it.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let server = RedisServer { child, port };
+        // Ready when it answers PING.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let mut answer = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG\r\n"
+                {
+                    return Some(server);
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kv_suite() -> String {
+    std::fs::read_to_string(fixture("kv_suite.js")).unwrap()
+}
+
+async fn run_suite(isopod: &Isopod, host: &str, run: &str) -> Value {
+    let (status, _, body) = isopod.get_host(host, &format!("/?run={run}")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// What the suite must answer, whatever the backend.
+fn assert_kv_answers(out: &Value) {
+    assert_eq!(out["put and get text"], "alpha", "{out}");
+    assert_eq!(out["missing key"], Value::Null, "{out}");
+    assert_eq!(out["json"], json!({ "x": [1, 2] }), "{out}");
+    assert_eq!(
+        out["arrayBuffer of typed array"],
+        json!([1, 0, 2, 1]),
+        "{out}"
+    );
+    assert_eq!(out["ArrayBuffer value"], json!([7, 8, 9]), "{out}");
+    assert_eq!(out["stream in, stream out"], "streamed value", "{out}");
+    assert_eq!(
+        out["metadata"],
+        json!({ "value": "v", "metadata": { "owner": "ada", "n": 3 } }),
+        "{out}"
+    );
+    assert_eq!(out["no metadata"], Value::Null, "{out}");
+    assert_eq!(
+        out["bulk get"],
+        json!([["a", "alpha"], ["missing", null]]),
+        "{out}"
+    );
+    assert_eq!(out["expiration ttl"], "number", "{out}");
+    assert_eq!(
+        out["expiration too soon"],
+        "Error: KV PUT failed: 400 Invalid expiration_ttl of 10. Expiration TTL must be at least 60.",
+        "{out}"
+    );
+    assert_eq!(out["delete"], Value::Null, "{out}");
+    assert_eq!(out["delete missing"], Value::Null, "{out}");
+    assert_eq!(
+        out["list in key order with metadata"],
+        json!({ "names": ["l/a", "l/b", "l/c"], "metadata": ["l/a", "l/b", "l/c"], "complete": true, "cursor": false }),
+        "{out}"
+    );
+    assert_eq!(
+        out["pagination"],
+        json!({ "pages": 3, "count": 25, "first": "p/00", "last": "p/24" }),
+        "{out}"
+    );
+    assert!(
+        out["forged cursor"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: KV GET failed: 400"),
+        "{out}"
+    );
+    assert_eq!(
+        out["empty key"], "TypeError: Key name cannot be empty.",
+        "{out}"
+    );
+    assert_eq!(
+        out["dot key"], "TypeError: \".\" is not allowed as a key name.",
+        "{out}"
+    );
+    assert_eq!(
+        out["key too long"],
+        "Error: KV GET failed: 414 UTF-8 encoded length of 513 exceeds key length limit of 512.",
+        "{out}"
+    );
+    assert!(
+        out["metadata too large"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds limit of 1024"),
+        "{out}"
+    );
+    assert!(
+        out["list limit too large"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: KV GET failed: 400 Invalid key_count_limit"),
+        "{out}"
+    );
+    assert!(
+        out["bad value type"]
+            .as_str()
+            .unwrap()
+            .starts_with("TypeError: KV put() accepts only"),
+        "{out}"
+    );
+    assert!(
+        out["unknown type"]
+            .as_str()
+            .unwrap()
+            .starts_with("TypeError: Unknown response type"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_kv_bundle_answers_the_same_on_sqlite_and_on_redis() {
+    let dir = fresh_dir("kv-backends");
+    let redis = RedisServer::start(&dir);
+    let mut config = String::new();
+    if let Some(redis) = &redis {
+        config.push_str(&format!(
+            "redis_url = \"redis://127.0.0.1:{}\"\n",
+            redis.port
+        ));
+    }
+    config.push_str(
+        "[[apps]]\nname = \"onsqlite\"\nbundle = \"kv.js\"\nkv = [{ binding = \"KV\", namespace = \"suite\" }]\n",
+    );
+    if redis.is_some() {
+        config.push_str(
+            "[[apps]]\nname = \"onredis\"\nbundle = \"kv.js\"\nkv = [{ binding = \"KV\", namespace = \"suite\", backend = \"redis\" }]\n",
+        );
+    }
+    let isopod = Isopod::serve_in(&dir, &config, &[("kv.js", &kv_suite())], &[]);
+    let on_sqlite = run_suite(&isopod, "onsqlite.localhost", "r1").await;
+    assert_kv_answers(&on_sqlite);
+    if redis.is_some() {
+        let on_redis = run_suite(&isopod, "onredis.localhost", "r1").await;
+        assert_eq!(on_redis, on_sqlite, "the backends answer differently");
+        // The two namespaces of one name are apart: one per backend.
+        let (_, _, body) = isopod
+            .get_host("onredis.localhost", "/put?key=only-redis&value=r")
+            .await;
+        assert_eq!(body, "ok");
+        let (_, _, body) = isopod
+            .get_host("onsqlite.localhost", "/get?key=only-redis")
+            .await;
+        assert_eq!(body, "null");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_fails_kv_calls_clearly_and_other_apps_keep_serving() {
+    let dir = fresh_dir("kv-redis-down");
+    let Some(redis) = RedisServer::start(&dir) else {
+        return;
+    };
+    let config = format!(
+        "redis_url = \"redis://127.0.0.1:{}\"\n\
+         [[apps]]\nname = \"cache\"\nbundle = \"kv.js\"\nkv = [{{ binding = \"KV\", backend = \"redis\" }}]\n\
+         [[apps]]\nname = \"plain\"\nbundle = \"plain.js\"\n",
+        redis.port
+    );
+    let plain = "export default { fetch() { return new Response('plain'); } };";
+    let isopod = Isopod::serve_in(
+        &dir,
+        &config,
+        &[("kv.js", &kv_suite()), ("plain.js", plain)],
+        &[],
+    );
+    let (_, _, body) = isopod
+        .get_host("cache.localhost", "/put?key=k&value=v")
+        .await;
+    assert_eq!(body, "ok");
+    let port = redis.port;
+    drop(redis);
+    let started = Instant::now();
+    let (status, _, body) = isopod.get_host("cache.localhost", "/get?key=k").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the failing call took {:?}",
+        started.elapsed()
+    );
+    let (status, _, body) = isopod.get_host("plain.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "plain"));
+    // Back on the same port: calls succeed again (the value is gone with
+    // the server's memory).
+    let _again = RedisServer::start_on(&dir, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = isopod
+            .get_host("cache.localhost", "/put?key=k&value=w")
+            .await;
+        if status == 200 && body == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "KV did not recover: {status} {body}"
+        );
+        tokio::task::yield_now().await;
+    }
+    let (_, _, body) = isopod.get_host("cache.localhost", "/get?key=k").await;
+    assert_eq!(body, "w");
+}
+
+impl RedisServer {
+    /// Another server on `port` (after one was stopped there).
+    fn start_on(dir: &Path, port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        RedisServer { child, port }
+    }
+}
+
+const D1_APP: &str = r#"
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    const db = env.DB;
+    const out = {};
+    const attempt = async (name, fn) => {
+      try { out[name] = await fn(); } catch (e) { out[name] = `${e.name}: ${e.message}`; }
+    };
+    if (url.pathname === "/setup") {
+      await db.exec("CREATE TABLE IF NOT EXISTS people (id INTEGER PRIMARY KEY, name TEXT UNIQUE, age REAL, photo BLOB)");
+      const run = await db.prepare("INSERT INTO people (name, age, photo) VALUES (?1, ?2, ?3)")
+        .bind("ada", 36.5, new Uint8Array([1, 2, 255])).run();
+      return Response.json({ success: run.success, changes: run.meta.changes, last: run.meta.last_row_id });
+    }
+    if (url.pathname === "/count") {
+      return Response.json(await db.prepare("SELECT count(*) AS n FROM people").first("n"));
+    }
+    await attempt("first row", () => db.prepare("SELECT id, name, age FROM people WHERE name = ?").bind("ada").first());
+    await attempt("first column", () => db.prepare("SELECT name FROM people").first("name"));
+    await attempt("first none", () => db.prepare("SELECT name FROM people WHERE id = -1").first());
+    await attempt("missing column", () => db.prepare("SELECT name FROM people").first("nope"));
+    await attempt("all", async () => {
+      const all = await db.prepare("SELECT name, age FROM people ORDER BY id").all();
+      return { success: all.success, results: all.results, served_by: all.meta.served_by, rows_read: all.meta.rows_read >= 1 };
+    });
+    await attempt("raw", () => db.prepare("SELECT id, name FROM people").raw());
+    await attempt("raw with names", () => db.prepare("SELECT id, name FROM people").raw({ columnNames: true }));
+    await attempt("blob", async () => [...new Uint8Array(await db.prepare("SELECT photo FROM people").first("photo"))]);
+    await attempt("types", () => db.prepare("SELECT ? AS t, ? AS f, ? AS n, ? AS big, typeof(?) AS kind").bind(true, false, null, 2 ** 53 - 1, 1.5).first());
+    await attempt("bad type", () => db.prepare("SELECT ?").bind({}).first());
+    await attempt("bad sql", () => db.prepare("SELEC 1").all());
+    await attempt("constraint", () => db.prepare("INSERT INTO people (name) VALUES ('ada')").run());
+    await attempt("batch rolls back", async () => {
+      try {
+        await db.batch([
+          db.prepare("INSERT INTO people (name) VALUES (?)").bind("bob"),
+          db.prepare("INSERT INTO people (name) VALUES (?)").bind("ada"),
+        ]);
+        return "committed";
+      } catch (e) {
+        const bob = await db.prepare("SELECT count(*) AS n FROM people WHERE name = 'bob'").first("n");
+        return { error: e.message.startsWith("D1_ERROR: UNIQUE constraint failed"), bob };
+      }
+    });
+    await attempt("batch", async () => {
+      const results = await db.batch([
+        db.prepare("INSERT INTO people (name) VALUES (?)").bind("cyd"),
+        db.prepare("SELECT name FROM people ORDER BY id"),
+      ]);
+      await db.prepare("DELETE FROM people WHERE name = 'cyd'").run();
+      return [results[0].meta.changes, results[1].results.map((r) => r.name)];
+    });
+    await attempt("exec", () => db.exec("CREATE TABLE IF NOT EXISTS t (x);\nINSERT INTO t VALUES (1);\nDELETE FROM t;").then((r) => r.count));
+    await attempt("attach", () => db.exec("ATTACH DATABASE '/tmp/other.sqlite3' AS other"));
+    await attempt("load_extension", () => db.prepare("SELECT load_extension('/tmp/x.so')").all());
+    await attempt("pragma write", () => db.prepare("PRAGMA journal_mode = DELETE").all());
+    return Response.json(out);
+  },
+};
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_answers_as_d1_does_and_keeps_its_data_across_a_restart() {
+    let dir = fresh_dir("d1");
+    let config = "[[apps]]\nname = \"people\"\nbundle = \"d1.js\"\nd1 = [{ binding = \"DB\", database = \"people\" }]\n";
+    let mut isopod = Isopod::serve_in(&dir, config, &[("d1.js", D1_APP)], &[]);
+    let (status, _, body) = isopod.get_host("people.localhost", "/setup").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({ "success": true, "changes": 1, "last": 1 })
+    );
+    let (status, _, body) = isopod.get_host("people.localhost", "/").await;
+    assert_eq!(status, 200, "{body}");
+    let out: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        out["first row"],
+        json!({ "id": 1, "name": "ada", "age": 36.5 }),
+        "{out}"
+    );
+    assert_eq!(out["first column"], "ada", "{out}");
+    assert_eq!(out["first none"], Value::Null, "{out}");
+    assert_eq!(
+        out["missing column"], "Error: D1_COLUMN_NOTFOUND: Column not found (nope)",
+        "{out}"
+    );
+    assert_eq!(
+        out["all"],
+        json!({ "success": true, "results": [{ "name": "ada", "age": 36.5 }], "served_by": "isopod", "rows_read": true }),
+        "{out}"
+    );
+    assert_eq!(out["raw"], json!([[1, "ada"]]), "{out}");
+    assert_eq!(
+        out["raw with names"],
+        json!([["id", "name"], [1, "ada"]]),
+        "{out}"
+    );
+    assert_eq!(out["blob"], json!([1, 2, 255]), "{out}");
+    assert_eq!(
+        out["types"],
+        json!({ "t": 1, "f": 0, "n": null, "big": 9007199254740991u64, "kind": "real" }),
+        "{out}"
+    );
+    assert_eq!(
+        out["bad type"],
+        "Error: D1_TYPE_ERROR: Type 'object' not supported for value '[object Object]'",
+        "{out}"
+    );
+    assert!(
+        out["bad sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: D1_ERROR: near \"SELEC\": syntax error"),
+        "{out}"
+    );
+    assert!(
+        out["constraint"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: D1_ERROR: UNIQUE constraint failed: people.name"),
+        "{out}"
+    );
+    assert_eq!(
+        out["batch rolls back"],
+        json!({ "error": true, "bob": 0 }),
+        "{out}"
+    );
+    assert_eq!(out["batch"], json!([1, ["ada", "cyd"]]), "{out}");
+    assert_eq!(out["exec"], 3, "{out}");
+    for refused in ["attach", "load_extension", "pragma write"] {
+        assert!(
+            out[refused].as_str().unwrap().starts_with("Error: D1_"),
+            "{refused} was not refused: {out}"
+        );
+    }
+
+    // The database outlives the process.
+    isopod.signal("TERM");
+    assert!(isopod.wait_for_exit().success());
+    let isopod = Isopod::serve_in(&dir, config, &[("d1.js", D1_APP)], &[]);
+    let (status, _, body) = isopod.get_host("people.localhost", "/count").await;
+    assert_eq!((status, body.as_str()), (200, "1"));
+}
+
+/// A namespace belongs to the apps that name it: two apps naming one share
+/// it, an app naming another sees nothing of it, whatever keys it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_share_a_namespace_only_by_naming_it() {
+    let dir = fresh_dir("kv-isolation");
+    let isopod = crate::support::admin_server_in(&dir, "");
+    for (app, namespace) in [
+        ("writer", "shared"),
+        ("reader", "shared"),
+        ("other", "private"),
+    ] {
+        let (status, body) = isopod
+            .admin(
+                "PUT",
+                &format!("/apps/{app}"),
+                Some(ADMIN_TOKEN),
+                Some((
+                    "application/json",
+                    manifest_json(
+                        &kv_suite(),
+                        json!({ "kv": [{ "binding": "KV", "namespace": namespace }] }),
+                    ),
+                )),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, _, body) = isopod
+        .get_host("writer.localhost", "/put?key=secret&value=s3")
+        .await;
+    assert_eq!(body, "ok");
+    let (_, _, body) = isopod.get_host("reader.localhost", "/get?key=secret").await;
+    assert_eq!(body, "s3");
+    for key in [
+        "secret",
+        "shared:secret",
+        "../shared/secret",
+        "shared/secret",
+    ] {
+        let (_, _, body) = isopod
+            .get_host("other.localhost", &format!("/get?key={key}"))
+            .await;
+        assert_eq!(body, "null", "{key} reached another namespace");
+    }
+    // A binding without a data directory's storage, or a bad one, is
+    // refused at deploy with the reason.
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/badname",
+            Some(ADMIN_TOKEN),
+            Some((
+                "application/json",
+                manifest_json(
+                    &kv_suite(),
+                    json!({ "kv": [{ "binding": "KV", "namespace": "../escape" }] }),
+                ),
+            )),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("KV binding 'KV'"),
+        "{body}"
+    );
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/clash",
+            Some(ADMIN_TOKEN),
+            Some((
+                "application/json",
+                manifest_json(
+                    &kv_suite(),
+                    json!({ "vars": { "KV": "x" }, "kv": [{ "binding": "KV" }] }),
+                ),
+            )),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("bound twice"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isopod_run_binds_kv_and_d1_in_a_temporary_directory_and_says_so() {
+    let bundle = crate::support::temp_bundle(
+        "run-bindings",
+        "export default { async fetch(request, env) {\
+           await env.CACHE.put('k', 'v');\
+           const n = await env.DB.prepare('SELECT 41 + 1 AS n').first('n');\
+           return new Response(await env.CACHE.get('k') + n);\
+         } };",
+    );
+    let isopod = Isopod::start(&bundle, &["--kv", "CACHE", "--d1", "DB=main"]);
+    let warning = isopod.wait_for_log("the temporary-storage warning", |r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("temporary directory"))
+    });
+    assert!(warning["data_dir"].as_str().is_some(), "{warning}");
+    let (status, _, body) = isopod.get("/").await;
+    assert_eq!((status, body.as_str()), (200, "v42"));
+}
