@@ -74,18 +74,11 @@ function param(value) {
   );
 }
 
-// A value of a row as JavaScript sees it: a blob is an ArrayBuffer.
-function value(cell) {
-  if (cell !== null && typeof cell === "object") {
-    return TypedArrayPrototypeGetBuffer(new Uint8Array(cell.blob));
-  }
-  return cell;
-}
-
 function rowObject(columns, row) {
   const object = {};
   for (let i = 0; i < columns.length; i++) {
-    object[columns[i]] = value(row[i]);
+    // A blob is an array of its bytes, as D1 (and miniflare) return it.
+    object[columns[i]] = row[i];
   }
   return object;
 }
@@ -147,7 +140,7 @@ class D1PreparedStatement {
 
   async raw(options = undefined) {
     const answer = await op_isopod_d1_query(this.#index, this.#sql, this.#params, "raw");
-    const rows = ArrayPrototypeMap(answer.rows, (row) => ArrayPrototypeMap(row, value));
+    const rows = answer.rows;
     if (options !== null && typeof options === "object" && options.columnNames === true) {
       ArrayPrototypeUnshift(rows, answer.columns);
     }

@@ -112,9 +112,9 @@ async function valueBytes(value) {
   if (ObjectPrototypeIsPrototypeOf(web.ReadableStream.prototype, value)) {
     return new Uint8Array(await new web.Response(value).arrayBuffer());
   }
-  throw new TypeError(
-    "KV put() accepts only strings, ArrayBuffers, ArrayBufferViews, and ReadableStreams as values.",
-  );
+  // Anything else is stored as its string, as workerd (and so miniflare)
+  // converts it: `put(key, 42)` stores "42".
+  return new web.TextEncoder().encode(StringCtor(value));
 }
 
 class KvNamespace {

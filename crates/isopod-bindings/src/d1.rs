@@ -7,7 +7,6 @@ use std::rc::Rc;
 use deno_core::{op2, OpState};
 use deno_error::JsErrorBox;
 use isopod_store::d1::{D1Database, D1Error, D1Meta, D1Result, D1Statement, Row, Value};
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::BindingTarget;
@@ -47,7 +46,7 @@ impl ParamIn {
 }
 
 /// A row's value as JavaScript receives it: numbers, strings and `null` as
-/// themselves, a blob as `{ blob: [bytes] }` (made an `ArrayBuffer` there).
+/// themselves, a blob as an array of its bytes (as D1 returns one).
 pub(crate) struct ValueOut(Value);
 
 impl Serialize for ValueOut {
@@ -58,11 +57,7 @@ impl Serialize for ValueOut {
             Value::Integer(i) => serializer.serialize_f64(*i as f64),
             Value::Real(r) => serializer.serialize_f64(*r),
             Value::Text(s) => serializer.serialize_str(s),
-            Value::Blob(b) => {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("blob", b)?;
-                map.end()
-            }
+            Value::Blob(b) => b.serialize(serializer),
         }
     }
 }

@@ -34,11 +34,6 @@ const SECRET_LEN: usize = 32;
 /// a cursor's MAC cannot be replayed as something else's.
 const DOMAIN: &[u8] = b"isopod-kv-cursor";
 
-/// The message for a cursor that fails its check. Not a text from
-/// Workers (Cloudflare's KV answers a foreign cursor with an opaque 400);
-/// ours, in the same shape.
-pub const INVALID_CURSOR: &str = "Invalid cursor.";
-
 /// The secret cursors are signed with.
 #[derive(Clone)]
 pub struct CursorKey([u8; SECRET_LEN]);

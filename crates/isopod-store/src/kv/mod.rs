@@ -32,7 +32,7 @@ pub(crate) mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cursor::{CursorKey, INVALID_CURSOR};
+pub use cursor::CursorKey;
 pub use error::{JsErrorClass, KvError, KvOp};
 pub use redis::RedisKvStore;
 pub use sqlite::{SqliteKvStore, KV_FILE_NAME};
@@ -287,16 +287,15 @@ impl KvNamespace {
         let limit = limits::list_limit(options.limit)?;
         let prefix = options.prefix.unwrap_or_default();
         limits::check_key_length(op, &prefix)?;
-        let after = match &options.cursor {
-            None => None,
-            Some(cursor) if cursor.is_empty() => None,
-            Some(cursor) => Some(
-                self.inner
-                    .cursor_key
-                    .open(&self.inner.scope, cursor)
-                    .ok_or_else(|| KvError::rejected(op, 400, INVALID_CURSOR))?,
-            ),
-        };
+        // A cursor that fails its check (forged, tampered, or another
+        // namespace's) lists from the start, as miniflare does with a
+        // cursor it cannot read: it reveals nothing, since only this
+        // namespace's keys are ever listed here.
+        let after = options
+            .cursor
+            .as_deref()
+            .filter(|cursor| !cursor.is_empty())
+            .and_then(|cursor| self.inner.cursor_key.open(&self.inner.scope, cursor));
         let now = self.now();
         let page = match &self.inner.backend {
             Backend::Sqlite(ns) => ns.list(prefix, after, limit, now).await,

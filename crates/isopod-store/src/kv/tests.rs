@@ -856,22 +856,23 @@ async fn cursors_are_bound_to_their_namespace(f: &Fixture) {
     };
     let page = f.other.list(two.clone()).await.unwrap();
     let theirs = page.cursor.unwrap();
-    // The other namespace's cursor is refused here...
+    // The other namespace's cursor lists this namespace from its start
+    // (as miniflare treats a cursor it cannot read): nothing of the other
+    // namespace's shows...
     let foreign = ListOptions {
         cursor: Some(theirs.clone()),
         ..two.clone()
     };
-    assert_eq!(
-        message(f.ns.list(foreign).await.unwrap_err()),
-        "KV GET failed: 400 Invalid cursor."
-    );
-    // ...and works where it came from.
+    let listed = f.ns.list(foreign).await.unwrap();
+    assert_eq!(listed.keys[0].name, "k0");
+    // ...and it works where it came from.
     let resumed = ListOptions {
         cursor: Some(theirs.clone()),
         ..two.clone()
     };
     assert_eq!(f.other.list(resumed).await.unwrap().keys[0].name, "k2");
-    // Forged and tampered cursors are refused.
+    // Forged and tampered cursors are the start too: a cursor naming a key
+    // cannot move the listing on, even in its own namespace.
     let mut tampered = theirs.into_bytes();
     let last = tampered.len() - 1;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
@@ -884,8 +885,8 @@ async fn cursors_are_bound_to_their_namespace(f: &Fixture) {
             ..two.clone()
         };
         assert_eq!(
-            message(f.ns.list(options).await.unwrap_err()),
-            "KV GET failed: 400 Invalid cursor.",
+            f.ns.list(options).await.unwrap().keys[0].name,
+            "k0",
             "{cursor}"
         );
     }
