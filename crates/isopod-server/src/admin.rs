@@ -22,6 +22,8 @@
 //!   every new record, access records included (server-sent events when
 //!   the client accepts `text/event-stream`).
 //! - `GET /admin/pool`: the pool's statistics. `GET /metrics`: Prometheus.
+//! - `/apps/NAME/kv/BINDING…` and `/apps/NAME/d1/BINDING/…`: the app's
+//!   storage through its binding (`admin_storage.rs`).
 //!
 //! Invariant: no response and no log record carries a secret's value;
 //! secrets are listed by name.
@@ -53,6 +55,8 @@ const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The largest body of the other calls.
 const MAX_CALL_BYTES: usize = 1024 * 1024;
+/// The largest KV value an operator may write (KV's own limit, 25 MiB).
+const MAX_KV_VALUE_BYTES: usize = 25 * 1024 * 1024;
 
 /// What the admin API needs.
 pub(crate) struct Admin {
@@ -70,7 +74,7 @@ pub(crate) struct Admin {
 }
 
 type AdminBody = BoxBody<Bytes, std::convert::Infallible>;
-type AdminResponse = Response<AdminBody>;
+pub(crate) type AdminResponse = Response<AdminBody>;
 
 /// Serves the admin API on `listener` from a thread of its own.
 pub(crate) fn spawn(listener: TcpListener, admin: Admin) -> std::io::Result<()> {
@@ -155,6 +159,9 @@ impl Admin {
                 reply(StatusCode::OK, stats)
             }
             (Method::GET, ["metrics"]) => self.metrics().await,
+            (_, ["apps", name, kind @ ("kv" | "d1"), binding, rest @ ..]) => {
+                self.storage(name, kind, binding, rest, request).await
+            }
             (
                 _,
                 ["apps"]
@@ -163,6 +170,87 @@ impl Admin {
                 | ["admin", "pool"]
                 | ["metrics"],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    /// An app's KV namespace or D1 database through its binding (see
+    /// `admin_storage.rs`).
+    async fn storage(
+        &self,
+        name: &str,
+        kind: &str,
+        binding: &str,
+        rest: &[&str],
+        request: Request<Incoming>,
+    ) -> AdminResponse {
+        use crate::admin_storage as storage;
+        let target = match storage::binding_target(&self.registry.snapshot(), name, binding) {
+            Ok(target) => target,
+            Err(refused) => return refused.respond(),
+        };
+        let method = request.method().clone();
+        let query = request.uri().query().map(str::to_string);
+        match (kind, method, rest) {
+            ("kv", Method::GET, []) => match storage::kv(target) {
+                Ok(namespace) => storage::list(namespace, query.as_deref()).await,
+                Err(refused) => refused.respond(),
+            },
+            ("kv", method, key) if !key.is_empty() => {
+                let key = storage::decode(&key.join("/"));
+                let namespace = match storage::kv(target) {
+                    Ok(namespace) => namespace,
+                    Err(refused) => return refused.respond(),
+                };
+                match method {
+                    Method::GET => storage::get(namespace, &key).await,
+                    Method::DELETE => storage::delete(namespace, &key).await,
+                    Method::PUT => match read_body(request, MAX_KV_VALUE_BYTES).await {
+                        Ok(value) => storage::put(namespace, &key, value, query.as_deref()).await,
+                        Err(refused) => refused,
+                    },
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+                }
+            }
+            ("d1", Method::POST, ["query"]) => {
+                let database = match storage::d1(target) {
+                    Ok(database) => database,
+                    Err(refused) => return refused.respond(),
+                };
+                match read_body(request, MAX_CALL_BYTES).await {
+                    Ok(body) => storage::query(database, &body).await,
+                    Err(refused) => refused,
+                }
+            }
+            ("d1", Method::GET, ["export"]) => {
+                let (database, Some(store)) =
+                    (storage::d1(target), self.deployments.storage.clone())
+                else {
+                    return error(StatusCode::NOT_FOUND, "this server keeps no storage");
+                };
+                let database = match database {
+                    Ok(database) => database,
+                    Err(refused) => return refused.respond(),
+                };
+                let name = database.name().to_string();
+                let exported = tokio::task::spawn_blocking(move || {
+                    let mut sql = Vec::new();
+                    store.export_d1(&name, &mut sql).map(|()| sql)
+                })
+                .await;
+                match exported {
+                    Ok(Ok(sql)) => {
+                        let mut response = Response::new(full(Bytes::from(sql)));
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            header::HeaderValue::from_static("application/sql"),
+                        );
+                        response
+                    }
+                    Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                    Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the export failed"),
+                }
+            }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
@@ -599,7 +687,7 @@ fn full(bytes: Bytes) -> AdminBody {
     BodyExt::boxed(Full::new(bytes))
 }
 
-fn reply(status: StatusCode, body: Value) -> AdminResponse {
+pub(crate) fn reply(status: StatusCode, body: Value) -> AdminResponse {
     let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -609,6 +697,6 @@ fn reply(status: StatusCode, body: Value) -> AdminResponse {
     response
 }
 
-fn error(status: StatusCode, reason: &str) -> AdminResponse {
+pub(crate) fn error(status: StatusCode, reason: &str) -> AdminResponse {
     reply(status, json!({ "error": reason }))
 }

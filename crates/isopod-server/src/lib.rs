@@ -61,6 +61,7 @@
 mod accept;
 mod access_log;
 mod admin;
+mod admin_storage;
 mod admission;
 mod app_metrics;
 mod bindings;

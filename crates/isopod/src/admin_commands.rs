@@ -1,5 +1,5 @@
-//! `isopod deploy`, `apps`, `versions`, `rollback`, `logs`, `pool` and
-//! `rm`: the admin API from the command line. Readable tables by default,
+//! `isopod deploy`, `apps`, `versions`, `rollback`, `logs`, `pool`, `rm`,
+//! `kv` and `d1`: the admin API from the command line. Readable tables by default,
 //! the API's JSON with `--json`. No command prints a secret's value.
 
 use std::collections::BTreeMap;
@@ -458,5 +458,246 @@ fn print_table(rows: &[Vec<String>]) {
             .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
             .collect();
         println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `isopod kv`: an app's KV namespace, through its binding.
+#[derive(clap::Subcommand)]
+pub(crate) enum KvCommand {
+    /// List keys (one page; `--cursor` for the next).
+    List(KvListArgs),
+    /// Print a key's value.
+    Get(KvKeyArgs),
+    /// Write a key's value.
+    Put(KvPutArgs),
+    /// Delete a key.
+    Delete(KvKeyArgs),
+}
+
+/// `isopod kv list`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct KvListArgs {
+    /// The app.
+    app: String,
+    /// Its KV binding.
+    binding: String,
+    /// Only keys starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Where the previous page ended.
+    #[arg(long)]
+    cursor: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod kv get` and `delete`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct KvKeyArgs {
+    /// The app.
+    app: String,
+    /// Its KV binding.
+    binding: String,
+    /// The key.
+    key: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod kv put`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct KvPutArgs {
+    /// The app.
+    app: String,
+    /// Its KV binding.
+    binding: String,
+    /// The key.
+    key: String,
+    /// The value (text).
+    value: String,
+    /// Seconds until it expires (at least 60).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Metadata, as JSON.
+    #[arg(long)]
+    metadata: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod d1`: an app's D1 database, through its binding.
+#[derive(clap::Subcommand)]
+pub(crate) enum D1Command {
+    /// Run one SQL statement and print its rows.
+    Query(D1QueryArgs),
+    /// Print the database as SQL (schema and rows), e.g. `> backup.sql`.
+    Export(D1ExportArgs),
+}
+
+/// `isopod d1 query`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct D1QueryArgs {
+    /// The app.
+    app: String,
+    /// Its D1 binding.
+    binding: String,
+    /// The statement.
+    sql: String,
+    /// Its parameters, each a JSON value (`42`, `"text"`, `null`).
+    params: Vec<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod d1 export`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct D1ExportArgs {
+    /// The app.
+    app: String,
+    /// Its D1 binding.
+    binding: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Percent-encodes `text` for a path segment or a query value.
+fn encoded(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub(crate) fn kv(command: KvCommand) -> anyhow::Result<()> {
+    match command {
+        KvCommand::List(args) => {
+            let client = args.admin.client()?;
+            let mut path = format!("/apps/{}/kv/{}?", args.app, args.binding);
+            if let Some(prefix) = &args.prefix {
+                path.push_str(&format!("prefix={}&", encoded(prefix)));
+            }
+            if let Some(cursor) = &args.cursor {
+                path.push_str(&format!("cursor={}", encoded(cursor)));
+            }
+            let answer = block_on(client.call(http::Method::GET, &path, None))?;
+            if args.admin.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            for key in answer["keys"].as_array().into_iter().flatten() {
+                println!("{}", text(&key["name"]));
+            }
+            if let Some(cursor) = answer["cursor"].as_str() {
+                eprintln!("more: --cursor {cursor}");
+            }
+            Ok(())
+        }
+        KvCommand::Get(args) => {
+            let client = args.admin.client()?;
+            let path = format!(
+                "/apps/{}/kv/{}/{}",
+                args.app,
+                args.binding,
+                encoded(&args.key)
+            );
+            let answer = block_on(client.call(http::Method::GET, &path, None))?;
+            if args.admin.json {
+                println!("{answer}");
+            } else if let Some(value) = answer["value"].as_str() {
+                println!("{value}");
+            } else {
+                println!("(binary, base64) {}", text(&answer["value_base64"]));
+            }
+            Ok(())
+        }
+        KvCommand::Put(args) => {
+            let client = args.admin.client()?;
+            let mut path = format!(
+                "/apps/{}/kv/{}/{}?",
+                args.app,
+                args.binding,
+                encoded(&args.key)
+            );
+            if let Some(ttl) = args.ttl {
+                path.push_str(&format!("expiration_ttl={ttl}&"));
+            }
+            if let Some(metadata) = &args.metadata {
+                path.push_str(&format!("metadata={}", encoded(metadata)));
+            }
+            let body = Some(("application/octet-stream", args.value.into_bytes()));
+            let answer = block_on(client.call(http::Method::PUT, &path, body))?;
+            if args.admin.json {
+                println!("{answer}");
+            } else {
+                println!("stored {}", args.key);
+            }
+            Ok(())
+        }
+        KvCommand::Delete(args) => {
+            let client = args.admin.client()?;
+            let path = format!(
+                "/apps/{}/kv/{}/{}",
+                args.app,
+                args.binding,
+                encoded(&args.key)
+            );
+            let answer = block_on(client.call(http::Method::DELETE, &path, None))?;
+            if args.admin.json {
+                println!("{answer}");
+            } else {
+                println!("deleted {}", args.key);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn d1(command: D1Command) -> anyhow::Result<()> {
+    match command {
+        D1Command::Query(args) => {
+            let client = args.admin.client()?;
+            let params = args
+                .params
+                .iter()
+                .map(|param| {
+                    serde_json::from_str::<Value>(param)
+                        .with_context(|| format!("parameter {param} is not a JSON value"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let body = json!({ "sql": args.sql, "params": params }).to_string();
+            let path = format!("/apps/{}/d1/{}/query", args.app, args.binding);
+            let answer = block_on(client.call(
+                http::Method::POST,
+                &path,
+                Some(("application/json", body.into_bytes())),
+            ))?;
+            if args.admin.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let rows = answer["results"].as_array().cloned().unwrap_or_default();
+            let columns: Vec<String> = rows
+                .first()
+                .and_then(Value::as_object)
+                .map(|row| row.keys().cloned().collect())
+                .unwrap_or_default();
+            if columns.is_empty() {
+                println!("{} changed", text(&answer["meta"]["changes"]));
+                return Ok(());
+            }
+            let mut table = vec![columns.clone()];
+            for row in &rows {
+                table.push(columns.iter().map(|c| text(&row[c])).collect());
+            }
+            print_table(&table);
+            Ok(())
+        }
+        D1Command::Export(args) => {
+            let client = args.admin.client()?;
+            let path = format!("/apps/{}/d1/{}/export", args.app, args.binding);
+            let answer = block_on(client.call(http::Method::GET, &path, None))?;
+            match answer {
+                Value::String(sql) => print!("{sql}"),
+                other => bail!("the export was not SQL text: {other}"),
+            }
+            Ok(())
+        }
     }
 }

@@ -72,6 +72,13 @@ enum Command {
     Pool(admin_commands::ListArgs),
     /// Remove an app.
     Rm(admin_commands::RemoveArgs),
+    /// An app's KV namespace through its binding: list, get, put, delete.
+    #[command(subcommand)]
+    Kv(admin_commands::KvCommand),
+    /// An app's D1 database through its binding: a query, or an export as
+    /// SQL.
+    #[command(subcommand)]
+    D1(admin_commands::D1Command),
     /// Makes one version's startup snapshot: the request on stdin, the
     /// snapshot on stdout. Run by the server itself, in a process of its
     /// own per snapshot.
@@ -175,6 +182,8 @@ fn main() -> std::process::ExitCode {
         Command::Logs(args) => admin_commands::logs(args),
         Command::Pool(args) => admin_commands::pool(args),
         Command::Rm(args) => admin_commands::remove(args),
+        Command::Kv(command) => admin_commands::kv(command),
+        Command::D1(command) => admin_commands::d1(command),
         Command::Snapshot => Ok(()),
     };
     match outcome {

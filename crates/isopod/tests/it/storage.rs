@@ -614,3 +614,115 @@ async fn kv_and_d1_answer_as_miniflare_does() {
     let on_isopod: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(timeless(&on_isopod), timeless(&d1_reference));
 }
+
+/// Operators reach an app's storage through its bindings: the admin API
+/// and `isopod kv` / `isopod d1` read and write what the app sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_read_and_write_an_apps_storage_through_the_admin_api_and_cli() {
+    let dir = fresh_dir("admin-storage");
+    let isopod = crate::support::admin_server_in(&dir, "");
+    let app = "export default { async fetch(request, env) {\
+         const url = new URL(request.url);\
+         if (url.pathname === '/note') { await env.KV.put('from/app', 'written by the app', { metadata: { by: 'app' } }); return new Response('ok'); }\
+         if (url.pathname === '/count') { return new Response(String(await env.DB.prepare('SELECT count(*) AS n FROM notes').first('n'))); }\
+         return new Response(String(await env.KV.get('from/admin')));\
+       } };";
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/notes",
+            Some(ADMIN_TOKEN),
+            Some((
+                "application/json",
+                manifest_json(
+                    app,
+                    json!({ "kv": [{ "binding": "KV" }], "d1": [{ "binding": "DB", "database": "notes" }] }),
+                ),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let url = format!("http://{}", isopod.admin.unwrap());
+    let cli = |args: &[&str]| crate::support::admin_cli(&url, ADMIN_TOKEN, args);
+
+    // KV: the operator writes, the app reads; the app writes, the operator
+    // lists and reads (a key with a '/').
+    let (ok, out, err) = cli(&["kv", "put", "notes", "KV", "from/admin", "hello from ops"]);
+    assert!(ok, "{out} {err}");
+    let (status, _, body) = isopod.get_host("notes.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "hello from ops"));
+    let (_, _, body) = isopod.get_host("notes.localhost", "/note").await;
+    assert_eq!(body, "ok");
+    let (ok, out, err) = cli(&["kv", "list", "notes", "KV", "--prefix", "from/"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["from/admin", "from/app"]);
+    let (status, shown) = isopod
+        .admin(
+            "GET",
+            "/apps/notes/kv/KV/from%2Fapp",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["value"], "written by the app");
+    assert_eq!(shown["metadata"], json!({ "by": "app" }));
+    let (ok, out, _) = cli(&["kv", "get", "notes", "KV", "from/app"]);
+    assert!(ok && out.trim() == "written by the app", "{out}");
+    let (ok, _, err) = cli(&["kv", "delete", "notes", "KV", "from/admin"]);
+    assert!(ok, "{err}");
+    let (_, _, body) = isopod.get_host("notes.localhost", "/").await;
+    assert_eq!(body, "null");
+    // KV's limits hold here too, with its message.
+    let (ok, _, err) = cli(&["kv", "put", "notes", "KV", "k", "v", "--ttl", "5"]);
+    assert!(
+        !ok && err.contains("Expiration TTL must be at least 60"),
+        "{err}"
+    );
+
+    // D1: the operator creates and fills a table, the app counts it, and
+    // the export replays as SQL.
+    for sql in [
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",
+        "INSERT INTO notes (body) VALUES ('first'), ('second')",
+    ] {
+        let (ok, out, err) = cli(&["d1", "query", "notes", "DB", sql]);
+        assert!(ok, "{sql}: {out} {err}");
+    }
+    let (ok, out, err) = cli(&[
+        "d1",
+        "query",
+        "notes",
+        "DB",
+        "SELECT body FROM notes WHERE id = ?",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().map(str::trim).collect::<Vec<_>>(),
+        ["body", "second"]
+    );
+    let (_, _, body) = isopod.get_host("notes.localhost", "/count").await;
+    assert_eq!(body, "2");
+    let (ok, sql, err) = cli(&["d1", "export", "notes", "DB"]);
+    assert!(ok, "{err}");
+    assert!(sql.contains("CREATE TABLE notes"), "{sql}");
+    assert!(sql.contains("'second'"), "{sql}");
+    let (ok, _, err) = cli(&["d1", "query", "notes", "DB", "SELEC 1"]);
+    assert!(!ok && err.contains("D1_ERROR: near \"SELEC\""), "{err}");
+
+    // Another app's binding name reaches nothing: each call names the app.
+    let (status, body) = isopod
+        .admin("GET", "/apps/notes/kv/NOPE", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = isopod
+        .admin(
+            "POST",
+            "/apps/notes/d1/KV/query",
+            Some(ADMIN_TOKEN),
+            Some(("application/json", "{\"sql\":\"SELECT 1\"}".into())),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
