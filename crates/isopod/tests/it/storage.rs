@@ -726,3 +726,32 @@ async fn operators_read_and_write_an_apps_storage_through_the_admin_api_and_cli(
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// A storage call's wait is not the request's CPU time: a D1 query that
+/// keeps SQLite busy far past the app's 50 ms CPU limit neither kills the
+/// request nor shows in its `cpu_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_storage_is_not_charged_as_cpu_time() {
+    let dir = fresh_dir("storage-cpu");
+    let app = "export default { async fetch(request, env) {\
+         const n = await env.DB.prepare(\
+           'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) AS n FROM c'\
+         ).first('n');\
+         return new Response(String(n));\
+       } };";
+    let config = "[[apps]]\nname = \"slow\"\nbundle = \"slow.js\"\nd1 = [{ binding = \"DB\" }]\nlimits = { cpu_ms = 50 }\n";
+    let isopod = Isopod::serve_in(&dir, config, &[("slow.js", app)], &[]);
+    let (status, headers, body) = isopod.get_host("slow.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "3000000"));
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    let record = isopod.wait_for_log("the access record", |r| {
+        r["target"] == "isopod::access" && r["request_id"] == id.as_str()
+    });
+    let cpu = record["cpu_ms"].as_f64().unwrap();
+    let took = record["duration_ms"].as_f64().unwrap();
+    assert!(cpu < 50.0, "the wait was charged: {record}");
+    assert!(
+        took > cpu * 2.0,
+        "the query did not take the time: {record}"
+    );
+}
