@@ -882,6 +882,140 @@ def bench_clock_cost():
     sec.row(f"{requests:,}", f"{rps:,.0f}", f"{per_request:.2f}", f"{read_ns} ns", f"{100 * cost_ns / request_ns:.1f} %")
 
 
+def wrk_latency(port, host, path, cpu="1", connections=16, script=None):
+    """wrk's requests/s and p50/p99 latency (ms) for GET `path`."""
+    pin = [] if cpu is None else ["taskset", "-c", cpu]
+    extra = [] if script is None else ["-s", script]
+    out = subprocess.run(
+        pin + ["wrk", "-t1", f"-c{connections}", "-d" + DURATION, "--latency", "-H", f"Host: {host}"]
+        + extra + [f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+    def percentile_ms(label):
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return None
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": percentile_ms("50"),
+        "p99_ms": percentile_ms("99"),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+    }
+
+
+def start_redis():
+    """A redis-server of the bench's own on a free port, or None."""
+    if not shutil.which("redis-server"):
+        return None, None
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="isopod-bench-redis-")
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", directory],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    RUNNING.append(proc)
+    deadline = time.time() + 20
+    import socket
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.02)
+    return proc, None
+
+
+def bench_storage():
+    sec = Section("storage", "KV and D1 through the bindings (isopod serve, 1 worker thread on core 0, "
+                  "wrk -t1 -c16 --latency on core 1)")
+    handler = os.path.join(ROOT, "bench", "handlers", "storage.js")
+    with open(handler) as f:
+        source = f.read()
+    redis, redis_port = start_redis()
+    extra = f'redis_url = "redis://127.0.0.1:{redis_port}"\n' if redis_port else ""
+    proc, port, admin = serve(max_instances=500, threads=1, spares=1, extra=extra)
+    # Every thread of the server on core 0 (threads made later inherit it).
+    subprocess.run(["taskset", "-apc", "0", str(proc.pid)], capture_output=True)
+    backends = [("sqlite", {})] + ([("redis", {"backend": "redis"})] if redis_port else [])
+    apps = {"plain": {}}
+    for backend, options in backends:
+        apps[f"kv-{backend}"] = {"kv": [dict({"binding": "KV", "namespace": f"bench-{backend}"}, **options)]}
+    apps["d1"] = {"d1": [{"binding": "DB", "database": "bench"}]}
+    for name, settings in apps.items():
+        status, body = admin.call("PUT", f"/apps/{name}", json.dumps(dict(settings, bundle=source)), "application/json")
+        assert status in (200, 201), body
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        assert get(conn, f"{name}.localhost", "/setup") == 200
+    cases = [("no storage (baseline)", "plain", "/plain")]
+    for backend, _ in backends:
+        cases += [(f"KV read, {backend}", f"kv-{backend}", "/kv/read"),
+                  (f"KV write, {backend}", f"kv-{backend}", "/kv/write")]
+    cases += [("D1 point read", "d1", "/d1/read"), ("D1 single-row insert", "d1", "/d1/insert")]
+    sec.table("case", "requests/s", "p50", "p99", "µs of the thread per request", "over the baseline")
+    results = {}
+    baseline_us = None
+    for label, app, path in cases:
+        measured = wrk_latency(port, f"{app}.localhost", path)
+        results[label] = measured
+        us = 1e6 / measured["rps"]
+        if baseline_us is None:
+            baseline_us = us
+        over = us - baseline_us
+        print(f"{label:28} {measured['rps']:>9,.0f} req/s   p50 {measured['p50_ms']:6.2f} ms   p99 {measured['p99_ms']:6.2f} ms"
+              f"   {us:6.1f} µs/request   +{over:5.1f} µs", flush=True)
+        sec.row(label, f"{measured['rps']:,.0f}", f"{measured['p50_ms']:.2f} ms", f"{measured['p99_ms']:.2f} ms",
+                f"{us:.1f}", f"+{over:.1f} µs")
+    # The same KV calls spread over 100 apps, each with a namespace of its own.
+    script = os.path.join(ROOT, "bench", "handlers", "hosts100.lua")
+    for backend, options in backends:
+        for i in range(100):
+            settings = {"kv": [dict({"binding": "KV", "namespace": f"bench-{backend}-{i}"}, **options)]}
+            status, body = admin.call("PUT", f"/apps/s{i}", json.dumps(dict(settings, bundle=source)), "application/json")
+            assert status in (200, 201), body
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+            assert get(conn, f"s{i}.localhost", "/setup") == 200
+        for label, path in ((f"KV read, {backend}, 100 apps", "/kv/read"), (f"KV write, {backend}, 100 apps", "/kv/write")):
+            measured = wrk_latency(port, "s0.localhost", path, script=script)
+            results[label] = measured
+            us = 1e6 / measured["rps"]
+            print(f"{label:28} {measured['rps']:>9,.0f} req/s   p50 {measured['p50_ms']:6.2f} ms   p99 {measured['p99_ms']:6.2f} ms",
+                  flush=True)
+            sec.row(label, f"{measured['rps']:,.0f}", f"{measured['p50_ms']:.2f} ms", f"{measured['p99_ms']:.2f} ms",
+                    f"{us:.1f}", f"+{us - baseline_us:.1f} µs")
+        for i in range(100):
+            admin.call("DELETE", f"/apps/s{i}")
+    stop(proc)
+    if redis is not None:
+        stop(redis)
+    sec.data["cases"] = results
+    if not redis_port:
+        sec.note("redis-server is not installed: the Redis rows are missing (apt-get install redis-server)")
+    # Below the binding: a bare SQLite point read against the store's calls.
+    cost_bin = os.path.join(TARGET, "release", "examples", "kv_call_cost")
+    if os.path.exists(cost_bin):
+        below = json.loads(subprocess.run(["taskset", "-c", "0", cost_bin], capture_output=True, text=True,
+                                          check=True).stdout)
+        sec.data["below_the_binding"] = below
+        kv_read_us = 1e6 / results["KV read, sqlite"]["rps"]
+        sec.table("call", "µs per call")
+        sec.row("bare SQLite point read (cached statement, same shape)", f"{below['bare_sqlite_read_us']:.2f}")
+        sec.row("KvNamespace::get, SQLite backend (blocking pool, awaited)", f"{below['store_get_us']:.2f}")
+        sec.row("KvNamespace::put, SQLite backend (writer thread, durable)", f"{below['store_put_us']:.2f}")
+        sec.row("a KV read request over the no-storage request (the binding, the op, the store)",
+                f"{kv_read_us - baseline_us:.2f}")
+        sec.note(f"binding call over a bare SQLite read: {kv_read_us - baseline_us - below['bare_sqlite_read_us']:.1f} µs "
+                 f"of the worker thread per call (the store's own share: "
+                 f"{below['store_get_us'] - below['bare_sqlite_read_us']:.1f} µs, much of it waiting for the blocking pool)")
+    else:
+        sec.note("kv_call_cost is not built: cargo build --release -p isopod-store --example kv_call_cost")
+
+
 def output(command):
     """A command's first line of output (stdout, else stderr), or None."""
     try:
@@ -1036,6 +1170,7 @@ SECTIONS = [
     bench_zipf,
     bench_neighbours,
     bench_clock_cost,
+    bench_storage,
 ]
 
 

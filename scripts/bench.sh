@@ -14,6 +14,9 @@
 #     not, snapshots on and off), p50/p99 and the latency CDF;
 #   - a process started to its first response against deno and workerd;
 #     replicas; a Zipf load's hit rate; neighbours; the CPU clock's cost;
+#   - KV (SQLite and Redis) and D1 calls through the bindings, from one app
+#     and from 100, next to a handler that does no storage, and what a bare
+#     SQLite read and the store's calls cost below the binding;
 #   - each target next to its figure, met or missed by how much.
 # Writes target/bench/results.json (every figure, raw samples included;
 # ISOPOD_BENCH_OUT moves it), BENCHMARKS.md and docs/bench/*.svg.
@@ -22,8 +25,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$isopod_root"
-if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk util-linux >/dev/null
+if ! command -v wrk >/dev/null || ! command -v taskset >/dev/null \
+  || ! command -v redis-server >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk util-linux redis-server >/dev/null
 fi
 bash scripts/install-peers.sh
 [ -f examples/dist/hono.js ] || bash scripts/build-examples.sh
@@ -34,6 +38,7 @@ fi
 cargo build --release --quiet -p isopod
 cargo build --release --quiet -p isopod-server --example bare_hyper
 cargo build --release --quiet -p isopod-bench-charts
+cargo build --release --quiet -p isopod-store --example kv_call_cost
 results="${ISOPOD_BENCH_OUT:-target/bench/results.json}"
 # A section that fails leaves the others' figures: draw the charts anyway,
 # then fail.
