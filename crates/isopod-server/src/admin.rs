@@ -23,7 +23,10 @@
 //!   the client accepts `text/event-stream`).
 //! - `GET /admin/pool`: the pool's statistics. `GET /metrics`: Prometheus.
 //! - `/apps/NAME/kv/BINDING…` and `/apps/NAME/d1/BINDING/…`: the app's
-//!   storage through its binding (`admin_storage.rs`).
+//!   storage through its binding; `GET /storage`, `DELETE
+//!   /storage/kv/BACKEND/NAME`, `DELETE /storage/d1/NAME`, `POST
+//!   /storage/backup`: the server's storage as a whole
+//!   (`admin_storage.rs`).
 //!
 //! Invariant: no response and no log record carries a secret's value;
 //! secrets are listed by name.
@@ -162,6 +165,7 @@ impl Admin {
             (_, ["apps", name, kind @ ("kv" | "d1"), binding, rest @ ..]) => {
                 self.storage(name, kind, binding, rest, request).await
             }
+            (method, ["storage", rest @ ..]) => self.storage_admin(method, rest, request).await,
             (
                 _,
                 ["apps"]
@@ -251,6 +255,34 @@ impl Admin {
                     Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the export failed"),
                 }
             }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    /// The server's storage as a whole: what it keeps, deleting what no
+    /// app names, and an online backup (see `admin_storage.rs`).
+    async fn storage_admin(
+        &self,
+        method: Method,
+        rest: &[&str],
+        request: Request<Incoming>,
+    ) -> AdminResponse {
+        use crate::admin_storage as storage;
+        let Some(store) = self.deployments.storage.clone() else {
+            return error(StatusCode::NOT_FOUND, "this server keeps no storage");
+        };
+        match (method, rest) {
+            (Method::GET, []) => storage::inventory(&store).await,
+            (Method::DELETE, ["kv", backend, name]) => {
+                storage::drop_storage(store, &self.registry.snapshot(), "kv", backend, name).await
+            }
+            (Method::DELETE, ["d1", name]) => {
+                storage::drop_storage(store, &self.registry.snapshot(), "d1", "", name).await
+            }
+            (Method::POST, ["backup"]) => match read_body(request, MAX_CALL_BYTES).await {
+                Ok(body) => storage::backup(store, &body).await,
+                Err(refused) => refused,
+            },
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }

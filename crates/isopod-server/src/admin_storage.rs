@@ -300,3 +300,136 @@ fn row_object(row: &Row) -> Value {
     }
     Value::Object(object)
 }
+
+/// Every KV namespace and D1 database the server keeps, whether or not an
+/// app names it.
+pub(crate) async fn inventory(storage: &isopod_store::Storage) -> AdminResponse {
+    let kv = match storage.kv_namespaces().await {
+        Ok(kv) => kv,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let d1 = match storage.d1_databases() {
+        Ok(d1) => d1,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let kv: Vec<Value> = kv
+        .into_iter()
+        .map(|(backend, name)| json!({ "backend": backend.as_str(), "name": name }))
+        .collect();
+    reply(StatusCode::OK, json!({ "kv": kv, "d1": d1 }))
+}
+
+/// Whether a live app names KV namespace `name` on `backend` or D1
+/// database `name`: such storage is not deleted.
+pub(crate) fn in_use(snapshot: &Snapshot, kind: &str, backend: &str, name: &str) -> Option<String> {
+    snapshot.apps().find_map(|deployed| {
+        deployed
+            .version
+            .config
+            .bindings
+            .entries()
+            .iter()
+            .any(|binding| match &binding.target {
+                BindingTarget::Kv(namespace) => {
+                    kind == "kv"
+                        && namespace.backend().as_str() == backend
+                        && namespace.name() == name
+                }
+                BindingTarget::D1(database) => kind == "d1" && database.name() == name,
+            })
+            .then(|| deployed.version.app().to_string())
+    })
+}
+
+/// Deletes a KV namespace (`kv`, with its backend) or a D1 database (`d1`)
+/// that no live app names.
+pub(crate) async fn drop_storage(
+    storage: std::sync::Arc<isopod_store::Storage>,
+    snapshot: &Snapshot,
+    kind: &str,
+    backend: &str,
+    name: &str,
+) -> AdminResponse {
+    if let Some(app) = in_use(snapshot, kind, backend, name) {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("app '{app}' binds it: remove the binding first"),
+        );
+    }
+    let deleted = match kind {
+        "kv" => {
+            let backend = match backend {
+                "sqlite" => isopod_store::kv::KvBackend::Sqlite,
+                "redis" => isopod_store::kv::KvBackend::Redis,
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown KV backend '{other}' (sqlite or redis)"),
+                    )
+                }
+            };
+            storage.delete_kv_namespace(name, backend).await
+        }
+        _ => {
+            let name = name.to_string();
+            match tokio::task::spawn_blocking(move || storage.delete_d1_database(&name)).await {
+                Ok(deleted) => deleted,
+                Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the delete failed"),
+            }
+        }
+    };
+    match deleted {
+        Ok(true) => reply(StatusCode::OK, json!({ "deleted": name })),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no {kind} storage named '{name}'"),
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// Copies the SQLite KV file and every D1 database into directory `to`
+/// (created) with SQLite's online backup, while they stay in use: each
+/// copy is consistent on its own.
+pub(crate) async fn backup(
+    storage: std::sync::Arc<isopod_store::Storage>,
+    body: &[u8],
+) -> AdminResponse {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Backup {
+        to: std::path::PathBuf,
+    }
+    let request: Backup = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid backup request: {e} (expected {{\"to\": \"/a/directory\"}})"),
+            )
+        }
+    };
+    let copied = tokio::task::spawn_blocking(move || {
+        let to = request.to;
+        std::fs::create_dir_all(to.join(isopod_store::D1_DIR_NAME))
+            .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+        let mut files = Vec::new();
+        let kv = to.join(isopod_store::kv::KV_FILE_NAME);
+        storage.backup_kv(&kv).map_err(|e| e.to_string())?;
+        files.push(kv.display().to_string());
+        for name in storage.d1_databases().map_err(|e| e.to_string())? {
+            let file = to
+                .join(isopod_store::D1_DIR_NAME)
+                .join(format!("{name}.sqlite3"));
+            storage.backup_d1(&name, &file).map_err(|e| e.to_string())?;
+            files.push(file.display().to_string());
+        }
+        Ok::<_, String>(files)
+    })
+    .await;
+    match copied {
+        Ok(Ok(files)) => reply(StatusCode::OK, json!({ "copied": files })),
+        Ok(Err(reason)) => error(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the backup failed"),
+    }
+}

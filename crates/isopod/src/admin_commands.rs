@@ -1,5 +1,5 @@
 //! `isopod deploy`, `apps`, `versions`, `rollback`, `logs`, `pool`, `rm`,
-//! `kv` and `d1`: the admin API from the command line. Readable tables by default,
+//! `kv`, `d1` and `storage`: the admin API from the command line. Readable tables by default,
 //! the API's JSON with `--json`. No command prints a secret's value.
 
 use std::collections::BTreeMap;
@@ -696,6 +696,97 @@ pub(crate) fn d1(command: D1Command) -> anyhow::Result<()> {
             match answer {
                 Value::String(sql) => print!("{sql}"),
                 other => bail!("the export was not SQL text: {other}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `isopod storage`: the server's KV namespaces and D1 databases as a
+/// whole.
+#[derive(clap::Subcommand)]
+pub(crate) enum StorageCommand {
+    /// List every KV namespace and D1 database, named by an app or not.
+    List(ListArgs),
+    /// Delete a KV namespace (`kv sqlite|redis NAME`) or a D1 database
+    /// (`d1 NAME`) that no app binds, with its data.
+    Drop(StorageDropArgs),
+    /// Copy the KV file and every D1 database into a directory on the
+    /// server's machine, with SQLite's online backup, while they serve.
+    Backup(StorageBackupArgs),
+}
+
+/// `isopod storage drop`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct StorageDropArgs {
+    /// `kv BACKEND NAME` or `d1 NAME`.
+    #[arg(num_args = 2..=3, required = true)]
+    what: Vec<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `isopod storage backup`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct StorageBackupArgs {
+    /// The directory to copy into (on the server's machine).
+    to: PathBuf,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+pub(crate) fn storage(command: StorageCommand) -> anyhow::Result<()> {
+    match command {
+        StorageCommand::List(args) => {
+            let client = args.admin.client()?;
+            let answer = block_on(client.call(http::Method::GET, "/storage", None))?;
+            if args.admin.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let mut rows = vec![vec!["KIND".to_string(), "BACKEND".into(), "NAME".into()]];
+            for namespace in answer["kv"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    "kv".into(),
+                    text(&namespace["backend"]),
+                    text(&namespace["name"]),
+                ]);
+            }
+            for database in answer["d1"].as_array().into_iter().flatten() {
+                rows.push(vec!["d1".into(), "sqlite".into(), text(database)]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        StorageCommand::Drop(args) => {
+            let client = args.admin.client()?;
+            let path = match args.what.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["kv", backend, name] => format!("/storage/kv/{backend}/{name}"),
+                ["d1", name] => format!("/storage/d1/{name}"),
+                _ => bail!("name `kv BACKEND NAME` or `d1 NAME`"),
+            };
+            let answer = block_on(client.call(http::Method::DELETE, &path, None))?;
+            if args.admin.json {
+                println!("{answer}");
+            } else {
+                println!("deleted {}", args.what.join(" "));
+            }
+            Ok(())
+        }
+        StorageCommand::Backup(args) => {
+            let client = args.admin.client()?;
+            let body = json!({ "to": args.to }).to_string();
+            let answer = block_on(client.call(
+                http::Method::POST,
+                "/storage/backup",
+                Some(("application/json", body.into_bytes())),
+            ))?;
+            if args.admin.json {
+                println!("{answer}");
+            } else {
+                for file in answer["copied"].as_array().into_iter().flatten() {
+                    println!("{}", text(file));
+                }
             }
             Ok(())
         }

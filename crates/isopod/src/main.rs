@@ -79,6 +79,10 @@ enum Command {
     /// SQL.
     #[command(subcommand)]
     D1(admin_commands::D1Command),
+    /// The server's KV namespaces and D1 databases as a whole: list, drop
+    /// one no app binds, back them up online.
+    #[command(subcommand)]
+    Storage(admin_commands::StorageCommand),
     /// Makes one version's startup snapshot: the request on stdin, the
     /// snapshot on stdout. Run by the server itself, in a process of its
     /// own per snapshot.
@@ -184,6 +188,7 @@ fn main() -> std::process::ExitCode {
         Command::Rm(args) => admin_commands::remove(args),
         Command::Kv(command) => admin_commands::kv(command),
         Command::D1(command) => admin_commands::d1(command),
+        Command::Storage(command) => admin_commands::storage(command),
         Command::Snapshot => Ok(()),
     };
     match outcome {

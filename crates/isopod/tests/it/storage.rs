@@ -755,3 +755,83 @@ async fn waiting_for_storage_is_not_charged_as_cpu_time() {
         "the query did not take the time: {record}"
     );
 }
+
+/// The server's storage as a whole: listed whether or not an app names it,
+/// kept when its app goes, deleted only once no app binds it, and backed
+/// up online into copies that hold the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_outlives_its_app_until_dropped_and_backs_up_online() {
+    let dir = fresh_dir("storage-admin");
+    let isopod = crate::support::admin_server_in(&dir, "");
+    let app = "export default { async fetch(request, env) {\
+         await env.KV.put('k', 'kept');\
+         await env.DB.exec('CREATE TABLE IF NOT EXISTS t (x);\\nINSERT INTO t VALUES (7);');\
+         return new Response('ok');\
+       } };";
+    let (status, body) = isopod
+        .admin(
+            "PUT",
+            "/apps/owner",
+            Some(ADMIN_TOKEN),
+            Some((
+                "application/json",
+                manifest_json(
+                    app,
+                    json!({ "kv": [{ "binding": "KV", "namespace": "keep" }], "d1": [{ "binding": "DB", "database": "db1" }] }),
+                ),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, _, body) = isopod.get_host("owner.localhost", "/").await;
+    assert_eq!(body, "ok");
+    let url = format!("http://{}", isopod.admin.unwrap());
+    let cli = |args: &[&str]| crate::support::admin_cli(&url, ADMIN_TOKEN, args);
+
+    let (ok, out, err) = cli(&["storage", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("keep") && out.contains("db1"), "{out}");
+    // Bound: not dropped.
+    let (ok, _, err) = cli(&["storage", "drop", "kv", "sqlite", "keep"]);
+    assert!(!ok && err.contains("app 'owner' binds it"), "{err}");
+
+    // An online backup holds the data.
+    let backup = dir.join("backup");
+    let (ok, out, err) = cli(&["storage", "backup", backup.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("db1.sqlite3"), "{out}");
+    let copy =
+        isopod_store::Storage::open(&backup, isopod_store::StorageOptions::default()).unwrap();
+    let x = copy
+        .d1_database("db1")
+        .unwrap()
+        .prepare("SELECT x FROM t")
+        .first_column("x")
+        .await
+        .unwrap();
+    assert_eq!(x, Some(isopod_store::d1::Value::Integer(7)));
+    let kept = copy
+        .kv_namespace("keep", isopod_store::kv::KvBackend::Sqlite)
+        .unwrap()
+        .get("k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.value, b"kept");
+
+    // The app goes; its storage stays until dropped.
+    let (status, _) = isopod
+        .admin("DELETE", "/apps/owner", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, listed) = isopod
+        .admin("GET", "/storage", Some(ADMIN_TOKEN), None)
+        .await;
+    assert!(listed["kv"].to_string().contains("keep"), "{listed}");
+    let (ok, out, err) = cli(&["storage", "drop", "kv", "sqlite", "keep"]);
+    assert!(ok, "{out} {err}");
+    let (_, listed) = isopod
+        .admin("GET", "/storage", Some(ADMIN_TOKEN), None)
+        .await;
+    assert!(!listed["kv"].to_string().contains("keep"), "{listed}");
+}
