@@ -24,9 +24,9 @@
 //! - `GET /admin/pool`: the pool's statistics. `GET /metrics`: Prometheus.
 //! - `/apps/NAME/kv/BINDING…` and `/apps/NAME/d1/BINDING/…`: the app's
 //!   storage through its binding; `GET /storage`, `DELETE
-//!   /storage/kv/BACKEND/NAME`, `DELETE /storage/d1/NAME`, `POST
-//!   /storage/backup`: the server's storage as a whole
-//!   (`admin_storage.rs`).
+//!   /storage/kv/BACKEND/NAME`, `DELETE /storage/d1/NAME`, `GET
+//!   /storage/d1/NAME/export`, `POST /storage/backup`: the server's
+//!   storage as a whole (`admin_storage.rs`).
 //!
 //! Invariant: no response and no log record carries a secret's value;
 //! secrets are listed by name.
@@ -236,24 +236,7 @@ impl Admin {
                     Ok(database) => database,
                     Err(refused) => return refused.respond(),
                 };
-                let name = database.name().to_string();
-                let exported = tokio::task::spawn_blocking(move || {
-                    let mut sql = Vec::new();
-                    store.export_d1(&name, &mut sql).map(|()| sql)
-                })
-                .await;
-                match exported {
-                    Ok(Ok(sql)) => {
-                        let mut response = Response::new(full(Bytes::from(sql)));
-                        response.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            header::HeaderValue::from_static("application/sql"),
-                        );
-                        response
-                    }
-                    Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                    Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the export failed"),
-                }
+                export_d1(store, database.name().to_string()).await
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
@@ -279,6 +262,7 @@ impl Admin {
             (Method::DELETE, ["d1", name]) => {
                 storage::drop_storage(store, &self.registry.snapshot(), "d1", "", name).await
             }
+            (Method::GET, ["d1", name, "export"]) => export_d1(store, name.to_string()).await,
             (Method::POST, ["backup"]) => match read_body(request, MAX_CALL_BYTES).await {
                 Ok(body) => storage::backup(store, &body).await,
                 Err(refused) => refused,
@@ -569,6 +553,31 @@ impl Admin {
             header::HeaderValue::from_static("no-cache"),
         );
         response
+    }
+}
+
+/// D1 database `name` as SQL text (`d1 export`), made off the admin
+/// thread's runtime.
+async fn export_d1(store: Arc<isopod_store::Storage>, name: String) -> AdminResponse {
+    let exported = tokio::task::spawn_blocking(move || {
+        let mut sql = Vec::new();
+        store.export_d1(&name, &mut sql).map(|()| sql)
+    })
+    .await;
+    match exported {
+        Ok(Ok(sql)) => {
+            let mut response = Response::new(full(Bytes::from(sql)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/sql"),
+            );
+            response
+        }
+        Ok(Err(isopod_store::StorageError::NotFound { .. })) => {
+            error(StatusCode::NOT_FOUND, "no such D1 database")
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the export failed"),
     }
 }
 

@@ -530,7 +530,8 @@ pub(crate) struct KvPutArgs {
 pub(crate) enum D1Command {
     /// Run one SQL statement and print its rows.
     Query(D1QueryArgs),
-    /// Print the database as SQL (schema and rows), e.g. `> backup.sql`.
+    /// Print a database as SQL (schema and rows), e.g. `isopod d1 export
+    /// shop > backup.sql`.
     Export(D1ExportArgs),
 }
 
@@ -552,10 +553,10 @@ pub(crate) struct D1QueryArgs {
 /// `isopod d1 export`'s arguments.
 #[derive(clap::Args)]
 pub(crate) struct D1ExportArgs {
-    /// The app.
-    app: String,
-    /// Its D1 binding.
-    binding: String,
+    /// `DATABASE`, or `APP BINDING` for the database an app's binding
+    /// reaches.
+    #[arg(num_args = 1..=2, required = true)]
+    what: Vec<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -691,7 +692,11 @@ pub(crate) fn d1(command: D1Command) -> anyhow::Result<()> {
         }
         D1Command::Export(args) => {
             let client = args.admin.client()?;
-            let path = format!("/apps/{}/d1/{}/export", args.app, args.binding);
+            let path = match &args.what[..] {
+                [database] => format!("/storage/d1/{database}/export"),
+                [app, binding] => format!("/apps/{app}/d1/{binding}/export"),
+                _ => bail!("name a DATABASE, or an APP and its BINDING"),
+            };
             let answer = block_on(client.call(http::Method::GET, &path, None))?;
             match answer {
                 Value::String(sql) => print!("{sql}"),

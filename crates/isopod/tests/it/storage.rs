@@ -35,17 +35,8 @@ impl RedisServer {
             eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
             return None;
         }
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = RedisServer { child, port };
+        let server = RedisServer::start_on(dir, free_port());
+        let port = server.port;
         // Ready when it answers PING.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -708,6 +699,10 @@ async fn operators_read_and_write_an_apps_storage_through_the_admin_api_and_cli(
     assert!(ok, "{err}");
     assert!(sql.contains("CREATE TABLE notes"), "{sql}");
     assert!(sql.contains("'second'"), "{sql}");
+    // By the database's own name, the same.
+    let (ok, by_name, err) = cli(&["d1", "export", "notes"]);
+    assert!(ok, "{err}");
+    assert_eq!(by_name, sql);
     let (ok, _, err) = cli(&["d1", "query", "notes", "DB", "SELEC 1"]);
     assert!(!ok && err.contains("D1_ERROR: near \"SELEC\""), "{err}");
 
