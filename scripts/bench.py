@@ -566,11 +566,13 @@ def bench_framework_cold_start():
     sec.data["bundle_kib"] = len(source) / 1024
     sec.table("instance", "p50", "p99")
     p50s = {}
-    # Every request is a fresh isolate of the same version, which starts from
-    # the version's code cache (made by the deploy check) or, with
-    # ISOPOD_CODE_CACHE=off, compiles the bundle from source.
+    # Every request is a fresh isolate of the same version, loaded from
+    # source (snapshots off, or a version snapshot would start them all):
+    # with the version's code cache (made by the deploy check, then again
+    # after the first request ran) or, with ISOPOD_CODE_CACHE=off, compiled.
     for cache in ("on", "off"):
-        proc, port, admin = serve(max_instances=100, threads=1, spares=2, env={"ISOPOD_CODE_CACHE": cache})
+        proc, port, admin = serve(max_instances=100, threads=1, spares=2,
+                                  env={"ISOPOD_CODE_CACHE": cache, "ISOPOD_SNAPSHOTS": "off"})
         manifest = json.dumps({"bundle": source, "mode": "isolate-per-request"})
         status, body = admin.call("PUT", "/apps/hono", manifest, "application/json")
         assert status == 201, body
