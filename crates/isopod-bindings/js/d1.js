@@ -5,29 +5,20 @@
 // Invariant: an object holds only its binding's index; the ops find the
 // database among the isolate's own app's bindings.
 import { core, primordials } from "ext:core/mod.js";
+import { bufferBytes } from "ext:isopod_bindings/bytes.js";
 
 const {
-  ArrayBuffer,
-  ArrayBufferIsView,
   ArrayFrom,
   ArrayIsArray,
   ArrayPrototypeMap,
   ArrayPrototypePush,
   ArrayPrototypeUnshift,
-  DataView,
   Error,
   NumberIsSafeInteger,
   ObjectPrototypeIsPrototypeOf,
   String: StringCtor,
   Symbol,
   TypeError,
-  TypedArrayPrototypeGetBuffer,
-  TypedArrayPrototypeGetByteLength,
-  TypedArrayPrototypeGetByteOffset,
-  DataViewPrototypeGetBuffer,
-  DataViewPrototypeGetByteLength,
-  DataViewPrototypeGetByteOffset,
-  Uint8Array,
   ObjectFreeze,
 } = primordials;
 
@@ -50,22 +41,7 @@ function param(value) {
     case "string":
       return { t: 3, s: value };
     case "object": {
-      let bytes;
-      if (ObjectPrototypeIsPrototypeOf(ArrayBuffer.prototype, value)) {
-        bytes = new Uint8Array(value);
-      } else if (ObjectPrototypeIsPrototypeOf(DataView.prototype, value)) {
-        bytes = new Uint8Array(
-          DataViewPrototypeGetBuffer(value),
-          DataViewPrototypeGetByteOffset(value),
-          DataViewPrototypeGetByteLength(value),
-        );
-      } else if (ArrayBufferIsView(value)) {
-        bytes = new Uint8Array(
-          TypedArrayPrototypeGetBuffer(value),
-          TypedArrayPrototypeGetByteOffset(value),
-          TypedArrayPrototypeGetByteLength(value),
-        );
-      }
+      const bytes = bufferBytes(value);
       if (bytes !== undefined) return { t: 4, b: ArrayFrom(bytes) };
     }
   }

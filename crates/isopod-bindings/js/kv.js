@@ -5,12 +5,11 @@
 // Invariant: an object holds only its binding's index; the ops find the
 // namespace among the isolate's own app's bindings.
 import { core, primordials } from "ext:core/mod.js";
+import { bufferBytes } from "ext:isopod_bindings/bytes.js";
 
 const {
-  ArrayBufferIsView,
   ArrayIsArray,
   ArrayPrototypeIncludes,
-  DataView,
   Map: MapCtor,
   MapPrototypeSet,
   Number: NumberCtor,
@@ -24,11 +23,7 @@ const {
   TypedArrayPrototypeGetBuffer,
   TypedArrayPrototypeGetByteLength,
   TypedArrayPrototypeGetByteOffset,
-  DataViewPrototypeGetBuffer,
-  DataViewPrototypeGetByteLength,
-  DataViewPrototypeGetByteOffset,
   Uint8Array,
-  ArrayBuffer,
   ArrayBufferPrototypeSlice,
   ObjectFreeze,
 } = primordials;
@@ -44,8 +39,12 @@ const {
 // The web classes the binding uses, handed over by the global scope once
 // it has made them (they are loaded after this module).
 let web;
+let encoder;
+let decoder;
 export function configureKv(classes) {
   web = classes;
+  encoder = new web.TextEncoder();
+  decoder = new web.TextDecoder();
 }
 
 const kToken = Symbol("kvBinding");
@@ -76,11 +75,11 @@ function decode(bytes, type) {
       );
     }
     case "json":
-      return JSONParse(new web.TextDecoder().decode(bytes));
+      return JSONParse(decoder.decode(bytes));
     case "stream":
       return new web.Response(bytes).body;
     default:
-      return new web.TextDecoder().decode(bytes);
+      return decoder.decode(bytes);
   }
 }
 
@@ -90,31 +89,30 @@ function metadataOf(text) {
 
 async function valueBytes(value) {
   if (typeof value === "string") {
-    return new web.TextEncoder().encode(value);
+    return encoder.encode(value);
   }
-  if (ObjectPrototypeIsPrototypeOf(ArrayBuffer.prototype, value)) {
-    return new Uint8Array(value);
-  }
-  if (ArrayBufferIsView(value)) {
-    if (ObjectPrototypeIsPrototypeOf(DataView.prototype, value)) {
-      return new Uint8Array(
-        DataViewPrototypeGetBuffer(value),
-        DataViewPrototypeGetByteOffset(value),
-        DataViewPrototypeGetByteLength(value),
-      );
-    }
-    return new Uint8Array(
-      TypedArrayPrototypeGetBuffer(value),
-      TypedArrayPrototypeGetByteOffset(value),
-      TypedArrayPrototypeGetByteLength(value),
-    );
+  const bytes = bufferBytes(value);
+  if (bytes !== undefined) {
+    return bytes;
   }
   if (ObjectPrototypeIsPrototypeOf(web.ReadableStream.prototype, value)) {
     return new Uint8Array(await new web.Response(value).arrayBuffer());
   }
   // Anything else is stored as its string, as workerd (and so miniflare)
   // converts it: `put(key, 42)` stores "42".
-  return new web.TextEncoder().encode(StringCtor(value));
+  return encoder.encode(StringCtor(value));
+}
+
+// `get` and `getWithMetadata` of many keys: a Map (as Workers returns) of
+// each key to `shape(entry)`, or null where there is none.
+async function getMany(index, keys, shape) {
+  const found = await op_isopod_kv_get_many(index, ArrayPrototypeMap(keys, StringCtor));
+  const values = new MapCtor();
+  for (let i = 0; i < found.length; i++) {
+    const { 0: name, 1: entry } = found[i];
+    MapPrototypeSet(values, name, entry === null ? null : shape(entry));
+  }
+  return values;
 }
 
 class KvNamespace {
@@ -130,17 +128,7 @@ class KvNamespace {
   async get(key, options = undefined) {
     const type = typeOf(options);
     if (ArrayIsArray(key)) {
-      const found = await op_isopod_kv_get_many(
-        this.#index,
-        ArrayPrototypeMap(key, StringCtor),
-      );
-      // A Map, as Workers returns.
-      const values = new MapCtor();
-      for (let i = 0; i < found.length; i++) {
-        const { 0: name, 1: entry } = found[i];
-        MapPrototypeSet(values, name, entry === null ? null : decode(entry.value, type));
-      }
-      return values;
+      return await getMany(this.#index, key, (entry) => decode(entry.value, type));
     }
     const entry = await op_isopod_kv_get(this.#index, StringCtor(key));
     return entry === null ? null : decode(entry.value, type);
@@ -149,22 +137,10 @@ class KvNamespace {
   async getWithMetadata(key, options = undefined) {
     const type = typeOf(options);
     if (ArrayIsArray(key)) {
-      const found = await op_isopod_kv_get_many(
-        this.#index,
-        ArrayPrototypeMap(key, StringCtor),
-      );
-      const values = new MapCtor();
-      for (let i = 0; i < found.length; i++) {
-        const { 0: name, 1: entry } = found[i];
-        MapPrototypeSet(
-          values,
-          name,
-          entry === null
-            ? null
-            : { value: decode(entry.value, type), metadata: metadataOf(entry.metadata) },
-        );
-      }
-      return values;
+      return await getMany(this.#index, key, (entry) => ({
+        value: decode(entry.value, type),
+        metadata: metadataOf(entry.metadata),
+      }));
     }
     const entry = await op_isopod_kv_get(this.#index, StringCtor(key));
     if (entry === null) {

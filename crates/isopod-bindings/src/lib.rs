@@ -41,6 +41,7 @@ deno_core::extension!(
     ],
     esm = [
         dir "js",
+        "bytes.js",
         "kv.js",
         "d1.js",
     ],
