@@ -90,10 +90,7 @@ impl CodeCache {
     /// The cached bytes, if a compile has produced them; counts the offer.
     /// None when the process's `V8Settings` turn the cache off.
     pub(crate) fn take_for_compile(&self) -> Option<Arc<[u8]>> {
-        if !crate::platform::settings().code_cache {
-            return None;
-        }
-        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let bytes = self.peek();
         if bytes.is_some() {
             self.offered.fetch_add(1, Ordering::Relaxed);
             OFFERS.fetch_add(1, Ordering::Relaxed);

@@ -171,6 +171,19 @@ impl Storage {
             .join(format!("{name}.{D1_EXTENSION}"))
     }
 
+    /// The file of D1 database `name`, a valid name of one that exists.
+    fn existing_d1_path(&self, name: &str) -> Result<PathBuf, StorageError> {
+        names::validate(D1, name)?;
+        let path = self.d1_path(name);
+        if !path.exists() {
+            return Err(StorageError::NotFound {
+                kind: D1,
+                name: name.to_owned(),
+            });
+        }
+        Ok(path)
+    }
+
     /// The D1 database `name` (`d1/<name>.sqlite3`), created if new; the
     /// same handle for every caller naming it.
     pub fn d1_database(&self, name: &str) -> Result<D1Database, StorageError> {
@@ -258,14 +271,7 @@ impl Storage {
     /// async threads.
     pub fn export_d1(&self, name: &str, out: &mut dyn Write) -> Result<(), StorageError> {
         const CONTEXT: &str = "exporting a D1 database";
-        names::validate(D1, name)?;
-        let path = self.d1_path(name);
-        if !path.exists() {
-            return Err(StorageError::NotFound {
-                kind: D1,
-                name: name.to_owned(),
-            });
-        }
+        let path = self.existing_d1_path(name)?;
         let mut conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -288,15 +294,7 @@ impl Storage {
     /// Copies D1 database `name` to `dest` with SQLite's online backup,
     /// while it stays in use. Blocks: call it off async threads.
     pub fn backup_d1(&self, name: &str, dest: &Path) -> Result<(), StorageError> {
-        names::validate(D1, name)?;
-        let path = self.d1_path(name);
-        if !path.exists() {
-            return Err(StorageError::NotFound {
-                kind: D1,
-                name: name.to_owned(),
-            });
-        }
-        crate::backup::copy(&path, dest)
+        crate::backup::copy(&self.existing_d1_path(name)?, dest)
     }
 
     /// Copies the SQLite KV file (every namespace kept there) to `dest`

@@ -135,8 +135,6 @@ pub(crate) fn load(
     let redis_url = std::env::var("ISOPOD_REDIS_URL")
         .ok()
         .or(file.redis_url.clone());
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
     let storage = Storage::open(
         &data_dir,
         StorageOptions {

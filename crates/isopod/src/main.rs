@@ -340,8 +340,6 @@ fn run_storage(args: &RunArgs) -> anyhow::Result<Option<(Arc<Storage>, Option<Pa
             (dir.clone(), Some(dir))
         }
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
     let storage = Storage::open(&dir, StorageOptions::default())
         .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
     Ok(Some((Arc::new(storage), temporary)))

@@ -36,6 +36,13 @@ enum CompiledScript {
     Module(v8::Global<v8::UnboundModuleScript>),
 }
 
+/// The version's cache, if it still lacks what execution compiles (and the
+/// process keeps code caches at all).
+fn still_wanted(bundle: &Bundle) -> Option<Arc<CodeCache>> {
+    let cache = bundle.code_cache();
+    (!cache.made_after_execution() && crate::platform::settings().code_cache).then(|| cache.clone())
+}
+
 impl PendingCodeCache {
     /// Keeps a classic script's compiled script, unless its version's cache
     /// already holds what execution compiled.
@@ -44,14 +51,11 @@ impl PendingCodeCache {
         script: v8::Local<v8::Script>,
         bundle: &Bundle,
     ) -> Option<PendingCodeCache> {
-        let cache = bundle.code_cache();
-        if cache.made_after_execution() || !crate::platform::settings().code_cache {
-            return None;
-        }
+        let cache = still_wanted(bundle)?;
         let unbound = script.get_unbound_script(scope);
         Some(PendingCodeCache {
             script: CompiledScript::Classic(v8::Global::new(scope, unbound)),
-            cache: cache.clone(),
+            cache,
         })
     }
 
@@ -66,10 +70,7 @@ impl PendingCodeCache {
         exported: v8::Local<v8::Value>,
         precompiled: PrecompiledModule,
     ) -> Option<PendingCodeCache> {
-        let cache = bundle.code_cache();
-        if cache.made_after_execution() || !crate::platform::settings().code_cache {
-            return None;
-        }
+        let cache = still_wanted(bundle)?;
         let exported = v8::Local::<v8::Object>::try_from(exported).ok()?;
         let key = v8::String::new(scope, "fetch")?;
         let fetch = exported.get(scope, key.into())?;
@@ -81,7 +82,7 @@ impl PendingCodeCache {
         }
         Some(PendingCodeCache {
             script: CompiledScript::Module(precompiled.script),
-            cache: cache.clone(),
+            cache,
         })
     }
 }
