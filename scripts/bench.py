@@ -142,23 +142,36 @@ def stop(proc):
         shutil.rmtree(proc.bench_dir, ignore_errors=True)
 
 
-def wrk_run(port, host="localhost", threads=1, connections=32, cpu="1", duration=None, script=None):
-    """wrk's requests/s and its count of non-2xx/3xx answers; the client
-    pinned to `cpu` (None: any core), `script` a wrk Lua file."""
+def wrk_run(port, host="localhost", threads=1, connections=32, cpu="1", duration=None, script=None,
+            path="/", latency=False):
+    """wrk's requests/s and its count of non-2xx/3xx answers (with
+    `latency`, also its p50/p99 in ms); the client pinned to `cpu` (None:
+    any core), `script` a wrk Lua file."""
     pin = [] if cpu is None else ["taskset", "-c", cpu]
-    extra = [] if script is None else ["-s", script]
+    extra = ([] if script is None else ["-s", script]) + (["--latency"] if latency else [])
     out = subprocess.run(
         pin + ["wrk", f"-t{threads}", f"-c{connections}", "-d" + (duration or DURATION), "-H", f"Host: {host}"]
-        + extra + [f"http://127.0.0.1:{port}/"],
+        + extra + [f"http://127.0.0.1:{port}{path}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+    def percentile_ms(label):
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return None
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {
+    measured = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "non_2xx": int(bad.group(1)) if bad else 0,
     }
+    if latency:
+        measured.update(p50_ms=percentile_ms("50"), p99_ms=percentile_ms("99"))
+    return measured
 
 
 def wrk(port, host="localhost", threads=1, connections=32, cpu="1"):
@@ -884,32 +897,6 @@ def bench_clock_cost():
     sec.row(f"{requests:,}", f"{rps:,.0f}", f"{per_request:.2f}", f"{read_ns} ns", f"{100 * cost_ns / request_ns:.1f} %")
 
 
-def wrk_latency(port, host, path, cpu="1", connections=16, script=None):
-    """wrk's requests/s and p50/p99 latency (ms) for GET `path`."""
-    pin = [] if cpu is None else ["taskset", "-c", cpu]
-    extra = [] if script is None else ["-s", script]
-    out = subprocess.run(
-        pin + ["wrk", "-t1", f"-c{connections}", "-d" + DURATION, "--latency", "-H", f"Host: {host}"]
-        + extra + [f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-
-    def percentile_ms(label):
-        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not match:
-            return None
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": percentile_ms("50"),
-        "p99_ms": percentile_ms("99"),
-        "non_2xx": int(bad.group(1)) if bad else 0,
-    }
-
-
 def start_redis():
     """A redis-server of the bench's own on a free port, or None."""
     if not shutil.which("redis-server"):
@@ -963,7 +950,7 @@ def bench_storage():
     results = {}
     baseline_us = None
     for label, app, path in cases:
-        measured = wrk_latency(port, f"{app}.localhost", path)
+        measured = wrk_run(port, f"{app}.localhost", connections=16, path=path, latency=True)
         results[label] = measured
         us = 1e6 / measured["rps"]
         if baseline_us is None:
@@ -983,7 +970,7 @@ def bench_storage():
             conn = http.client.HTTPConnection("127.0.0.1", port)
             assert get(conn, f"s{i}.localhost", "/setup") == 200
         for label, path in ((f"KV read, {backend}, 100 apps", "/kv/read"), (f"KV write, {backend}, 100 apps", "/kv/write")):
-            measured = wrk_latency(port, "s0.localhost", path, script=script)
+            measured = wrk_run(port, "s0.localhost", connections=16, script=script, path=path, latency=True)
             results[label] = measured
             us = 1e6 / measured["rps"]
             print(f"{label:28} {measured['rps']:>9,.0f} req/s   p50 {measured['p50_ms']:6.2f} ms   p99 {measured['p99_ms']:6.2f} ms",
